@@ -1,0 +1,165 @@
+"""Reading and writing CMU computational sequences (.csd) without the SDK's prompts and prints.
+
+Layout (as written by mmsdk's ``writeCSD`` and served by the CMU server)::
+
+    /<root name>/data/<video_id>/intervals   float (T, 2), seconds
+    /<root name>/data/<video_id>/features    (T, d) float, or (T, 1) bytes for the word stream
+    /<root name>/metadata/<field>            vlen str, shape (1,)
+
+mmsdk returns metadata as bytes on Python 3 and calls ``input()`` when fields are missing; this module
+decodes metadata, never prompts, and turns every malformed case into a :class:`CSDError` that names
+the file and the video.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from cpsl.io_utils import atomic_path
+
+# The metadata fields mmsdk's deploy() insists on (it prompts for missing ones).
+METADATA_FIELDS = (
+    "root name",
+    "computational sequence description",
+    "computational sequence version",
+    "alignment compatible",
+    "dataset name",
+    "dataset version",
+    "creator",
+    "contact",
+    "featureset bib citation",
+    "dataset bib citation",
+)
+
+
+class CSDError(ValueError):
+    """A malformed or unreadable computational sequence; the message names file and video."""
+
+
+def _decode(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+class ComputationalSequence:
+    """A read-only handle on one .csd file. Video arrays are read on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CSDError(f"{self.path}: file not found")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise CSDError(f"{self.path}: not a readable HDF5 computational sequence ({exc})") from exc
+        roots = list(self._h5.keys())
+        if len(roots) != 1:
+            self.close()
+            raise CSDError(f"{self.path}: expected exactly one root group, found {roots}")
+        self.root_name = roots[0]
+        root = self._h5[self.root_name]
+        if "data" not in root:
+            self.close()
+            raise CSDError(f"{self.path}: root group '{self.root_name}' has no 'data' group")
+        self._data = root["data"]
+        self.metadata: dict[str, str] = {}
+        if "metadata" in root:
+            for key, ds in root["metadata"].items():
+                try:
+                    self.metadata[key] = _decode(ds[0]) if ds.shape else _decode(ds[()])
+                except Exception as exc:  # noqa: BLE001 - any h5 read error means a corrupt file
+                    self.close()
+                    raise CSDError(f"{self.path}: unreadable metadata field '{key}' ({exc})") from exc
+
+    def close(self) -> None:
+        try:
+            self._h5.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self) -> "ComputationalSequence":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def video_ids(self) -> list[str]:
+        return list(self._data.keys())
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.video_ids())
+
+    def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(intervals (T,2) float64, features (T,d))`` for one video, checked for shape."""
+        if video_id not in self._data:
+            raise CSDError(f"{self.path}: video '{video_id}' not found")
+        group = self._data[video_id]
+        try:
+            intervals = np.asarray(group["intervals"][()], dtype=np.float64)
+            features = group["features"][()]
+        except KeyError as exc:
+            raise CSDError(f"{self.path}: video '{video_id}' lacks {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt chunks raise assorted h5py errors
+            raise CSDError(f"{self.path}: video '{video_id}' is unreadable ({exc})") from exc
+        if intervals.ndim == 1 and intervals.shape[0] == 2:
+            intervals = intervals[None, :]
+        if intervals.ndim != 2 or intervals.shape[1] != 2:
+            raise CSDError(f"{self.path}: video '{video_id}' has intervals of shape {intervals.shape}, expected (T, 2)")
+        if features.ndim == 1:
+            features = features[:, None]
+        if features.shape[0] != intervals.shape[0]:
+            raise CSDError(
+                f"{self.path}: video '{video_id}' has {intervals.shape[0]} intervals but {features.shape[0]} feature rows"
+            )
+        if not np.all(np.isfinite(intervals)):
+            raise CSDError(f"{self.path}: video '{video_id}' has non-finite interval times")
+        return intervals, features
+
+    def read_words(self, video_id: str) -> tuple[np.ndarray, list[str]]:
+        """The word stream of one video: intervals and decoded word strings."""
+        intervals, features = self.read(video_id)
+        return intervals, [_decode(w) for w in features[:, 0]]
+
+    def feature_dim(self) -> int:
+        """Feature dimension, read from the file (first video)."""
+        ids = self.video_ids()
+        if not ids:
+            raise CSDError(f"{self.path}: holds no videos")
+        shape = self._data[ids[0]]["features"].shape
+        return int(shape[1]) if len(shape) > 1 else 1
+
+
+def open_csd(path: str | Path) -> ComputationalSequence:
+    return ComputationalSequence(path)
+
+
+def write_csd(
+    path: str | Path,
+    root_name: str,
+    data: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    metadata: Mapping[str, str],
+) -> None:
+    """Write a .csd in the SDK's layout, atomically. ``data`` maps video id -> (intervals, features)."""
+    missing = [f for f in METADATA_FIELDS if f not in metadata and f != "root name"]
+    if missing:
+        raise CSDError(f"{path}: metadata lacks {missing}")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            root = h5.create_group(root_name)
+            data_group = root.create_group("data")
+            for vid, (intervals, features) in data.items():
+                g = data_group.create_group(vid)
+                g.create_dataset("features", data=features)
+                g.create_dataset("intervals", data=np.asarray(intervals, dtype=np.float64))
+            meta_group = root.create_group("metadata")
+            full = {"root name": root_name, **dict(metadata)}
+            for key, value in full.items():
+                ds = meta_group.create_dataset(key, (1,), dtype=h5py.special_dtype(vlen=str))
+                ds[0] = str(value)
