@@ -230,6 +230,6 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": ["dataset", "data.mirror", "data.download", "demo"],
     "align": ["dataset", "data.max_seq_len", "text.model", "demo.text_model"],
     "train": ["dataset", "ablation", "text.model", "demo.text_model", "model", "loss", "gm", "cp", "train"],
-    "evaluate": ["eval"],
-    "report": ["train.seeds"],
+    "evaluate": ["dataset", "eval"],
+    "report": ["dataset", "ablation", "train.seeds"],
 }

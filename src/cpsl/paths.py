@@ -21,9 +21,16 @@ def run_dir(dataset: str, ablation: str, seed: int) -> Path:
     return Path("results") / dataset / f"{ablation}-seed{seed}"
 
 
-def summary_path(dataset: str) -> Path:
-    return Path("results") / dataset / "summary.json"
-
-
 def reports_dir(dataset: str) -> Path:
     return Path("reports") / dataset
+
+
+def summary_path(dataset: str) -> Path:
+    # Not results/<dataset>/summary.json: DVC's report stage depends on the whole results/<dataset>
+    # folder (so any list of seeds or the ablation grid is picked up), and a stage may not write
+    # inside its own dependency.
+    return reports_dir(dataset) / "summary.json"
+
+
+# Files the report stage writes into reports_dir(dataset), besides summary.json.
+REPORT_FILES = ("table1.md", "table2.md", "table2.csv", "figure2_losses.png", "figure3_modulation.png")

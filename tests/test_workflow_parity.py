@@ -1,0 +1,99 @@
+"""Snakefile and dvc.yaml must describe the same pipeline: same stages, commands, inputs, outputs,
+and DVC's params per stage must be exactly cpsl.config.STAGE_PARAMS (which the Snakefile uses)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cpsl.config import STAGE_PARAMS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake_jobs(workdir: Path) -> list[dict]:
+    """Every job of the default target, parsed from a forced dry run."""
+    proc = subprocess.run(
+        ["snakemake", "-n", "-p", "--forceall", "--cores", "1"], cwd=workdir, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", out):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not m or m.group(1) == "all":
+            continue
+        field = lambda name: [p.strip() for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
+        cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
+        jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output"))})
+    return jobs
+
+
+def dvc_stages(workdir: Path) -> list[dict]:
+    from dvc.repo import Repo
+
+    stages = []
+    with Repo(str(workdir)) as repo:
+        for stage in repo.index.stages:
+            params = [list(d.params) for d in stage.deps if hasattr(d, "params")]
+            stages.append({
+                "stage": stage.addressing.split("@")[0],
+                "cmd": stage.cmd,
+                "deps": {str(d.def_path) for d in stage.deps if not hasattr(d, "params")},
+                "outs": {str(o.def_path) for o in stage.outs},
+                "params": params[0] if params else [],
+            })
+    return stages
+
+
+def _covered(path: str, by: set[str]) -> bool:
+    return any(path == b or path.startswith(b.rstrip("/") + "/") for b in by)
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    # Work on a copy so a dry run never touches the checkout's .snakemake state.
+    work = tmp_path_factory.mktemp("parity")
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvc", ".dvcignore"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    return snakemake_jobs(work), dvc_stages(work)
+
+
+def test_same_stage_instances(pipelines):
+    smk, dvc = pipelines
+    count = lambda jobs: sorted((j["stage"], j["cmd"]) for j in jobs)
+    assert count(smk) == count(dvc)
+    stages = {j["stage"] for j in smk}
+    assert stages == {"prepare", "align", "train", "evaluate", "report"}
+    seeds = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["seeds"]
+    assert sum(j["stage"] == "train" for j in smk) == len(seeds)
+
+
+def test_same_outputs_and_inputs(pipelines):
+    smk, dvc = pipelines
+    by_cmd = {(d["stage"], d["cmd"]): d for d in dvc}
+    for job in smk:
+        twin = by_cmd[(job["stage"], job["cmd"])]
+        assert job["outs"] == twin["outs"], job["stage"]
+        # DVC may depend on a folder where Snakemake lists the files in it (report on results/<dataset>):
+        # every Snakemake input lies under a DVC dep, and every DVC dep covers some Snakemake input.
+        assert all(_covered(p, twin["deps"]) for p in job["deps"]), (job["stage"], job["deps"], twin["deps"])
+        assert all(any(_covered(p, {d}) for p in job["deps"]) for d in twin["deps"]), (job["stage"], twin["deps"])
+
+
+def test_dvc_params_are_the_stage_slices(pipelines):
+    _, dvc = pipelines
+    for stage in dvc:
+        assert sorted(stage["params"]) == sorted(STAGE_PARAMS[stage["stage"]]), stage["stage"]
+
+
+def test_no_data_stage_depends_on_cp():
+    for stage in ("prepare", "align"):
+        assert not any(p == "cp" or p.startswith("cp.") for p in STAGE_PARAMS[stage])
+    assert "cp" in STAGE_PARAMS["train"]

@@ -1,0 +1,23 @@
+rule prepare:
+    output:
+        directory(str(paths.raw_dir(DATASET))),
+    input:
+        f"{CODE}/data",
+    params:
+        slice=params_slice("prepare"),
+    shell:
+        "cpsl prepare"
+
+
+rule align:
+    input:
+        str(paths.raw_dir(DATASET)),
+        f"{CODE}/align",
+        f"{CODE}/cache.py",
+    output:
+        str(paths.processed_path(DATASET)),
+        str(paths.processed_path(DATASET).with_suffix(".report.json")),
+    params:
+        slice=params_slice("align"),
+    shell:
+        "cpsl align"

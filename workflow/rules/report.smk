@@ -1,0 +1,19 @@
+def run_outputs():
+    files = []
+    for ablation in grid_ablations():
+        for seed in SEEDS:
+            base = run_dir(ablation, seed)
+            files += [f"{base}/metrics.json", f"{base}/predictions.csv", f"{base}/history.csv"]
+    return files
+
+
+rule report:
+    input:
+        run_outputs(),
+        f"{CODE}/report",
+    output:
+        report_outputs(),
+    params:
+        slice=params_slice("report"),
+    shell:
+        "cpsl report"

@@ -1,0 +1,37 @@
+# One job per (ablation, seed): `--cores` or a cluster executor runs them in parallel.
+
+rule train:
+    input:
+        str(paths.processed_path(DATASET)),
+        f"{CODE}/train",
+        f"{CODE}/model",
+        f"{CODE}/ablations.py",
+    output:
+        "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
+        "results/" + DATASET + "/{ablation}-seed{seed}/history.csv",
+        "results/" + DATASET + "/{ablation}-seed{seed}/train_summary.json",
+        directory("results/" + DATASET + "/{ablation}-seed{seed}/dvclive"),
+    wildcard_constraints:
+        ablation="[A-C][0-9]",
+        seed="[0-9]+",
+    params:
+        slice=params_slice("train"),
+    shell:
+        "cpsl train --ablation {wildcards.ablation} --seed {wildcards.seed}"
+
+
+rule evaluate:
+    input:
+        "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
+        str(paths.processed_path(DATASET)),
+        f"{CODE}/evaluate",
+    output:
+        "results/" + DATASET + "/{ablation}-seed{seed}/metrics.json",
+        "results/" + DATASET + "/{ablation}-seed{seed}/predictions.csv",
+    wildcard_constraints:
+        ablation="[A-C][0-9]",
+        seed="[0-9]+",
+    params:
+        slice=params_slice("evaluate"),
+    shell:
+        "cpsl evaluate --run results/" + DATASET + "/{wildcards.ablation}-seed{wildcards.seed}"
