@@ -1,0 +1,75 @@
+"""Deterministic inference over a split: fixed order, fixed batch size, eval mode, no gradients.
+
+Test predictions therefore never depend on shuffling or on the training batch size: the min-max
+normalisation (per mini-batch) always sees the same evaluation batches. A DDP-wrapped model is unwrapped
+and the normalisation is never all-reduced here, so rank 0 can evaluate alone. The model's train/eval mode
+is restored afterwards. Losses, when ``loss_params`` is given, are the Eq. 4 terms averaged over segments
+(each batch weighted by its size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from cpsl.model.losses import total_loss
+
+REQUIRED = ("input_ids", "attention_mask", "acoustic", "visual", "label")
+
+
+@dataclass
+class InferenceResult:
+    prediction: np.ndarray  # (N,)
+    uni_a: np.ndarray       # (N,)
+    uni_v: np.ndarray       # (N,)
+    losses: dict[str, float] | None
+
+
+def _check(arrays: dict) -> int:
+    missing = [k for k in REQUIRED if k not in arrays]
+    if missing:
+        raise KeyError(f"run_inference: arrays is missing {', '.join(missing)} (need {', '.join(REQUIRED)})")
+    n = len(arrays["label"])
+    bad = {k: len(arrays[k]) for k in REQUIRED if len(arrays[k]) != n}
+    if bad:
+        raise ValueError(f"run_inference: arrays disagree on the number of segments: label has {n}, {bad}")
+    return n
+
+
+def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None, switches=None) -> InferenceResult:
+    if batch_size < 1:
+        raise ValueError(f"run_inference: batch_size must be >= 1, got {batch_size}")
+    if loss_params is not None and switches is None:
+        raise ValueError("run_inference: loss_params given without switches (needed to form the Eq. 4 total)")
+    n = _check(arrays)
+    model = getattr(model, "module", model)  # DDP wrapper: run the bare model, no collective calls
+    was_training = model.training
+    model.eval()
+    preds, uni_a, uni_v = [], [], []
+    sums: dict[str, float] = {}
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                sl = slice(start, min(start + batch_size, n))
+                batch = {
+                    "input_ids": torch.as_tensor(np.asarray(arrays["input_ids"][sl]), dtype=torch.long, device=device),
+                    "attention_mask": torch.as_tensor(np.asarray(arrays["attention_mask"][sl]), dtype=torch.long, device=device),
+                    "acoustic": torch.as_tensor(np.asarray(arrays["acoustic"][sl]), dtype=torch.float32, device=device),
+                    "visual": torch.as_tensor(np.asarray(arrays["visual"][sl]), dtype=torch.float32, device=device),
+                }
+                out = model(**batch)
+                preds.append(out.prediction.float().cpu())
+                uni_a.append(out.uni["a"].float().cpu())
+                uni_v.append(out.uni["v"].float().cpu())
+                if loss_params is not None:
+                    label = torch.as_tensor(np.asarray(arrays["label"][sl]), dtype=torch.float32, device=device)
+                    size = sl.stop - sl.start
+                    for k, v in total_loss(out, label, loss_params, switches).items():
+                        sums[k] = sums.get(k, 0.0) + float(v) * size
+    finally:
+        model.train(was_training)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.float32)  # noqa: E731
+    losses = {k: v / n for k, v in sums.items()} if loss_params is not None and n else None
+    return InferenceResult(cat(preds), cat(uni_a), cat(uni_v), losses)

@@ -1,0 +1,130 @@
+"""The full model of Section 2: text encoder + AME (Eq. 1) + fusion/injection (Eq. 2) + heads.
+
+Pipeline of ``CPSLModel.forward``:
+  A, V --minmax_normalize (valid tokens; global batch under DDP, training only)--> X_a, X_v
+  X_m --AME (Eq. 1)--> mu_m, var_m, Z_m           T = text_encoder(input_ids).last_hidden_state
+  Z_a, Z_v --fusion--> F_av --Eq. 2--> H = T + beta * tanh(W_p F_av)
+  H --LayerNorm, pooling, task head--> prediction; Z_m --> unimodal heads and reconstruction decoders.
+
+The architecture does not depend on the ablation: with switch ``ame`` off Z = mu (the variance head is still
+built, so the Statistical Loss stays defined). The normalisation is all-reduced only in training mode: the
+training mini-batch is the global batch split over ranks, while evaluation runs a fixed batch on one process
+and must never wait on other ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import transformers
+from torch import nn
+
+from cpsl.ablations import Switches
+from cpsl.model.ame import AdaptiveModalityEncoder
+from cpsl.model.fusion import FusionBlock, ResidualInjection
+from cpsl.model.heads import ReconstructionDecoder, TaskHead, UnimodalHead
+from cpsl.model.normalize import minmax_normalize
+from cpsl.model.text_encoder import load_text_encoder
+
+MODALITIES = ("a", "v")
+
+
+@dataclass
+class ModelOutput:
+    prediction: torch.Tensor            # (B,)
+    uni: dict[str, torch.Tensor]        # {"a","v"} -> (B,)
+    mu: dict[str, torch.Tensor]         # {"a","v"} -> (B,L,h)
+    var: dict[str, torch.Tensor]        # {"a","v"} -> (B,L,h), positive
+    z: dict[str, torch.Tensor]          # {"a","v"} -> (B,L,h)
+    recon: dict[str, torch.Tensor]      # {"a","v"} -> (B,L,d_m)
+    inputs: dict[str, torch.Tensor]     # {"a","v"} -> normalised inputs X_m (B,L,d_m)
+    mask: torch.Tensor                  # (B,L) bool, True at valid tokens
+    fused: torch.Tensor | None = field(default=None)  # F_av (B,L,d_f); the diversity loss reads it
+
+
+class CPSLModel(nn.Module):
+    def __init__(
+        self,
+        text_encoder: nn.Module,
+        acoustic_dim: int,
+        visual_dim: int,
+        intermediate_dim: int = 256,
+        fusion_dim: int = 512,
+        fusion: str = "gated",
+        encoder_dropout: float = 0.3,
+        classifier_dropout: float = 0.5,
+        beta: float = 1.0,
+        pooling: str = "cls",
+        var_eps: float = 1e-6,
+        sample: bool = True,
+    ):
+        super().__init__()
+        text_dim = text_encoder.config.hidden_size
+        self.text_encoder = text_encoder
+        dims = {"a": acoustic_dim, "v": visual_dim}
+        self.ame = nn.ModuleDict(
+            {m: AdaptiveModalityEncoder(dims[m], intermediate_dim, encoder_dropout, var_eps, sample) for m in MODALITIES}
+        )
+        self.fusion = FusionBlock(intermediate_dim, fusion_dim, fusion)
+        self.inject = ResidualInjection(fusion_dim, text_dim, beta)
+        self.task_head = TaskHead(text_dim, classifier_dropout, pooling)
+        self.uni_heads = nn.ModuleDict({m: UnimodalHead(intermediate_dim, classifier_dropout) for m in MODALITIES})
+        self.decoders = nn.ModuleDict({m: ReconstructionDecoder(intermediate_dim, dims[m]) for m in MODALITIES})
+        self.dims = dims
+
+    def modality_encoders(self) -> dict[str, nn.Module]:
+        """The AME encoders {"a","v"} whose gradients Eq. 5/6 scale."""
+        return {m: self.ame[m] for m in MODALITIES}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, acoustic: torch.Tensor, visual: torch.Tensor) -> ModelOutput:
+        mask = attention_mask.bool()
+        raw = {"a": acoustic, "v": visual}
+        for m in MODALITIES:
+            if raw[m].dim() != 3 or raw[m].shape[:2] != mask.shape or raw[m].shape[-1] != self.dims[m]:
+                raise ValueError(
+                    f"CPSLModel: {'acoustic' if m == 'a' else 'visual'} must be (B,L,{self.dims[m]}) matching "
+                    f"attention_mask {tuple(mask.shape)}, got {tuple(raw[m].shape)}"
+                )
+        sync = self.training and dist.is_available() and dist.is_initialized()
+        inputs = {m: minmax_normalize(raw[m], mask, sync=sync) for m in MODALITIES}
+        mu, var, z = {}, {}, {}
+        for m in MODALITIES:
+            mu[m], var[m], z[m] = self.ame[m](inputs[m])
+        text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        fused = self.fusion(z["a"], z["v"])
+        h = self.inject(text, fused, mask)
+        return ModelOutput(
+            prediction=self.task_head(h, mask),
+            uni={m: self.uni_heads[m](z[m], mask) for m in MODALITIES},
+            mu=mu,
+            var=var,
+            z=z,
+            recon={m: self.decoders[m](z[m]) for m in MODALITIES},
+            inputs=inputs,
+            mask=mask,
+            fused=fused,
+        )
+
+
+def build_model(
+    params: dict,
+    switches: Switches,
+    acoustic_dim: int,
+    visual_dim: int,
+    text_model: str | transformers.PretrainedConfig,
+    pretrained: bool = True,
+) -> CPSLModel:
+    """Build the model from ``params["model"]``; ``switches.ame`` decides whether Z is sampled in training."""
+    if "model" not in params:
+        raise KeyError("build_model: params has no 'model' section")
+    try:
+        p = params["model"]
+        kwargs = dict(
+            intermediate_dim=p["intermediate_dim"], fusion_dim=p["fusion_dim"], fusion=p["fusion"],
+            encoder_dropout=p["encoder_dropout"], classifier_dropout=p["classifier_dropout"], beta=p["beta"],
+            pooling=p["pooling"], var_eps=p["var_eps"],
+        )
+    except KeyError as exc:
+        raise KeyError(f"build_model: params is missing 'model.{exc.args[0]}'") from None
+    return CPSLModel(load_text_encoder(text_model, pretrained), acoustic_dim, visual_dim, sample=switches.ame, **kwargs)

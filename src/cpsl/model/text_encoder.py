@@ -1,0 +1,61 @@
+"""The text backbone: any Hugging Face encoder, loaded offline or built from a config.
+
+``load_text_encoder`` returns the bare encoder (``AutoModel``) whose ``last_hidden_state`` is T in Eq. 2.
+Choices:
+- weights are always loaded as float32 (transformers 5 defaults to the checkpoint's dtype, which may be
+  half precision); bf16 is the trainer's autocast decision, not the checkpoint's;
+- a pooler layer (e.g. BERT/MiniLM's) is removed: the model pools H itself (heads.py), and a pooler
+  that never receives a gradient would make DDP fail on unused parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import transformers
+
+from cpsl.config import resolve_model_path
+
+
+def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config:
+    """A 2-layer DeBERTa-v3-style config (hidden 32) for tests: relative attention as in v3-base."""
+    return transformers.DebertaV2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        relative_attention=True,
+        position_buckets=16,
+        max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        type_vocab_size=0,
+    )
+
+
+def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrained: bool = True) -> nn.Module:
+    """Return the HF encoder for ``name_or_path`` (HF id, local folder or ``package:<module>``).
+
+    A ``PretrainedConfig`` or ``pretrained=False`` builds the architecture with random weights (no
+    download of weights; a name still needs its config.json locally or in the HF cache).
+    """
+    if isinstance(name_or_path, transformers.PretrainedConfig):
+        model = transformers.AutoModel.from_config(name_or_path)
+    else:
+        path = resolve_model_path(name_or_path)
+        try:
+            if pretrained:
+                model = transformers.AutoModel.from_pretrained(path, dtype=torch.float32)
+            else:
+                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
+        except OSError as exc:
+            raise OSError(
+                f"text model {name_or_path!r} (resolved to {path!r}) could not be loaded offline: {exc}"
+            ) from exc
+    model = model.float()
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
