@@ -41,7 +41,7 @@ def dvc_stages(workdir: Path) -> list[dict]:
         for stage in repo.index.stages:
             params = [list(d.params) for d in stage.deps if hasattr(d, "params")]
             stages.append({
-                "stage": stage.addressing.split("@")[0],
+                "stage": stage.name.split("@")[0],
                 "cmd": stage.cmd,
                 "deps": {str(d.def_path) for d in stage.deps if not hasattr(d, "params")},
                 "outs": {str(o.def_path) for o in stage.outs},
