@@ -1,0 +1,135 @@
+"""Stage ``evaluate``: metrics of a run's validation-selected checkpoint on the valid and test splits.
+
+Reads ``<run>/best.pt`` (``torch.load(weights_only=True)``: tensors and plain values only) and the cache;
+rebuilds the model from the checkpoint's own ``meta`` (its params, ablation and feature sizes, so a later
+edit of params.yaml cannot silently change the architecture) with ``pretrained=False`` - the text
+model's config is read from its local folder / the HF cache and no weights are downloaded, since the
+state dict carries all of them. Only ``eval.batch_size`` comes from the current params (it cannot change
+the predictions' values beyond float round-off: inference is in eval mode, in a fixed order).
+
+Writes, atomically, ``<run>/metrics.json``::
+
+    {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
+     "ablation": str, "seed": int, "dataset": str}
+
+(metric names and conventions in cpsl.evaluate.metrics; undefined values are null) and
+``<run>/predictions.csv`` with columns ``split, segment_id, label, prediction`` (valid rows, then test
+rows, in cache order). Runs on CUDA when available, else CPU.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cpsl import paths
+from cpsl.ablations import ABLATIONS, Switches, switches_for
+from cpsl.cache import read_attrs, read_split
+from cpsl.evaluate.metrics import compute_metrics, json_safe
+from cpsl.io_utils import atomic_path, write_json_atomic
+
+EVAL_SPLITS = ("valid", "test")
+META_KEYS = ("params", "ablation", "seed", "acoustic_dim", "visual_dim", "text_model")
+
+
+class EvaluateError(ValueError):
+    """A missing or inconsistent checkpoint / cache; the message names the file."""
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    path = run_dir / "best.pt"
+    if not path.is_file():
+        raise EvaluateError(f"{run_dir}: no best.pt in this run folder (run 'cpsl train' for it first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types; the message must name the file
+        raise EvaluateError(f"{path}: cannot be loaded with weights_only=True: {exc}") from exc
+    for key in ("model", "epoch", "meta"):
+        if key not in ckpt:
+            raise EvaluateError(f"{path}: missing key '{key}'")
+    missing = [k for k in META_KEYS if k not in ckpt["meta"]]
+    if missing:
+        raise EvaluateError(f"{path}: 'meta' lacks {missing}")
+    if ckpt["meta"]["ablation"] not in ABLATIONS:
+        raise EvaluateError(f"{path}: unknown ablation {ckpt['meta']['ablation']!r}")
+    return ckpt
+
+
+def _switches(meta: dict) -> Switches:
+    # The checkpoint's own switch record wins (if the trainer stored one); the ablation ID otherwise.
+    stored = meta.get("switches")
+    return Switches(**stored) if isinstance(stored, dict) else switches_for(meta["ablation"])
+
+
+def rebuild_model(ckpt: dict, path: Path) -> torch.nn.Module:
+    from cpsl.model.network import build_model  # lazy: transformers loads only when evaluating
+
+    meta = ckpt["meta"]
+    model = build_model(meta["params"], _switches(meta), int(meta["acoustic_dim"]), int(meta["visual_dim"]),
+                        meta["text_model"], pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise EvaluateError(f"{path}: state dict does not fit the model rebuilt from its meta: {exc}") from exc
+    return model
+
+
+def _check_cache(data_path: Path, meta: dict) -> None:
+    attrs = read_attrs(data_path)
+    for key in ("acoustic_dim", "visual_dim"):
+        if int(attrs[key]) != int(meta[key]):
+            raise EvaluateError(f"{data_path}: cache {key} is {attrs[key]} but the checkpoint was trained with {meta[key]}")
+    trained_on = meta["params"].get("dataset")
+    if trained_on is not None and attrs.get("dataset") != trained_on:
+        raise EvaluateError(f"{data_path}: cache of dataset {attrs.get('dataset')!r}, checkpoint trained on {trained_on!r}")
+
+
+def write_predictions(path: Path, rows: list[tuple[str, str, float, float]]) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["split", "segment_id", "label", "prediction"])
+            # repr of the float32 value widened to float64: exact, so the report recomputes identical metrics
+            writer.writerows((s, seg, repr(float(lab)), repr(float(pred))) for s, seg, lab, pred in rows)
+
+
+def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
+    """Evaluate one run folder; return the metrics dict written to metrics.json."""
+    from cpsl.model.inference import run_inference
+
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    meta = ckpt["meta"]
+    dataset = params["dataset"]  # the DAG's dataset; _check_cache rejects a checkpoint of another one
+    data_path = Path(data_path) if data_path is not None else paths.processed_path(dataset)
+    _check_cache(data_path, meta)
+    model = rebuild_model(ckpt, run_dir / "best.pt")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    result: dict = {"ablation": meta["ablation"], "seed": int(meta["seed"]), "dataset": dataset,
+                    "selected_epoch": int(ckpt["epoch"])}
+    rows: list[tuple] = []
+    for split in EVAL_SPLITS:
+        arrays = read_split(data_path, split)
+        out = run_inference(model, arrays, params["eval"]["batch_size"], device)
+        pred = np.asarray(out.prediction, dtype=np.float32).reshape(-1)
+        if pred.size != len(arrays["segment_id"]):
+            raise EvaluateError(f"{data_path}: split '{split}' has {len(arrays['segment_id'])} segments but "
+                                f"inference returned {pred.size} predictions")
+        result[split] = compute_metrics(pred, arrays["label"])
+        rows += list(zip([split] * pred.size, arrays["segment_id"], arrays["label"].tolist(), pred.tolist()))
+
+    trained_mae = (ckpt.get("valid") or {}).get("mae")
+    if trained_mae is not None and abs(float(trained_mae) - result["valid"]["mae"]) > 1e-3 * max(1.0, abs(float(trained_mae))):
+        # Not fatal (e.g. CPU vs GPU round-off), but a large gap means the checkpoint or the cache changed.
+        print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "
+              f"{float(trained_mae):.6f} recorded at training time", file=sys.stderr)
+
+    write_predictions(run_dir / "predictions.csv", rows)
+    result = json_safe(result)
+    write_json_atomic(run_dir / "metrics.json", result)
+    return result

@@ -1,0 +1,155 @@
+"""Figures 2 and 3 of the paper from the runs' history.csv files (one row per epoch).
+
+* Figure 2 (figure2_losses.png): total, task, reconstruction, unimodal, diversity and statistical loss
+  per epoch, train and valid, in the paper's panel order (a)-(f).
+* Figure 3 (figure3_modulation.png): (a) the modulation coefficients c_a and c_v, (b) the modality
+  imbalance degree, per epoch.
+
+Curves are the mean over the seeds of one ablation (a band shows +/- one std when there are >= 2 seeds).
+Epochs are aligned by the ``epoch`` column; a seed that stopped early simply does not count at later
+epochs. The same means go to history_mean.csv so that ``dvc plots`` can draw the identical curves.
+A column a run did not record (e.g. gm/* for a configuration without modulation) leaves its panel
+with a "not recorded" note instead of failing.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cpsl.io_utils import atomic_path, write_text_atomic
+
+LOSS_TERMS = (("total", "(a) Total loss"), ("task", "(b) Main regression loss"), ("recon", "(c) Reconstruction loss"),
+              ("uni", "(d) Unimodal loss"), ("div", "(e) Feature diversity loss"), ("stat", "(f) Statistical loss"))
+MODULATION = (("gm/c_a", "c_a (acoustic)"), ("gm/c_v", "c_v (visual)"))
+IMBALANCE = "gm/imbalance"
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    """history.csv -> column name -> float array (empty cells are NaN). Errors name the file."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "epoch" not in reader.fieldnames:
+            raise ValueError(f"{path}: history.csv needs an 'epoch' column (got {reader.fieldnames})")
+        rows = list(reader)
+    cols: dict[str, np.ndarray] = {}
+    for name in reader.fieldnames:
+        vals = []
+        for i, row in enumerate(rows, start=2):
+            cell = (row.get(name) or "").strip()
+            try:
+                vals.append(float(cell) if cell else math.nan)
+            except ValueError:
+                raise ValueError(f"{path}: line {i}, column {name!r}: {cell!r} is not a number") from None
+        cols[name] = np.asarray(vals, dtype=np.float64)
+    return cols
+
+
+def mean_over_seeds(histories: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, dict, dict]:
+    """(epochs, mean per column, std per column) over runs, aligned on epoch; NaN where nothing recorded."""
+    epochs = np.unique(np.concatenate([h["epoch"][np.isfinite(h["epoch"])] for h in histories]))
+    names = sorted({k for h in histories for k in h if k != "epoch"})
+    means, stds = {}, {}
+    for name in names:
+        grid = np.full((len(histories), epochs.size), np.nan)
+        for i, h in enumerate(histories):
+            if name in h:
+                pos = np.searchsorted(epochs, h["epoch"])
+                ok = np.isfinite(h["epoch"])
+                grid[i, pos[ok]] = h[name][ok]
+        counts = np.isfinite(grid).sum(axis=0)
+        with warnings.catch_warnings():  # all-NaN epochs are handled by the counts
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means[name] = np.where(counts > 0, np.nanmean(grid, axis=0), np.nan)
+            stds[name] = np.where(counts > 1, np.nanstd(grid, axis=0, ddof=1), np.nan)
+    return epochs, means, stds
+
+
+def _plot(ax, epochs, means, stds, column, label, style="-"):
+    y = means.get(column)
+    if y is None or not np.isfinite(y).any():
+        return False
+    line, = ax.plot(epochs, y, style, label=label, marker="." if epochs.size < 40 else None)
+    s = stds.get(column)
+    if s is not None and np.isfinite(s).any():
+        ax.fill_between(epochs, y - s, y + s, color=line.get_color(), alpha=0.2, linewidth=0)
+    return True
+
+
+def _note_missing(ax, what: str):
+    ax.text(0.5, 0.5, f"{what}\nnot recorded", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _save(fig, path: Path):
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def write_figures(histories: Sequence[dict[str, np.ndarray]], out_dir, title: str) -> list[str]:
+    """Draw Figures 2 and 3 and write history_mean.csv into ``out_dir``; return the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI or a cluster node
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    if not histories:
+        raise ValueError("no history.csv to draw Figures 2 and 3 from")
+    out_dir = Path(out_dir)
+    epochs, means, stds = mean_over_seeds(histories)
+    written = []
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
+    for ax, (term, panel) in zip(axes.ravel(), LOSS_TERMS):
+        drawn = _plot(ax, epochs, means, stds, f"train/{term}", "train")
+        drawn |= _plot(ax, epochs, means, stds, f"valid/{term}", "valid", "--")
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            _note_missing(ax, term)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Figure 2: loss trajectories - {title}")
+    fig.tight_layout()
+    _save(fig, out_dir / "figure2_losses.png")
+    plt.close(fig)
+    written.append(str(out_dir / "figure2_losses.png"))
+
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for column, label in MODULATION:
+        drawn |= _plot(ax_a, epochs, means, stds, column, label)
+    if drawn:
+        ax_a.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")  # no modulation
+        ax_a.legend(fontsize=8)
+    else:
+        _note_missing(ax_a, "c_a, c_v")
+    ax_a.set_title("(a) Modulation coefficients", fontsize=10)
+    if not _plot(ax_b, epochs, means, stds, IMBALANCE, "imbalance degree"):
+        _note_missing(ax_b, "imbalance degree")
+    ax_b.set_title("(b) Modality imbalance degree", fontsize=10)
+    for ax in (ax_a, ax_b):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Figure 3: gradient modulation - {title}")
+    fig.tight_layout()
+    _save(fig, out_dir / "figure3_modulation.png")
+    plt.close(fig)
+    written.append(str(out_dir / "figure3_modulation.png"))
+
+    # Same curves as the PNGs, for `dvc plots show/diff` (x: epoch).
+    names = sorted(means)
+    lines = [",".join(["epoch"] + names)]
+    for i, ep in enumerate(epochs):
+        cells = [str(int(ep)) if float(ep).is_integer() else repr(float(ep))]
+        cells += ["" if not np.isfinite(means[n][i]) else repr(float(means[n][i])) for n in names]
+        lines.append(",".join(cells))
+    write_text_atomic(out_dir / "history_mean.csv", "\n".join(lines) + "\n")
+    written.append(str(out_dir / "history_mean.csv"))
+    return written

@@ -1,0 +1,258 @@
+"""Stage ``report``: aggregate every evaluated run of a dataset into summary.json, Tables 1-2, Figures 2-3.
+
+Reads only files: each run folder's metrics.json (the evaluate stage), predictions.csv (for the
+paired bootstrap) and history.csv (for the figures). A run folder is any direct sub-folder of
+``results/<dataset>/`` holding metrics.json; folders without it (a training in progress) are skipped
+and listed in summary.json.
+
+Writes ``reports/<dataset>/{summary.json, table1.md, table2.md, table2.csv, figure2_losses.png,
+figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>).
+
+Statistics (cpsl.report.stats has the details): per ablation and metric, on test and valid, the mean,
+std (ddof=1), a t 95% interval over seeds (null with one seed) and each seed's value; the full model A6
+against every other configuration on their shared seeds, by a paired t-test over seeds AND a paired
+bootstrap over test segments of the seed-averaged difference (:data:`N_RESAMPLES` resamples, fixed seed).
+Figures use the configured ``ablation`` param; if it has no run, the full model, else the first ID
+in the paper's order that has runs (the figure title names the one used).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from cpsl import paths
+from cpsl.ablations import ABLATIONS
+from cpsl.evaluate.metrics import METRIC_KEYS, json_safe
+from cpsl.io_utils import write_json_atomic
+from cpsl.report import figures, stats, tables
+from cpsl.report.paper_results import FULL_MODEL_ID
+
+N_RESAMPLES = 5000
+BOOTSTRAP_SEED = 20240527
+SPLITS = ("test", "valid")
+_RUN_NAME = re.compile(r"^(?P<ablation>[A-Z]\d+)-seed(?P<seed>\d+)$")
+
+
+class ReportError(ValueError):
+    """A malformed or inconsistent run folder; the message names the file."""
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def load_run(folder: Path, dataset: str | None = None) -> dict:
+    """One evaluated run: ablation, seed, metrics per split, selected epoch. Validates metrics.json."""
+    path = folder / "metrics.json"
+    m = _load_json(path)
+    for key in ("ablation", "seed", "test"):
+        if key not in m:
+            raise ReportError(f"{path}: missing key '{key}'")
+    if m["ablation"] not in ABLATIONS:
+        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ABLATIONS)}")
+    if not isinstance(m["seed"], int) or isinstance(m["seed"], bool):
+        raise ReportError(f"{path}: 'seed' must be an integer, got {m['seed']!r}")
+    if dataset is not None and m.get("dataset", dataset) != dataset:
+        raise ReportError(f"{path}: run of dataset {m['dataset']!r} inside the results of {dataset!r}")
+    named = _RUN_NAME.match(folder.name)
+    if named and (named["ablation"], int(named["seed"])) != (m["ablation"], m["seed"]):
+        raise ReportError(f"{path}: says {m['ablation']}-seed{m['seed']} but the folder is {folder.name}")
+    for split in SPLITS:
+        if split in m and not isinstance(m[split], dict):
+            raise ReportError(f"{path}: '{split}' must be a mapping of metric -> value")
+    return {"folder": folder, "ablation": m["ablation"], "seed": m["seed"], "metrics": m,
+            "selected_epoch": m.get("selected_epoch")}
+
+
+def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[dict], list[str]]:
+    """(evaluated runs sorted by paper order then seed, names of sub-folders without metrics.json)."""
+    if not results_dir.is_dir():
+        raise ReportError(f"{results_dir}: results folder not found (run train and evaluate first)")
+    runs, skipped = [], []
+    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (folder / "metrics.json").is_file():
+            runs.append(load_run(folder, dataset))
+        else:
+            skipped.append(folder.name)
+    seen: dict[tuple, Path] = {}
+    for r in runs:
+        key = (r["ablation"], r["seed"])
+        if key in seen:
+            raise ReportError(f"{r['folder']} and {seen[key]} are both {key[0]} seed {key[1]}")
+        seen[key] = r["folder"]
+    order = list(ABLATIONS)
+    runs.sort(key=lambda r: (order.index(r["ablation"]), r["seed"]))
+    return runs, skipped
+
+
+def read_test_predictions(folder: Path) -> dict[str, tuple[float, float]]:
+    """predictions.csv test rows -> segment_id -> (label, prediction)."""
+    path = folder / "predictions.csv"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing (the paired bootstrap needs each run's test predictions)")
+    out: dict[str, tuple[float, float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"split", "segment_id", "label", "prediction"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise ReportError(f"{path}: needs columns {sorted(need)}, has {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            if row["split"] != "test":
+                continue
+            try:
+                out[row["segment_id"]] = (float(row["label"]), float(row["prediction"]))
+            except ValueError:
+                raise ReportError(f"{path}: line {line}: label/prediction not numbers: {row}") from None
+    if not out:
+        raise ReportError(f"{path}: no test rows")
+    return out
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    by_ablation: dict[str, list[dict]] = {}
+    for r in runs:
+        by_ablation.setdefault(r["ablation"], []).append(r)
+    out = {}
+    for aid, group in by_ablation.items():
+        entry = {"label": ABLATIONS[aid][1], "seeds": [r["seed"] for r in group],
+                 "runs": [r["folder"].name for r in group],
+                 "selected_epoch": {str(r["seed"]): r["selected_epoch"] for r in group}}
+        for split in SPLITS:
+            if not all(split in r["metrics"] for r in group):
+                continue
+            keys = [k for k in METRIC_KEYS if any(k in r["metrics"][split] for r in group)]
+            entry[split] = {k: stats.describe({r["seed"]: r["metrics"][split].get(k) for r in group}) for k in keys}
+        out[aid] = entry
+    return out
+
+
+def _compare(runs: list[dict]) -> dict:
+    ref_runs = {r["seed"]: r for r in runs if r["ablation"] == FULL_MODEL_ID}
+    if not ref_runs:
+        return {"reference": FULL_MODEL_ID, "vs": {},
+                "note": f"no run of the full model {FULL_MODEL_ID}: no paired comparison"}
+    others: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        if r["ablation"] != FULL_MODEL_ID:
+            others.setdefault(r["ablation"], {})[r["seed"]] = r
+    pred_cache: dict[Path, dict] = {}
+
+    def preds(run):
+        if run["folder"] not in pred_cache:
+            pred_cache[run["folder"]] = read_test_predictions(run["folder"])
+        return pred_cache[run["folder"]]
+
+    vs = {}
+    for aid, seeds_runs in others.items():
+        shared = sorted(set(ref_runs) & set(seeds_runs))
+        entry: dict = {"shared_seeds": shared}
+        if not shared:
+            entry["note"] = f"no seed shared with {FULL_MODEL_ID}: not compared"
+            vs[aid] = entry
+            continue
+        entry["paired_t_test_over_seeds"] = {
+            "test": "paired t-test over seeds (scipy.stats.ttest_rel), reference - other",
+            "metrics": {k: _strip(stats.paired_t_test({s: ref_runs[s]["metrics"]["test"].get(k) for s in shared},
+                                                      {s: seeds_runs[s]["metrics"]["test"].get(k) for s in shared}))
+                        for k in METRIC_KEYS},
+        }
+        ids = sorted(preds(ref_runs[shared[0]]))
+        label = np.array([preds(ref_runs[shared[0]])[i][0] for i in ids])
+        ref_p, oth_p = {}, {}
+        for s in shared:
+            for run, store in ((ref_runs[s], ref_p), (seeds_runs[s], oth_p)):
+                table = preds(run)
+                if set(table) != set(ids):
+                    raise ReportError(f"{run['folder'] / 'predictions.csv'}: its test segments differ from "
+                                      f"{ref_runs[shared[0]]['folder'] / 'predictions.csv'}")
+                lab = np.array([table[i][0] for i in ids])
+                if not np.allclose(lab, label):
+                    raise ReportError(f"{run['folder'] / 'predictions.csv'}: test labels differ from "
+                                      f"{ref_runs[shared[0]]['folder'] / 'predictions.csv'}")
+                store[s] = np.array([table[i][1] for i in ids])
+        entry["paired_bootstrap_over_test_segments"] = stats.paired_bootstrap(
+            label, ref_p, oth_p, n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED)
+        vs[aid] = entry
+    return {"reference": FULL_MODEL_ID, "direction": f"{FULL_MODEL_ID} minus the other configuration",
+            "vs": {a: vs[a] for a in ABLATIONS if a in vs}}
+
+
+def _strip(t: dict) -> dict:
+    """The per-metric t-test result without the repeated test description."""
+    return {k: v for k, v in t.items() if k != "test"}
+
+
+def _figure_ablation(params: dict, ablations: list[str]) -> str:
+    for candidate in (params["ablation"], FULL_MODEL_ID):
+        if candidate in ablations:
+            return candidate
+    return ablations[0]
+
+
+def build_summary(params: dict, runs: list[dict], skipped: list[str], results_dir: Path) -> dict:
+    dataset = params["dataset"]
+    configured = params["ablation"]
+    have = {(r["ablation"], r["seed"]) for r in runs}
+    return {
+        "dataset": dataset,
+        "results_dir": str(results_dir),
+        "primary_split": "test",
+        "selection": "checkpoint selected on validation MAE (never on test)",
+        "conventions": {
+            "acc2_nonzero/f1_nonzero": "negative vs positive, zero-labelled segments left out (tables' primary)",
+            "acc2_haszero/f1_haszero": "negative (<0) vs non-negative (>=0), all segments",
+            "mae/corr": "all segments",
+            "mae_nonzero_subset/corr_nonzero_subset": "non-zero-label segments only (some published code); "
+                                                      "not comparable with mae/corr",
+            "acc7/acc5": "clip to [-3,3]/[-2,2], round half away from zero",
+            "units": "accuracies and F1 in percent; mae and corr raw",
+        },
+        "statistics": {
+            "per_ablation": "mean, std (ddof=1), ci95 = t interval of the mean over seeds (null with 1 seed), per-seed values",
+            "paired_t_test_over_seeds": "scipy.stats.ttest_rel over the seeds shared with the reference, >= 2 seeds",
+            "paired_bootstrap_over_test_segments": f"{N_RESAMPLES} resamples of test segments (rng seed "
+                                                   f"{BOOTSTRAP_SEED}); per resample the seed-averaged difference "
+                                                   "of the metric; percentile 95% interval; two-sided p",
+        },
+        "configured": {"ablation": configured, "seeds": list(params["train"]["seeds"]),
+                       "missing_runs": [f"{configured}-seed{s}" for s in params["train"]["seeds"]
+                                        if (configured, s) not in have]},
+        "skipped_folders_without_metrics": skipped,
+        "ablations": _aggregate(runs),
+        "comparisons": _compare(runs),
+    }
+
+
+def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
+    """Aggregate, test, tabulate and plot; return the summary dict (as written to summary.json)."""
+    dataset = params["dataset"]
+    results_dir = Path(results_dir) if results_dir is not None else paths.run_dir(dataset, "A6", 0).parent
+    out_dir = Path(out_dir) if out_dir is not None else paths.reports_dir(dataset)
+    # summary.json lives with the reports (paths.summary_path): the stage depends on the whole results
+    # folder and may not write inside its own dependency.
+    summary_file = out_dir / paths.summary_path(dataset).name
+    runs, skipped = discover_runs(results_dir, dataset)
+    if not runs:
+        raise ReportError(f"{results_dir}: no run folder holds metrics.json (run 'cpsl evaluate' first)")
+    summary = json_safe(build_summary(params, runs, skipped, results_dir))
+
+    tables.write_tables(summary, out_dir)
+    fig_id = _figure_ablation(params, list(summary["ablations"]))
+    hist_paths = [r["folder"] / "history.csv" for r in runs if r["ablation"] == fig_id]
+    missing = [str(p) for p in hist_paths if not p.is_file()]
+    if missing:
+        raise ReportError(f"{', '.join(missing)}: missing (Figures 2-3 are drawn from each run's history.csv)")
+    histories = [figures.read_history(p) for p in hist_paths]
+    seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
+    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ABLATIONS[fig_id][1]}), mean over seeds "
+                                              f"{', '.join(map(str, seeds))}")
+    summary["figures"] = {"ablation": fig_id, "seeds": seeds}
+    write_json_atomic(summary_file, summary)
+    return summary

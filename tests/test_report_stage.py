@@ -1,0 +1,181 @@
+"""The report stage on synthetic run folders (metrics.json, predictions.csv, history.csv)."""
+import copy
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as sps
+
+from cpsl.config import validate_params
+from cpsl.evaluate.metrics import compute_metrics, json_safe
+from cpsl.report.paper_results import TABLE2
+from cpsl.report.stage import ReportError, run_report
+
+SEEDS = (0, 2, 10)  # 10 sorts before 2 as text: the report must order seeds numerically
+HISTORY_COLS = (["epoch"] + [f"{s}/{t}" for s in ("train", "valid") for t in ("total", "task", "recon", "uni", "div", "stat")]
+                + ["valid/mae", "valid/corr", "gm/c_a", "gm/c_v", "gm/g_a", "gm/g_v", "gm/imbalance", "gm/conflicts"])
+
+
+@pytest.fixture(scope="module")
+def base_params():
+    with open("params.yaml") as fh:
+        return validate_params(yaml.safe_load(fh))
+
+
+def _labels(rng, n):
+    lab = np.round(rng.uniform(-3, 3, n) * 3) / 3
+    lab[:3] = 0.0
+    return lab.astype(np.float32)
+
+
+def make_run(root, ablation, seed, noise, labels, dataset="demo", epochs=4):
+    """A run folder as train + evaluate leave it; metrics come from the real metric code."""
+    rng = np.random.default_rng(1000 * seed + len(ablation) + int(noise * 100))
+    folder = root / f"{ablation}-seed{seed}"
+    folder.mkdir(parents=True)
+    metrics = {"ablation": ablation, "seed": seed, "dataset": dataset, "selected_epoch": 2}
+    rows = []
+    for split, lab in labels.items():
+        pred = (lab + rng.normal(0, noise, lab.size)).astype(np.float32)
+        metrics[split] = compute_metrics(pred, lab)
+        rows += [(split, f"vid{i // 3}[{i % 3}]", float(l), float(p)) for i, (l, p) in enumerate(zip(lab, pred))]
+    (folder / "metrics.json").write_text(json.dumps(json_safe(metrics)))
+    with open(folder / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["split", "segment_id", "label", "prediction"])
+        w.writerows(rows)
+    with open(folder / "history.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(HISTORY_COLS)
+        for ep in range(epochs):
+            w.writerow([ep] + [round(1.0 / (ep + 1) + 0.01 * seed + 0.001 * k, 5) for k in range(len(HISTORY_COLS) - 1)])
+    return folder, metrics
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, base_params):
+    root = tmp_path_factory.mktemp("results")
+    rng = np.random.default_rng(0)
+    labels = {"valid": _labels(rng, 20), "test": _labels(rng, 45)}
+    metrics = {}
+    for ablation, noise in (("A6", 0.3), ("A0", 1.2)):
+        for seed in SEEDS:
+            metrics[(ablation, seed)] = make_run(root, ablation, seed, noise, labels)[1]
+    (root / "A6-seed99").mkdir()  # a training still in progress: no metrics.json yet
+    out = tmp_path_factory.mktemp("reports")
+    summary = run_report(base_params, results_dir=root, out_dir=out)
+    return root, out, summary, metrics
+
+
+def test_summary_values_over_seeds(grid):
+    root, out, summary, metrics = grid
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert not (root / "summary.json").exists()  # never inside the results folder the stage reads
+    assert on_disk["ablations"].keys() == {"A0", "A6"}
+    a6 = on_disk["ablations"]["A6"]
+    assert a6["seeds"] == [0, 2, 10]
+    vals = np.array([metrics[("A6", s)]["test"]["mae"] for s in SEEDS])
+    mae = a6["test"]["mae"]
+    assert mae["mean"] == pytest.approx(vals.mean()) and mae["std"] == pytest.approx(vals.std(ddof=1))
+    assert mae["ci95"] == pytest.approx(list(sps.t.interval(0.95, 2, loc=vals.mean(), scale=sps.sem(vals))))
+    assert mae["per_seed"]["10"] == pytest.approx(metrics[("A6", 10)]["test"]["mae"])
+    assert "valid" in a6 and "acc7" in a6["test"] and "corr_nonzero_subset" in a6["test"]
+    assert on_disk["skipped_folders_without_metrics"] == ["A6-seed99"]
+    assert on_disk["configured"]["missing_runs"] == ["A6-seed1"]  # params.yaml seeds are 0, 1, 2
+
+
+def test_paired_comparisons(grid):
+    _root, _out, summary, metrics = grid
+    comp = summary["comparisons"]
+    assert comp["reference"] == "A6" and list(comp["vs"]) == ["A0"]
+    c = comp["vs"]["A0"]
+    assert c["shared_seeds"] == [0, 2, 10]
+    a = [metrics[("A6", s)]["test"]["acc2_nonzero"] for s in SEEDS]
+    b = [metrics[("A0", s)]["test"]["acc2_nonzero"] for s in SEEDS]
+    t = c["paired_t_test_over_seeds"]
+    assert "ttest_rel" in t["test"]
+    assert t["metrics"]["acc2_nonzero"]["p"] == pytest.approx(sps.ttest_rel(a, b).pvalue)
+    boot = c["paired_bootstrap_over_test_segments"]
+    assert "bootstrap" in boot["test"] and boot["n_segments"] == 45
+    mae = boot["metrics"]["mae"]
+    want = np.mean([metrics[("A6", s)]["test"]["mae"] - metrics[("A0", s)]["test"]["mae"] for s in SEEDS])
+    assert mae["diff"] == pytest.approx(want, rel=1e-5)
+    assert mae["ci95"][0] <= mae["diff"] <= mae["ci95"][1] < 0  # A6 is much less noisy
+
+
+def test_tables(grid):
+    _root, out, _summary, metrics = grid
+    with open(out / "table2.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == ["A0", "A6"]  # the paper's order
+    a6 = rows[1]
+    assert a6["configuration"] == "Full Model (Ours)" and a6["n_seeds"] == "3"
+    assert float(a6["acc2_paper"]) == TABLE2["A6"][1].acc2 and float(a6["corr_x100_paper"]) == 86.44
+    corr = [metrics[("A6", s)]["test"]["corr"] for s in SEEDS]
+    assert float(a6["corr_x100_mean"]) == pytest.approx(100 * np.mean(corr), abs=1e-4)
+    assert float(a6["acc2_haszero_mean"]) == pytest.approx(np.mean([metrics[("A6", s)]["test"]["acc2_haszero"] for s in SEEDS]), abs=1e-4)
+    md = (out / "table2.md").read_text()
+    assert md.index("| A0 |") < md.index("| A6 |")
+    assert "non-zero convention" in md and "not directly comparable" in md and "Paired comparison" in md
+    t1 = (out / "table1.md").read_text()
+    assert "NOT comparable" in t1 and "ITHP" in t1 and "Ours (this reproduction, 3 seeds)" in t1
+
+
+def test_figures_are_valid_pngs(grid):
+    import matplotlib.image as mpimg
+
+    _root, out, summary, _m = grid
+    for name in ("figure2_losses.png", "figure3_modulation.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert summary["figures"] == {"ablation": "A6", "seeds": [0, 2, 10]}
+    with open(out / "history_mean.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    # mean over seeds 0, 2, 10 of 1/(ep+1) + 0.01*seed (+0 for train/total, the first value column)
+    assert float(rows[1]["train/total"]) == pytest.approx(0.5 + 0.01 * np.mean(SEEDS))
+    assert not list(out.glob(".*tmp"))  # atomic writes left no temporaries
+
+
+def test_single_ablation_single_seed(tmp_path, base_params):
+    rng = np.random.default_rng(1)
+    labels = {"valid": _labels(rng, 10), "test": _labels(rng, 12)}
+    make_run(tmp_path / "res", "B3", 0, 0.5, labels)
+    params = copy.deepcopy(base_params)
+    params["ablation"], params["train"]["seeds"] = "B3", [0, 1]
+    summary = run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    mae = summary["ablations"]["B3"]["test"]["mae"]
+    assert mae["std"] is None and mae["ci95"] is None and "at least 2" in mae["ci_note"]
+    assert summary["comparisons"]["vs"] == {} and "no run of the full model" in summary["comparisons"]["note"]
+    assert summary["configured"]["missing_runs"] == ["B3-seed1"]
+    assert "± n/a" in (tmp_path / "rep" / "table2.md").read_text()
+    assert "No run of the full model" in (tmp_path / "rep" / "table1.md").read_text()
+    assert (tmp_path / "rep" / "figure3_modulation.png").stat().st_size > 0
+
+
+def test_undefined_metric_is_null_not_nan(tmp_path, base_params):
+    labels = {"valid": np.zeros(4, np.float32), "test": np.zeros(5, np.float32)}  # no non-zero label at all
+    make_run(tmp_path / "res", "A6", 0, 0.5, labels)
+    run_report(base_params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    text = (tmp_path / "rep" / "summary.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["ablations"]["A6"]["test"]["acc2_nonzero"]["mean"] is None
+
+
+def test_errors_name_the_file(tmp_path, base_params):
+    rng = np.random.default_rng(2)
+    labels = {"test": _labels(rng, 6)}
+    folder, m = make_run(tmp_path / "res", "A6", 0, 0.5, labels)
+    m["seed"] = 3
+    (folder / "metrics.json").write_text(json.dumps(json_safe(m)))
+    with pytest.raises(ReportError, match=r"A6-seed0.metrics\.json: says A6-seed3"):
+        run_report(base_params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    with pytest.raises(ReportError, match="results folder not found"):
+        run_report(base_params, results_dir=tmp_path / "nowhere", out_dir=tmp_path / "rep")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no run folder holds metrics.json"):
+        run_report(base_params, results_dir=tmp_path / "empty", out_dir=tmp_path / "rep")
