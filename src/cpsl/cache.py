@@ -18,6 +18,7 @@ complete, so a reader never sees a half-written cache.
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 import json
 from pathlib import Path
 from typing import Mapping
@@ -47,7 +48,7 @@ REQUIRED_ATTRS = (
 _JSON_ATTRS = ("raw_manifest_sha256",)
 
 
-class CacheError(ValueError):
+class CacheError(PipelineError, ValueError):
     """A missing, outdated or malformed cache; the message names the file, split and key."""
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from cpsl.config import ParamsError, apply_overrides, load_params
+from cpsl.errors import PipelineError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -62,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cpsl {args.stage}: invalid params: {exc}", file=sys.stderr)
         return 2
 
-    # Stage modules are imported lazily: validation above must not wait for torch/transformers.
+    try:
+        return _dispatch(args, params)
+    except PipelineError as exc:
+        # A problem with the user's inputs: one line naming the file/key/segment, no traceback.
+        print(f"cpsl {args.stage}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, params: dict) -> int:
+    # Stage modules are imported lazily: validation must not wait for torch/transformers.
     if args.stage == "prepare":
         from cpsl.data.prepare import run_prepare
         run_prepare(params, out_dir=args.out)

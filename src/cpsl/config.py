@@ -7,6 +7,7 @@ The schema below is the one place that lists every param, its type and its allow
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 from cpsl.ablations import ABLATIONS
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError, ValueError):
     """A params.yaml problem; the message names the file and the dotted key."""
 
 

@@ -24,6 +24,7 @@ Choices where the SDK or the paper leave room:
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 import json
 import time
 from collections import defaultdict
@@ -49,7 +50,7 @@ SILENCE = "sp"
 LABEL_RANGE = (-3.0, 3.0)
 
 
-class AlignError(ValueError):
+class AlignError(PipelineError, ValueError):
     """Bad raw input for alignment; the message names the file and the video or segment."""
 
 

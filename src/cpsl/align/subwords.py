@@ -11,6 +11,7 @@ same for BERT-style (MiniLM) and DeBERTa-v2/v3 tokenizers; both define cls/sep/p
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from cpsl.config import resolve_model_path
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PipelineError, ValueError):
     """The configured text model's tokenizer cannot be loaded or lacks [CLS]/[SEP]/pad."""
 
 

@@ -12,6 +12,7 @@ the file and the video.
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -35,7 +36,7 @@ METADATA_FIELDS = (
 )
 
 
-class CSDError(ValueError):
+class CSDError(PipelineError, ValueError):
     """A malformed or unreadable computational sequence; the message names file and video."""
 
 

@@ -18,6 +18,7 @@ rows, in cache order). Runs on CUDA when available, else CPU.
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 import csv
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ EVAL_SPLITS = ("valid", "test")
 META_KEYS = ("params", "ablation", "seed", "acoustic_dim", "visual_dim", "text_model")
 
 
-class EvaluateError(ValueError):
+class EvaluateError(PipelineError, ValueError):
     """A missing or inconsistent checkpoint / cache; the message names the file."""
 
 

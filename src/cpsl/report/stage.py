@@ -17,6 +17,7 @@ in the paper's order that has runs (the figure title names the one used).
 """
 from __future__ import annotations
 
+from cpsl.errors import PipelineError
 import csv
 import json
 import re
@@ -37,7 +38,7 @@ SPLITS = ("test", "valid")
 _RUN_NAME = re.compile(r"^(?P<ablation>[A-Z]\d+)-seed(?P<seed>\d+)$")
 
 
-class ReportError(ValueError):
+class ReportError(PipelineError, ValueError):
     """A malformed or inconsistent run folder; the message names the file."""
 
 
