@@ -1,0 +1,107 @@
+"""Pieces of the training stage that need no training: RNG capture, weights_only files, history.csv, the
+schedule, the batch plan (DDP partition and resume skipping), run identity and the torchrun re-launch."""
+from __future__ import annotations
+
+import math
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train_helpers import make_cache
+
+from cpsl.train import checkpoint as ckpt
+from cpsl.train import stage
+from cpsl.train.data import BatchPlan
+from cpsl.train.distributed import torchrun_command
+from cpsl.train.loop import linear_warmup_decay, noise_generator
+
+
+def _draws():
+    return torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)]
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    ckpt.save_pt(tmp_path / "rng.pt", {"rng": ckpt.capture_rng()})
+    expected = _draws()
+    _draws()  # move every generator on
+    ckpt.restore_rng(ckpt.load_pt(tmp_path / "rng.pt")["rng"])  # load_pt uses weights_only=True
+    got = _draws()
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_history_csv_has_the_contract_header_and_round_trips(tmp_path):
+    row = {key: 0.25 for key in ckpt.HISTORY_COLUMNS} | {"epoch": 0, "gm/conflicts": 3, "gm/g_a": math.nan}
+    ckpt.write_history(tmp_path, [row, row | {"epoch": 1}])
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(ckpt.HISTORY_COLUMNS) and lines[0].startswith("epoch,train/total,")
+    back = ckpt.read_history(tmp_path / "history.csv")
+    assert [r["epoch"] for r in back] == [0, 1] and back[1]["gm/conflicts"] == 3
+    assert math.isnan(back[0]["gm/g_a"]) and back[0]["valid/corr"] == 0.25
+
+
+def test_linear_warmup_then_linear_decay():
+    factor = linear_warmup_decay(total_steps=10, warmup_steps=2)
+    assert [factor(s) for s in range(11)] == [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    assert linear_warmup_decay(4, 0)(0) == 1.0
+
+
+def test_batch_plan_partitions_the_epoch_over_ranks_and_resumes_by_skipping():
+    plans = [BatchPlan(10, batch_per_rank=2, rank=r, world_size=2, seed=5) for r in range(2)]
+    assert plans[0].steps_per_epoch == 3  # 10 samples -> 5 per rank -> batches 2, 2, 1
+    seen = torch.cat([b for p in plans for b in p.batches(epoch=1)])
+    assert sorted(seen.tolist()) == list(range(10))
+    full = list(plans[0].batches(epoch=1))
+    assert [b.tolist() for b in plans[0].batches(epoch=1, start_step=1)] == [b.tolist() for b in full[1:]]
+    assert [b.tolist() for b in plans[0].batches(epoch=2)] != [b.tolist() for b in full]  # reshuffled per epoch
+
+
+def test_ge_noise_generator_depends_on_seed_and_step_only():
+    draw = lambda seed, step: torch.randn(4, generator=noise_generator(seed, step, torch.device("cpu")))  # noqa: E731
+    assert torch.equal(draw(0, 7), draw(0, 7))
+    assert not torch.equal(draw(0, 7), draw(0, 8)) and not torch.equal(draw(0, 7), draw(1, 7))
+
+
+def test_fingerprint_and_finished_summary(tmp_path):
+    attrs = {"dataset": "mosi", "acoustic_dim": 5}
+    base = ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 100)
+    assert base == ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, dict(attrs), 100)
+    others = [ckpt.run_fingerprint({"cp": {"eta": 0.3}}, "A6", 0, attrs, 100),
+              ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A5", 0, attrs, 100),
+              ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 1, attrs, 100),
+              ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 101)]
+    assert base not in others
+    ckpt.write_summary(tmp_path, {"fingerprint": base, "best_epoch": 2})
+    assert ckpt.finished_summary(tmp_path, base) is None  # no best.pt yet
+    (tmp_path / ckpt.BEST_FILE).write_bytes(b"x")
+    assert ckpt.finished_summary(tmp_path, base)["best_epoch"] == 2
+    assert ckpt.finished_summary(tmp_path, others[0]) is None
+
+
+def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, monkeypatch):
+    launched = {}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(stage.distributed, "relaunch", lambda n, args: launched.update(n=n, args=args) or 7)
+    params = {"ablation": "A6", "dataset": "mosi", "train": {"nproc": 2}}
+    code = stage.run_train(params, seed=1, data_path=tmp_path / "c.h5", out_dir=tmp_path / "run",
+                           params_file="p.yaml", overrides=["cp.eta=0.3"])
+    assert code == 7 and launched["n"] == 2
+    assert launched["args"] == ["train", "--params", "p.yaml", "--seed", "1", "--ablation", "A6", "--data",
+                                str(tmp_path / "c.h5"), "--out", str(tmp_path / "run"), "--set", "cp.eta=0.3"]
+    cmd = torchrun_command(2, launched["args"])
+    assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:8] == ["-m", "cpsl.cli", "train"]
+
+
+def test_best_checkpoint_loads_weights_only_with_its_meta(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    meta = {"params": {"cp": {"eta": 0.5}, "data": {"mirror": None}}, "ablation": "A6", "seed": 0,
+            "acoustic_dim": 5, "visual_dim": 4, "text_model": "x"}
+    ckpt.save_best(tmp_path, model, 3, {"valid/mae": 0.5}, meta)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["meta"] == meta and torch.equal(best["model"]["weight"], model.weight)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file

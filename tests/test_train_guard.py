@@ -1,0 +1,94 @@
+"""The collapse guard: a non-finite loss term or gradient stops the run with a report naming the epoch, the
+step and the term (or parameter), exit code EXIT_COLLAPSE, and the last good checkpoint left untouched."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from train_helpers import make_cache, one_thread, small_params, tiny_text_model
+
+from cpsl.cache import read_attrs, read_split, write_cache
+from cpsl.train import loop
+from cpsl.train.stage import run_train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("guard")
+    text = tiny_text_model(tmp / "text")
+    cache = make_cache(tmp / "cache.h5", n_train=16, n_valid=8)
+    return tmp, text, cache
+
+
+def _report(run):
+    return json.loads((run / loop.COLLAPSE_FILE).read_text())
+
+
+def test_nan_label_in_the_cache_stops_the_first_epoch(setup, tmp_path, capfd):
+    # (a NaN acoustic/visual feature would not do: min-max normalisation maps a non-finite feature to 0)
+    _, text, cache = setup
+    splits = {s: read_split(cache, s) for s in ("train", "valid", "test")}
+    splits["train"]["label"][3] = np.nan
+    poisoned = tmp_path / "poisoned.h5"
+    write_cache(poisoned, splits, read_attrs(cache))
+
+    run = tmp_path / "run"
+    assert run_train(small_params(text), seed=0, data_path=poisoned, out_dir=run) == loop.EXIT_COLLAPSE
+    report = _report(run)
+    assert report["epoch"] == 0 and report["what"].startswith("non-finite loss term(s) total, task")
+    err = capfd.readouterr().err
+    assert "collapse guard" in err and f"epoch 0, step {report['step_in_epoch']}" in err
+    assert not (run / "best.pt").exists() and not (run / "state" / "last.pt").exists()
+    assert not (run / "train_summary.json").exists()
+
+
+def test_nan_loss_in_epoch_1_keeps_the_epoch_0_checkpoints(setup, tmp_path, monkeypatch):
+    _, text, cache = setup
+    real = loop.total_loss
+    calls = {"n": 0}
+
+    def poisoned_loss(out, label, loss_params, switches):
+        losses = real(out, label, loss_params, switches)
+        calls["n"] += 1
+        if calls["n"] == 4:  # 2 steps per epoch: epoch 1, step 1
+            losses["stat"] = losses["stat"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(loop, "total_loss", poisoned_loss)
+    run = tmp_path / "run"
+    assert run_train(small_params(text, **{"train.epochs": 3}), seed=0, data_path=cache, out_dir=run) == 3
+    report = _report(run)
+    assert (report["epoch"], report["step_in_epoch"], report["global_step"]) == (1, 1, 3)
+    assert "stat" in report["what"]
+
+    state = torch.load(run / "state" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 2)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in best["model"].values() if v.is_floating_point())
+    assert len((run / "history.csv").read_text().splitlines()) == 2
+
+
+def test_non_finite_gradient_names_the_parameter(setup, tmp_path, monkeypatch):
+    _, text, cache = setup
+    real = loop.modulate_gradients
+
+    def poisoned_modulation(encoders, *args, **kwargs):
+        tele = real(encoders, *args, **kwargs)
+        next(encoders["v"].parameters()).grad[0].fill_(float("inf"))
+        return tele
+
+    monkeypatch.setattr(loop, "modulate_gradients", poisoned_modulation)
+    run = tmp_path / "run"
+    assert run_train(small_params(text), seed=0, data_path=cache, out_dir=run) == loop.EXIT_COLLAPSE
+    report = _report(run)
+    assert (report["epoch"], report["step_in_epoch"]) == (0, 0)
+    assert "ame.v." in report["what"] and "gradient" in report["what"]

@@ -1,0 +1,137 @@
+"""Shared fixtures of the training tests: a tiny offline DeBERTa, tiny caches, small params.
+
+Everything is random but seeded; nothing is downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from cpsl.cache import write_cache
+from cpsl.config import load_params, set_dotted, validate_params
+from cpsl.model.text_encoder import tiny_deberta_config
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 30522
+D_A, D_V = 5, 4
+
+
+def tiny_text_model(folder: Path) -> str:
+    """Save a random tiny DeBERTa-v2 (no dropout, so runs can be compared exactly) and return its folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        config = tiny_deberta_config(VOCAB)
+        config.hidden_dropout_prob = 0.0
+        config.attention_probs_dropout_prob = 0.0
+        torch.manual_seed(1234)
+        transformers.AutoModel.from_config(config).save_pretrained(folder)
+    return str(folder)
+
+
+def _split(rng: np.random.Generator, n: int, seq_len: int, learnable: bool, prefix: str) -> dict:
+    lengths = rng.integers(seq_len // 2, seq_len + 1, size=n)
+    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int8)
+    input_ids = rng.integers(1000, VOCAB, size=(n, seq_len)) * mask
+    acoustic = rng.normal(size=(n, seq_len, D_A)).astype(np.float32)
+    visual = rng.normal(size=(n, seq_len, D_V)).astype(np.float32)
+    if learnable:
+        # sentiment carried by the text: each segment holds one of 6 "sentiment words" repeated, with its
+        # polarity; the acoustic stream echoes the label on feature 0
+        words = np.arange(100, 106)
+        polarity = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+        pick = rng.integers(0, len(words), size=n)
+        label = (polarity[pick] + rng.normal(scale=0.3, size=n)).clip(-3, 3).astype(np.float32)
+        positions = rng.random((n, seq_len)) < 0.5
+        input_ids = np.where(positions & mask.astype(bool), words[pick][:, None], input_ids)
+        acoustic[:, :, 0] += label[:, None]
+    else:
+        label = rng.uniform(-3, 3, size=n).astype(np.float32)
+    input_ids[:, 0] = 1  # [CLS]-like first token
+    return {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "acoustic": acoustic * mask[..., None],
+            "visual": visual * mask[..., None], "label": label, "segment_id": [f"{prefix}{i}" for i in range(n)]}
+
+
+def make_cache(path: Path, n_train: int = 16, n_valid: int = 8, n_test: int = 8, seq_len: int = 12,
+               seed: int = 0, learnable: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    splits = {s: _split(rng, n, seq_len, learnable, f"{s}_") for s, n in
+              (("train", n_train), ("valid", n_valid), ("test", n_test))}
+    attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": seq_len, "acoustic_name": "a",
+             "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
+    write_cache(path, splits, attrs)
+    return Path(path)
+
+
+def small_params(text_model: str, **overrides) -> dict:
+    """params.yaml with the dataset set to mosi (so text.model is used), a tiny model and short training."""
+    params = load_params(REPO / "params.yaml")
+    settings = {
+        "dataset": "mosi", "text.model": text_model, "model.intermediate_dim": 8, "model.fusion_dim": 8,
+        "train.epochs": 2, "train.batch_size": 8, "train.lr": 1e-3, "train.warmup_ratio": 0.1,
+        "train.device": "cpu", "train.nproc": 1, "eval.batch_size": 8,
+    }
+    settings.update(overrides)
+    for key, value in settings.items():
+        set_dotted(params, key, value)
+    return validate_params(params, "test params")
+
+
+def write_params(path: Path, params: dict) -> Path:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(params, sort_keys=False))
+    return Path(path)
+
+
+def load_model_states(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:5]}"
+
+
+def ddp_worker(rank: int, world_size: int, port: int, jobs: list, out_dir: str) -> None:
+    """torch.multiprocessing entry point: join a gloo group, run each (name, params, ablation, data, run_dir)
+    job with the real training loop, save this rank's final weights to out_dir/<name>-rank<r>.pt."""
+    import os
+
+    from cpsl.train.distributed import init_from_env, shutdown
+    from cpsl.train.loop import RunSpec, fit
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = init_from_env("cpu")
+    try:
+        for name, params, ablation, data_path, run_dir in jobs:
+            result = fit(RunSpec(params, ablation, 0, Path(data_path), Path(run_dir), params["text"]["model"]), ctx)
+            assert result.exit_code == 0, result.message
+            torch.save({"model": {k: v.detach().clone() for k, v in result.model.state_dict().items()}},
+                       Path(out_dir) / f"{name}-rank{rank}.pt")
+    finally:
+        shutdown(ctx)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_thread():
+    """Generator for a fixture: torch on one thread while a test trains (2 shared cores: two threads per
+    process only contend), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
