@@ -67,6 +67,30 @@ def test_eval_is_deterministic_with_z_equal_mu_and_training_samples(params):
     assert [(n, p.shape) for n, p in a0.named_parameters()] == [(n, p.shape) for n, p in model.named_parameters()]
 
 
+def test_trailing_padding_changes_no_output(params):
+    """The model drops columns that are padding in every row; extra padding must not change any output."""
+    model = _model(params).eval()
+    batch = _batch(seed=3)
+    pad = 9  # 9 more padding columns: zero features, pad id 0, mask 0
+    padded = {
+        "input_ids": torch.cat([batch["input_ids"], torch.zeros(B, pad, dtype=torch.long)], 1),
+        "attention_mask": torch.cat([batch["attention_mask"], torch.zeros(B, pad, dtype=torch.long)], 1),
+        "acoustic": torch.cat([batch["acoustic"], torch.zeros(B, pad, DA)], 1),
+        "visual": torch.cat([batch["visual"], torch.zeros(B, pad, DV)], 1),
+    }
+    with torch.no_grad():
+        a, b = model(**batch), model(**padded)
+    torch.testing.assert_close(a.prediction, b.prediction)
+    for m in ("a", "v"):
+        torch.testing.assert_close(a.uni[m], b.uni[m])
+        torch.testing.assert_close(a.recon[m], b.recon[m])
+    assert b.mask.shape == (B, L)  # trimmed back to the longest row
+    label = torch.zeros(B)
+    la, lb = total_loss(a, label, params["loss"], switches_for("A6")), total_loss(b, label, params["loss"], switches_for("A6"))
+    for k in la:
+        torch.testing.assert_close(la[k], lb[k])
+
+
 def test_gradients_reach_every_part(params):
     model = _model(params)
     model.train()

@@ -86,6 +86,13 @@ class CPSLModel(nn.Module):
                     f"CPSLModel: {'acoustic' if m == 'a' else 'visual'} must be (B,L,{self.dims[m]}) matching "
                     f"attention_mask {tuple(mask.shape)}, got {tuple(raw[m].shape)}"
                 )
+        # Drop trailing positions that are padding in every row: every op below is per-token or masked,
+        # so they change no valid output, and MSA segments are mostly far shorter than max_seq_len.
+        if mask.shape[1] and mask.any():
+            keep = int(mask.any(0).nonzero().max()) + 1
+            if keep < mask.shape[1]:
+                input_ids, attention_mask, mask = input_ids[:, :keep], attention_mask[:, :keep], mask[:, :keep]
+                raw = {m: raw[m][:, :keep] for m in MODALITIES}
         sync = self.training and dist.is_available() and dist.is_initialized()
         inputs = {m: minmax_normalize(raw[m], mask, sync=sync) for m in MODALITIES}
         mu, var, z = {}, {}, {}
