@@ -1,13 +1,23 @@
 # Thin Snakemake front end: every rule calls one `cpsl` subcommand; all logic lives in src/cpsl.
 # params.yaml is the single source of truth (cpsl reads and validates it itself); each rule declares
 # only its own slice of it (cpsl.config.STAGE_PARAMS) so a change reruns only the stages that use it.
-# Edit params.yaml rather than passing --config: the stages read the file, not Snakemake's config.
 # tests/test_workflow_parity.py keeps this and dvc.yaml in step.
+#
+#   snakemake --cores 4                       the configured ablation x train.seeds, then the report
+#   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5) x train.seeds, then the report
 
 from cpsl.config import load_params
 
 configfile: "params.yaml"
-config = load_params("params.yaml")  # fail before any job on an invalid params file
+
+WORKFLOW_KEYS = {"grid"}  # the only --config keys: workflow switches that are not params
+_params = load_params("params.yaml")  # fail before any job on an invalid params file
+_overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _params.get(k))
+if _overridden:
+    raise ValueError(
+        f"--config may only set {sorted(WORKFLOW_KEYS)}; {_overridden} are params: edit params.yaml "
+        "(the stages read that file, so a --config value would not reach them)"
+    )
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

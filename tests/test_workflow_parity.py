@@ -97,3 +97,27 @@ def test_no_data_stage_depends_on_cp():
     for stage in ("prepare", "align"):
         assert not any(p == "cp" or p.startswith("cp.") for p in STAGE_PARAMS[stage])
     assert "cp" in STAGE_PARAMS["train"]
+
+
+def _dry_run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", "-n", "--cores", "1", "--forceall", *extra], cwd=workdir,
+                          capture_output=True, text=True)
+
+
+def test_grid_target_runs_every_table2_row_as_separate_jobs(tmp_path):
+    from cpsl.ablations import ABLATIONS
+
+    work = tmp_path / "grid"
+    work.mkdir()
+    for name in ("Snakefile", "params.yaml", "workflow", "src"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    proc = _dry_run(work, "--config", "grid=true")
+    assert proc.returncode == 0, proc.stderr
+    seeds = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["seeds"]
+    counts = dict(re.findall(r"^(train|evaluate)\s+(\d+)$", proc.stdout, re.M))
+    assert int(counts["train"]) == int(counts["evaluate"]) == len(ABLATIONS) * len(seeds)
+
+    # A param passed through --config would never reach the stages (they read params.yaml): refused.
+    refused = _dry_run(work, "--config", "ablation=A0")
+    assert refused.returncode != 0 and "edit params.yaml" in refused.stdout + refused.stderr
