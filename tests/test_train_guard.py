@@ -33,7 +33,7 @@ def _report(run):
 
 
 def test_nan_label_in_the_cache_stops_the_first_epoch(setup, tmp_path, capfd):
-    # (a NaN acoustic/visual feature would not do: min-max normalisation maps a non-finite feature to 0)
+    # (a NaN acoustic/visual feature is refused when the cache is loaded: tests/test_train_data.py)
     _, text, cache = setup
     splits = {s: read_split(cache, s) for s in ("train", "valid", "test")}
     splits["train"]["label"][3] = np.nan
