@@ -18,7 +18,7 @@ def _out(inputs, mu, var, mask, recon=None, uni=None, pred=None, fused=None):
         uni=uni or {"a": torch.zeros(b), "v": torch.zeros(b)},
         mu=mu, var=var, z=mu,
         recon=recon or {m: inputs[m].clone() for m in inputs},
-        inputs=inputs, mask=mask, fused=fused if fused is not None else torch.randn(b, l, 4),
+        inputs=inputs, mask=mask, feature_mask=mask, fused=fused if fused is not None else torch.randn(b, l, 4),
     )
 
 

@@ -20,24 +20,24 @@ def test_inverse_error_scores():
     assert (s_a, s_v) == pytest.approx((1.0, 0.5))
 
 
-def test_eq5_paper_and_ogm_when_acoustic_is_better():
+def test_eq5_paper_and_shifted_when_acoustic_is_better():
     # s_a = 2, s_v = 1, ratio 2
     assert eq5_coefficients(0.5, 1.0, 1.0, 0.0, "paper") == pytest.approx((1 - TANH2, 1.0))
-    assert eq5_coefficients(0.5, 1.0, 1.0, 0.0, "ogm") == pytest.approx((1 - TANH1, 1.0))
+    assert eq5_coefficients(0.5, 1.0, 1.0, 0.0, "shifted") == pytest.approx((1 - TANH1, 1.0))
 
 
 def test_eq5_otherwise_branch_visual_better_and_alpha():
     # s_a = 2/3, s_v = 2, ratio 3, alpha .5
     assert eq5_coefficients(1.5, 0.5, 0.5, 0.0, "paper") == pytest.approx((1.0, 1 - TANH15))
-    assert eq5_coefficients(1.5, 0.5, 0.5, 0.0, "ogm") == pytest.approx((1.0, 1 - TANH1))
+    assert eq5_coefficients(1.5, 0.5, 0.5, 0.0, "shifted") == pytest.approx((1.0, 1 - TANH1))
 
 
 def test_eq5_tie_gives_ones_and_eps_enters_the_ratio():
     assert eq5_coefficients(0.7, 0.7, 1.0, 1e-8, "paper") == (1.0, 1.0)
-    assert eq5_coefficients(0.7, 0.7, 1.0, 1e-8, "ogm") == (1.0, 1.0)
+    assert eq5_coefficients(0.7, 0.7, 1.0, 1e-8, "shifted") == (1.0, 1.0)
     # eps .5: s_a = 1, s_v = .5, ratio = 1 / (.5 + .5) = 1
     assert eq5_coefficients(0.5, 1.5, 1.0, 0.5, "paper") == pytest.approx((1 - TANH1, 1.0))
-    assert eq5_coefficients(0.5, 1.5, 1.0, 0.5, "ogm") == pytest.approx((1.0, 1.0))
+    assert eq5_coefficients(0.5, 1.5, 1.0, 0.5, "shifted") == pytest.approx((1.0, 1.0))
 
 
 def test_eq5_paper_form_is_always_below_one_minus_tanh_alpha():
@@ -103,7 +103,7 @@ def test_gm_scales_grads_exactly_by_eq5_coefficient():
 def test_cp_multiplies_the_conflicting_modality_by_eta():
     enc = _encoders(scale_a=10.0)  # a better AND larger gradient norm
     before = _grads(enc)
-    tele = modulate_gradients(enc, {"a": 0.5, "v": 1.0}, 0, dict(GM, coefficient="ogm"), CP, Switches(gm=True, cp=True), None)
+    tele = modulate_gradients(enc, {"a": 0.5, "v": 1.0}, 0, dict(GM, coefficient="shifted"), CP, Switches(gm=True, cp=True), None)
     assert tele["conflict_a"] and not tele["conflict_v"]
     assert tele["c_a"] == pytest.approx((1 - TANH1) * 0.5)
     for g0, p in zip(before["a"], enc["a"].parameters()):

@@ -9,8 +9,13 @@ Switches:
   cp     Conflict-aware Penalty (Eq. 6) on top of gm
   sl     Statistical Loss (Eq. 3) in the total loss (Eq. 4)
   recon, uni, div   the auxiliary terms of Eq. 4; on in every row of Table 2 (the paper never ablates them)
+  av     the acoustic/visual path reaches the prediction (P_av injected, Eq. 2); off only in T0
 
-Rows that the paper lists twice (A1 = B1, A5 = C4, A2 = C3) are the same switch sets.
+T0 is ours, not the paper's: the text encoder and task head alone (no injection, no auxiliary losses), the
+reference every multimodal row must beat to show that it uses the acoustic and visual streams at all.
+
+Rows that the paper lists twice (A1 = B1, A2 = C3, A5 = C4) are the same switch sets: they are trained once
+per seed, under the first ID (:data:`ALIASES`, :func:`canonical`), and reported under both labels.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class Switches:
     recon: bool = True
     uni: bool = True
     div: bool = True
+    av: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +61,23 @@ ABLATIONS: dict[str, tuple[Switches, str]] = {
     "C3": (_s("ame", "gm"), "AME+GM"),
     "C4": (_s("ame", "gm", "ge", "sl"), "Full - CP"),
     "C5": (_s("ame", "gm", "cp", "sl"), "Full - GE"),
+    "T0": (Switches(av=False, recon=False, uni=False, div=False), "Text only (ours; no a/v)"),
 }
+
+# Paper rows with the same switches as an earlier row: trained once, under the earlier ID.
+ALIASES: dict[str, str] = {"B1": "A1", "C3": "A2", "C4": "A5"}
+PAPER_ROWS = tuple(a for a in ABLATIONS if a != "T0")
+
+
+def canonical(ablation_id: str) -> str:
+    """The ID a row is trained (and its run folder named) under: B1 -> A1, C3 -> A2, C4 -> A5."""
+    switches_for(ablation_id)  # unknown IDs fail here, naming the known ones
+    return ALIASES.get(ablation_id, ablation_id)
+
+
+def labels_of(trained_id: str) -> list[str]:
+    """Every row ID reported from the runs of ``trained_id`` (itself first, then its aliases)."""
+    return [trained_id] + [a for a, c in ALIASES.items() if c == trained_id]
 
 
 def switches_for(ablation_id: str) -> Switches:

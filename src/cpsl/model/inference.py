@@ -1,7 +1,10 @@
 """Deterministic inference over a split: fixed order, fixed batch size, eval mode, no gradients.
 
-Test predictions therefore never depend on shuffling or on the training batch size: the min-max
-normalisation (per mini-batch) always sees the same evaluation batches. A DDP-wrapped model is unwrapped
+With ``model.eval_norm: running`` (default) the min-max normalisation uses the running statistics kept
+during training, so every segment's prediction is independent of the batch it is in (and of the batch
+size, up to float round-off). With ``batch`` (the paper read literally) each batch is normalised with its
+own min/max and the evaluation runs in batches of ``train.batch_size`` in cache order
+(:func:`inference_batch_size`), so predictions depend on the neighbours. A DDP-wrapped model is unwrapped
 and the normalisation is never all-reduced here, so rank 0 can evaluate alone. The model's train/eval mode
 is restored afterwards. Losses, when ``loss_params`` is given, are the Eq. 4 terms averaged over segments
 (each batch weighted by its size).
@@ -36,6 +39,14 @@ def _check(arrays: dict) -> int:
     if bad:
         raise ValueError(f"run_inference: arrays disagree on the number of segments: label has {n}, {bad}")
     return n
+
+
+def inference_batch_size(params: dict) -> int:
+    """``eval.batch_size`` with running statistics; ``train.batch_size`` for the literal per-batch mode,
+    whose normalisation statistics must come from batches of the size the model was trained with."""
+    if params["model"]["eval_norm"] == "batch":
+        return int(params["train"]["batch_size"])
+    return int(params["eval"]["batch_size"])
 
 
 def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None, switches=None) -> InferenceResult:

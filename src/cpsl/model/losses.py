@@ -7,7 +7,8 @@
     L_recon = 1/2 ( ||A - A^||^2 + ||V - V^||^2 )
 
 Choices where the paper is vague (also in docs/method.md):
-- Padding. Every token-level average is taken over VALID tokens only, per sample, then averaged over the batch:
+- Positions. Every a/v token-level average is taken over WORD positions only (``out.feature_mask``: valid
+  tokens minus [CLS]/[SEP], whose a/v features are all-zero by construction), per sample, then averaged over the batch:
   ``_masked_token_mean``. With no padding this is exactly 1/(BL) sum. Averaging per sample first (rather than
   over all valid tokens of the batch) makes each loss a mean of per-sample terms, so 2 DDP processes x batch 4
   give the same gradient as 1 process x batch 8.
@@ -59,13 +60,14 @@ def statistical_loss(out) -> torch.Tensor:
         x = out.inputs[m].float()
         mu_hat, var_hat = x.mean(-1), x.var(-1, unbiased=False)
         mu_tilde, var_tilde = out.mu[m].float().mean(-1), out.var[m].float().mean(-1)
-        terms += [masked_mse(mu_tilde, mu_hat, out.mask), masked_mse(var_tilde, var_hat, out.mask)]
+        terms += [masked_mse(mu_tilde, mu_hat, out.feature_mask), masked_mse(var_tilde, var_hat, out.feature_mask)]
     return sum(terms) / 4
 
 
 def reconstruction_loss(out) -> torch.Tensor:
     """L_recon = 1/2 (||A - A^||^2 + ||V - V^||^2) as mean squared error per valid token and feature."""
-    per = [_masked_token_mean(((out.recon[m].float() - out.inputs[m].float()) ** 2).mean(-1), out.mask) for m in MODALITIES]
+    per = [_masked_token_mean(((out.recon[m].float() - out.inputs[m].float()) ** 2).mean(-1), out.feature_mask)
+           for m in MODALITIES]
     return (per[0] + per[1]) / 2
 
 
@@ -100,7 +102,7 @@ def diversity_loss(out) -> torch.Tensor:
     """L_div = -mean over samples of the Renyi-2 spectral entropy of F_av (see module docstring)."""
     if out.fused is None:
         raise ValueError("diversity_loss: ModelOutput.fused (F_av) is missing")
-    return -renyi2_spectral_entropy(out.fused, out.mask).mean()
+    return -renyi2_spectral_entropy(out.fused, out.feature_mask).mean()
 
 
 def _term(name: str, out, label, task: str) -> torch.Tensor:

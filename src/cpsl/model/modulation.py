@@ -8,17 +8,21 @@
     (and symmetrically for v)
 
 Choices where the paper is vague (also in docs/method.md):
-- ``gm.coefficient``: "paper" implements Eq. 5 exactly as written; "ogm" uses OGM's 1 - tanh(alpha*ReLU(ratio - 1)).
-  As written, the ratio exceeds 1 whenever the branch is taken, so the better modality's coefficient is always
-  below 1 - tanh(alpha) (0.238 for alpha = 1), whereas Section 3.5 reports 0.45-0.8: the "ogm" form matches
-  those values, the "paper" form cannot.
+- ``gm.coefficient``: "paper" (default) implements Eq. 5 exactly as written, which is also the form of the
+  official OGM-GE code (``1 - tanh(alpha * relu(ratio))`` when ratio > 1). As written, the better modality's
+  coefficient is always below 1 - tanh(alpha) (0.238 for alpha = 1) at every step, while the worse modality's
+  is 1; Section 3.5's 0.45-0.8 are consistent with EPOCH MEANS of that form (steps where the modality is the
+  worse one contribute 1). "shifted" is an alternative of ours, 1 - tanh(alpha * ReLU(ratio - 1)), which is
+  1 at a tie and decays from there; it is NOT OGM's form.
 - g_m (``mean_grad_norm``): the mean, over the encoder's parameter tensors that have a gradient, of each tensor's
   L2 gradient norm (one number per encoder, taken from the current, DDP-averaged gradients before scaling).
 - imbalance degree (``imbalance_degree``, Figure 3b): |s_a - s_v| / (s_a + s_v), in [0, 1): 0 when the two
   modalities are equally good; it equals |MAE_v - MAE_a| / (MAE_a + MAE_v + 2 eps).
-- GE: as OGM-GE, every parameter's gradient becomes c * g + N(0, std(g)^2), std of the UNMODULATED gradient
-  tensor (unbiased, 0 for a one-element tensor), drawn from the caller's ``torch.Generator`` so that every DDP
-  rank draws the same noise; applied only when modulation is active and switch ``ge`` is on.
+- GE: every parameter's gradient becomes c * g + N(0, s^2), drawn from the caller's ``torch.Generator`` so
+  that every DDP rank draws the same noise; applied only when modulation is active and switch ``ge`` is on.
+  ``gm.ge_noise`` picks s: "unmodulated" (default; the official OGM-GE code: std of the gradient BEFORE
+  scaling) or "modulated" (std of c * g: the noise shrinks with the coefficient, so a strongly modulated
+  encoder's update is not mostly noise). Unbiased std, 0 for a one-element tensor.
 - Outside the epoch window (inclusive ends) or with neither gm nor cp on, nothing is touched and the telemetry
   reports c = 1, g = nan (not measured), no conflict.
 The caller all-reduces the MAEs first (gradients are already all-reduced by DDP), so every rank decides the same.
@@ -30,7 +34,8 @@ import math
 import torch
 from torch import nn
 
-FORMULAS = ("paper", "ogm")
+FORMULAS = ("paper", "shifted")
+GE_NOISE = ("unmodulated", "modulated")
 
 
 def inverse_error_scores(mae_a: float, mae_v: float, eps: float) -> tuple[float, float]:
@@ -47,7 +52,7 @@ def _coefficient(s_self: float, s_other: float, alpha: float, eps: float, formul
 
 
 def eq5_coefficients(mae_a: float, mae_v: float, alpha: float, eps: float, formula: str = "paper") -> tuple[float, float]:
-    """(c_a, c_v) of Eq. 5; ``formula`` "paper" (as written) or "ogm" (ratio - 1 inside the ReLU)."""
+    """(c_a, c_v) of Eq. 5; ``formula`` "paper" (as written) or "shifted" (ratio - 1 inside the ReLU)."""
     if formula not in FORMULAS:
         raise ValueError(f"gm.coefficient: unknown formula {formula!r}; expected one of {', '.join(FORMULAS)}")
     s_a, s_v = inverse_error_scores(mae_a, mae_v, eps)
@@ -84,11 +89,16 @@ def imbalance_degree(mae_a: float, mae_v: float, eps: float) -> float:
     return abs(s_a - s_v) / (s_a + s_v)
 
 
-def _scale_and_enhance(module: nn.Module, coefficient: float, enhance: bool, generator: torch.Generator | None) -> None:
+def _scale_and_enhance(module: nn.Module, coefficient: float, enhance: bool, generator: torch.Generator | None,
+                       noise_source: str = "unmodulated") -> None:
+    if noise_source not in GE_NOISE:
+        raise ValueError(f"gm.ge_noise: unknown noise source {noise_source!r}; expected one of {', '.join(GE_NOISE)}")
     for grad in _grads(module):
         if enhance:
-            # std of the UNMODULATED gradient, as OGM-GE; kept on device (no host sync per tensor)
+            # std of the gradient before scaling (official OGM-GE) or after; kept on device (no host sync)
             std = grad.float().std() if grad.numel() > 1 else grad.new_zeros((), dtype=torch.float32)
+            if noise_source == "modulated":
+                std = std * abs(coefficient)
             noise = torch.randn(grad.shape, generator=generator, device=generator.device, dtype=torch.float32)
             grad.mul_(coefficient).add_((noise.to(grad.device) * std).to(grad.dtype))
         else:
@@ -127,6 +137,6 @@ def modulate_gradients(
     if switches.ge and generator is None:
         raise ValueError("modulate_gradients: switch 'ge' needs a torch.Generator shared (same seed) by every rank")
     for key, c in (("a", c_a), ("v", c_v)):  # fixed order: identical noise draws on every rank
-        _scale_and_enhance(encoders[key], c, switches.ge, generator)
+        _scale_and_enhance(encoders[key], c, switches.ge, generator, gm_params.get("ge_noise", "unmodulated"))
     tele.update(c_a=c_a, c_v=c_v, g_a=g_a, g_v=g_v, conflict_a=conflict_a, conflict_v=conflict_v)
     return tele

@@ -1,15 +1,23 @@
 """The full model of Section 2: text encoder + AME (Eq. 1) + fusion/injection (Eq. 2) + heads.
 
 Pipeline of ``CPSLModel.forward``:
-  A, V --minmax_normalize (valid tokens; global batch under DDP, training only)--> X_a, X_v
+  A, V --MinMaxNormalizer (word positions; global batch under DDP in training)--> X_a, X_v
   X_m --AME (Eq. 1)--> mu_m, var_m, Z_m           T = text_encoder(input_ids).last_hidden_state
-  Z_a, Z_v --fusion--> F_av --Eq. 2--> H = T + beta * tanh(W_p F_av)
+  Z_a, Z_v --fusion--> F_av --Eq. 2--> H = T + beta * tanh(W_p F_av)   (P_av only at word positions)
   H --LayerNorm, pooling, task head--> prediction; Z_m --> unimodal heads and reconstruction decoders.
 
+Word positions (``feature_mask``): the valid tokens minus the first ([CLS]) and the last valid one ([SEP]) of
+each row. The aligner gives those special tokens all-zero a/v features (and puts padding at the end), so they
+carry no acoustic or visual information and are left out of every a/v statistic, loss and injection.
+
+Pooling must see the sequence: H = T + beta P_av is formed after the LAST text layer, so nothing mixes tokens
+afterwards, and [CLS] pooling would read only the [CLS] position, where P_av is zero: the a/v path would never
+reach the prediction. The default ``model.pooling: mean`` pools over the valid tokens (see docs/method.md).
+
 The architecture does not depend on the ablation: with switch ``ame`` off Z = mu (the variance head is still
-built, so the Statistical Loss stays defined). The normalisation is all-reduced only in training mode: the
-training mini-batch is the global batch split over ranks, while evaluation runs a fixed batch on one process
-and must never wait on other ranks.
+built, so the Statistical Loss stays defined); with switch ``av`` off (the text-only reference T0) H = T.
+The normalisation is all-reduced only in training mode: the training mini-batch is the global batch split
+over ranks, while evaluation runs on one process and must never wait on other ranks.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from cpsl.ablations import Switches
 from cpsl.model.ame import AdaptiveModalityEncoder
 from cpsl.model.fusion import FusionBlock, ResidualInjection
 from cpsl.model.heads import ReconstructionDecoder, TaskHead, UnimodalHead
-from cpsl.model.normalize import minmax_normalize
+from cpsl.model.normalize import MinMaxNormalizer
 from cpsl.model.text_encoder import load_text_encoder
 
 MODALITIES = ("a", "v")
@@ -40,6 +48,7 @@ class ModelOutput:
     recon: dict[str, torch.Tensor]      # {"a","v"} -> (B,L,d_m)
     inputs: dict[str, torch.Tensor]     # {"a","v"} -> normalised inputs X_m (B,L,d_m)
     mask: torch.Tensor                  # (B,L) bool, True at valid tokens
+    feature_mask: torch.Tensor          # (B,L) bool, True at word positions (valid, not [CLS]/[SEP])
     fused: torch.Tensor | None = field(default=None)  # F_av (B,L,d_f); the diversity loss reads it
 
 
@@ -58,6 +67,8 @@ class CPSLModel(nn.Module):
         pooling: str = "cls",
         var_eps: float = 1e-6,
         sample: bool = True,
+        eval_norm: str = "running",
+        use_av: bool = True,
     ):
         super().__init__()
         text_dim = text_encoder.config.hidden_size
@@ -71,7 +82,9 @@ class CPSLModel(nn.Module):
         self.task_head = TaskHead(text_dim, classifier_dropout, pooling)
         self.uni_heads = nn.ModuleDict({m: UnimodalHead(intermediate_dim, classifier_dropout) for m in MODALITIES})
         self.decoders = nn.ModuleDict({m: ReconstructionDecoder(intermediate_dim, dims[m]) for m in MODALITIES})
+        self.normalizers = nn.ModuleDict({m: MinMaxNormalizer(dims[m], eval_norm) for m in MODALITIES})
         self.dims = dims
+        self.use_av = use_av
 
     def modality_encoders(self) -> dict[str, nn.Module]:
         """The AME encoders {"a","v"} whose gradients Eq. 5/6 scale."""
@@ -93,25 +106,36 @@ class CPSLModel(nn.Module):
             if keep < mask.shape[1]:
                 input_ids, attention_mask, mask = input_ids[:, :keep], attention_mask[:, :keep], mask[:, :keep]
                 raw = {m: raw[m][:, :keep] for m in MODALITIES}
+        fmask = word_positions(mask)
         sync = self.training and dist.is_available() and dist.is_initialized()
-        inputs = {m: minmax_normalize(raw[m], mask, sync=sync) for m in MODALITIES}
+        inputs = {m: self.normalizers[m](raw[m], fmask, sync=sync) for m in MODALITIES}
         mu, var, z = {}, {}, {}
         for m in MODALITIES:
             mu[m], var[m], z[m] = self.ame[m](inputs[m])
         text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         fused = self.fusion(z["a"], z["v"])
-        h = self.inject(text, fused, mask)
+        h = self.inject(text, fused, fmask) if self.use_av else text
         return ModelOutput(
             prediction=self.task_head(h, mask),
-            uni={m: self.uni_heads[m](z[m], mask) for m in MODALITIES},
+            uni={m: self.uni_heads[m](z[m], fmask) for m in MODALITIES},
             mu=mu,
             var=var,
             z=z,
             recon={m: self.decoders[m](z[m]) for m in MODALITIES},
             inputs=inputs,
             mask=mask,
+            feature_mask=fmask,
             fused=fused,
         )
+
+
+def word_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B,L) bool: valid tokens except each row's first ([CLS]) and last valid ([SEP]) position.
+    Rows are a valid prefix followed by padding, as the aligner writes them."""
+    mask = mask.bool()
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    last = mask.sum(1, keepdim=True) - 1
+    return mask & (pos > 0) & (pos < last)
 
 
 def build_model(
@@ -122,7 +146,8 @@ def build_model(
     text_model: str | transformers.PretrainedConfig,
     pretrained: bool = True,
 ) -> CPSLModel:
-    """Build the model from ``params["model"]``; ``switches.ame`` decides whether Z is sampled in training."""
+    """Build the model from ``params["model"]``; ``switches.ame`` decides whether Z is sampled in training,
+    ``switches.av`` whether P_av is injected at all (off: the text-only reference row T0)."""
     if "model" not in params:
         raise KeyError("build_model: params has no 'model' section")
     try:
@@ -130,8 +155,9 @@ def build_model(
         kwargs = dict(
             intermediate_dim=p["intermediate_dim"], fusion_dim=p["fusion_dim"], fusion=p["fusion"],
             encoder_dropout=p["encoder_dropout"], classifier_dropout=p["classifier_dropout"], beta=p["beta"],
-            pooling=p["pooling"], var_eps=p["var_eps"],
+            pooling=p["pooling"], var_eps=p["var_eps"], eval_norm=p["eval_norm"],
         )
     except KeyError as exc:
         raise KeyError(f"build_model: params is missing 'model.{exc.args[0]}'") from None
-    return CPSLModel(load_text_encoder(text_model, pretrained), acoustic_dim, visual_dim, sample=switches.ame, **kwargs)
+    return CPSLModel(load_text_encoder(text_model, pretrained), acoustic_dim, visual_dim, sample=switches.ame,
+                     use_av=switches.av, **kwargs)

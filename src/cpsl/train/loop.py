@@ -37,11 +37,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from cpsl.ablations import switches_for
+from cpsl.ablations import canonical, switches_for
+from cpsl.config import stage_slice
 from cpsl.cache import read_attrs, read_split
 from cpsl.evaluate.metrics import pearson
 from cpsl.io_utils import write_json_atomic
-from cpsl.model.inference import run_inference
+from cpsl.model.inference import inference_batch_size, run_inference
 from cpsl.model.losses import total_loss
 from cpsl.model.modulation import modulate_gradients
 from cpsl.model.network import build_model
@@ -101,8 +102,20 @@ class StopFlag:
 
 
 def run_fingerprint(spec: RunSpec) -> str:
-    return ckpt.run_fingerprint(spec.params, spec.ablation, spec.seed, read_attrs(spec.data_path),
-                                spec.data_path.stat().st_size)
+    # only the params training reads: listing another row in `ablations` must not retrain this one
+    return ckpt.run_fingerprint(stage_slice(spec.params, "train"), canonical(spec.ablation), spec.seed,
+                                read_attrs(spec.data_path), spec.data_path.stat().st_size)
+
+
+def make_optimizer(model, tp: dict) -> torch.optim.Optimizer:
+    """AdamW; the text encoder at train.lr, every new module (AME, fusion, heads) at train.lr_new_modules
+    (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor."""
+    new_lr = tp["lr"] if tp["lr_new_modules"] is None else tp["lr_new_modules"]
+    text = [p for p in model.text_encoder.parameters()]
+    text_ids = {id(p) for p in text}
+    new = [p for p in model.parameters() if id(p) not in text_ids]
+    groups = [{"params": text, "lr": tp["lr"]}, {"params": new, "lr": new_lr}]
+    return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], foreach=True)
 
 
 def linear_warmup_decay(total_steps: int, warmup_steps: int):
@@ -207,7 +220,7 @@ def train_step(net, model, batch: dict, optimizer, scheduler, ctx: DistContext, 
 
 
 def validate(model, arrays: dict, spec: RunSpec, switches, device) -> dict:
-    result = run_inference(model, arrays, spec.params["eval"]["batch_size"], device,
+    result = run_inference(model, arrays, inference_batch_size(spec.params), device,
                            loss_params=spec.params["loss"], switches=switches)
     label = np.asarray(arrays["label"], dtype=np.float64)
     out = {f"valid/{t}": float(result.losses[t]) for t in _TERMS}
@@ -256,7 +269,7 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
     # find_unused_parameters: a switched-off part (e.g. the variance head in C1) gets no gradient
     net = (DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True) if ctx.distributed else step_fn)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"])
+    optimizer = make_optimizer(model, tp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps)))
     meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed, "switches": switches.as_dict(),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cpsl import paths
+from cpsl.ablations import canonical
 from cpsl.config import resolve_model_path, text_model_for
 from cpsl.train import checkpoint as ckpt
 from cpsl.train import distributed
@@ -29,7 +30,8 @@ def _cli_args(seed: int, ablation: str, data_path: Path, out_dir: Path, params_f
 
 def run_train(params: dict, seed: int, ablation: str | None = None, data_path=None, out_dir=None,
               params_file: str = "params.yaml", overrides=()) -> int:
-    ablation = ablation or params["ablation"]
+    # B1/C3/C4 have the switches of A1/A2/A5: trained once, under that ID (cpsl.ablations.ALIASES)
+    ablation = canonical(ablation or params["ablations"][0])
     data_path = Path(data_path) if data_path else paths.processed_path(params["dataset"])
     out_dir = Path(out_dir) if out_dir else paths.run_dir(params["dataset"], ablation, seed)
     nproc = params["train"]["nproc"]
