@@ -3,16 +3,20 @@
 # only its own slice of it (cpsl.config.STAGE_PARAMS) so a change reruns only the stages that use it.
 # tests/test_workflow_parity.py keeps this and dvc.yaml in step.
 #
-#   snakemake --cores 4                       the configured ablation x train.seeds, then the report
-#   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5) x train.seeds, then the report
+#   snakemake --cores 4                       the configured ablations (A6, T0) x train.seeds, then the report
+#   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5, duplicates once) + T0 x train.seeds
+
+from snakemake.common.configfile import load_configfile
 
 from cpsl.config import load_params
 
 configfile: "params.yaml"
 
 WORKFLOW_KEYS = {"grid"}  # the only --config keys: workflow switches that are not params
-_params = load_params("params.yaml")  # fail before any job on an invalid params file
-_overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _params.get(k))
+load_params("params.yaml")  # fail before any job on an invalid params file
+# config = params.yaml as Snakemake reads it, plus --config: compare with the file read the same way
+_file = load_configfile("params.yaml")
+_overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _file.get(k))
 if _overridden:
     raise ValueError(
         f"--config may only set {sorted(WORKFLOW_KEYS)}; {_overridden} are params: edit params.yaml "

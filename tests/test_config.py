@@ -22,6 +22,9 @@ def params():
 
 def test_committed_params_hold_the_paper_settings(params):
     assert params["dataset"] == "demo"
+    # the demo's own schedule (demo.train) replaces train.* on the demo only; MOSI/MOSEI get the paper's
+    assert params["train"]["epochs"] == 10 and params["train"]["lr_new_modules"] == 1e-3
+    params = load_params(REPO / "params.yaml", overrides=["dataset=mosi"])
     assert params["data"]["max_seq_len"] == 50
     assert params["text"]["model"] == "microsoft/deberta-v3-base"
     assert (params["model"]["intermediate_dim"], params["model"]["fusion_dim"]) == (256, 512)
@@ -33,7 +36,12 @@ def test_committed_params_hold_the_paper_settings(params):
     assert params["model"]["beta"] == 1.0
     assert (params["gm"]["start_epoch"], params["gm"]["end_epoch"], params["gm"]["alpha"]) == (0, 25, 1.0)
     assert params["cp"]["eta"] == 0.5
-    assert params["ablation"] == "A6"
+    assert params["ablations"] == ["A6", "T0"]  # the full model and its text-only reference
+    # issue 7: a/v must reach the prediction; evaluation independent of batching; no clipping by default
+    assert params["model"]["pooling"] == "mean" and params["model"]["eval_norm"] == "running"
+    assert params["train"]["grad_clip"] == 0
+    assert params["train"]["lr_new_modules"] is None  # the paper's single rate, read literally
+    assert params["gm"]["coefficient"] == "paper" and params["gm"]["ge_noise"] == "unmodulated"
 
 
 @pytest.mark.parametrize(
@@ -48,7 +56,15 @@ def test_committed_params_hold_the_paper_settings(params):
         ("train.seeds=[]", "'train.seeds'"),
         ("train.seeds=[1,1]", "'train.seeds'"),
         ("dataset=mosii", "'dataset' must be one of demo, mosi, mosei"),
-        ("ablation=A9", "'ablation'"),
+        ("ablations=[A9]", "'ablations'"),
+        ("ablations=A6", "'ablations'"),
+        ("ablations=[A6,A6]", "'ablations'"),
+        ("ablations=[A6,B1]", "trained once, under A1"),
+        ("gm.coefficient=ogm", "'gm.coefficient' must be one of paper, shifted"),
+        ("gm.ge_noise=other", "'gm.ge_noise'"),
+        ("train.lr_new_modules=0", "'train.lr_new_modules'"),
+        ("model.eval_norm=ema", "'model.eval_norm'"),
+        ("eval.reliance_permutations=-1", "'eval.reliance_permutations'"),
         ("model.encoder_dropout=1.0", "'model.encoder_dropout'"),
         ("gm.start_epoch=30", "'gm.start_epoch' (30) exceeds 'gm.end_epoch'"),
         ("train.nproc=3", "must be divisible by 'train.nproc'"),
@@ -60,6 +76,17 @@ def test_bad_values_name_their_key(params, override, fragment):
     with pytest.raises(ParamsError) as err:
         apply_overrides(params, [override])
     assert fragment in str(err.value)
+
+
+def test_demo_train_applies_to_the_demo_only_and_is_validated(params):
+    assert params["train"]["epochs"] == params["demo"]["train"]["epochs"]
+    # overrides apply to the file's values, then demo.train: switching to mosi restores the paper's schedule
+    mosi = load_params(REPO / "params.yaml", overrides=["dataset=mosi"])
+    assert mosi["train"]["epochs"] == 30 and mosi["train"]["lr_new_modules"] is None
+    with pytest.raises(ParamsError, match="'demo.train' must be a mapping of train keys"):
+        apply_overrides(params, ["demo.train={batch_size: 4}"])
+    with pytest.raises(ParamsError, match="'train.lr_new_modules'"):
+        apply_overrides(params, ["demo.train={lr_new_modules: 5}"])
 
 
 def test_missing_key_is_named(params):
@@ -101,13 +128,32 @@ def test_text_model_resolution(params):
         resolve_model_path("package:no_such_package_xyz")
 
 
-def test_ablation_table_matches_the_paper_rows():
-    assert list(ABLATIONS) == ["A0", "A1", "A2", "A3", "A4", "A5", "A6",
-                               "B1", "B2", "B3", "B4", "B5", "C1", "C2", "C3", "C4", "C5"]
-    full = switches_for("A6")
-    assert all([full.ame, full.gm, full.ge, full.cp, full.sl])
-    assert switches_for("A5") == switches_for("C4")  # the paper lists the same run twice
-    assert not switches_for("C4").cp and not switches_for("C5").ge
-    assert switches_for("B3").sl and not switches_for("B3").gm
+# Every row of the paper's Table 2, pinned: (AME, GM, GE, CP, SL), read off the row labels.
+PAPER_TABLE2 = {
+    "A0": "-----", "A1": "x----", "A2": "xx---", "A3": "xxx--", "A4": "xxxx-", "A5": "xxx-x", "A6": "xxxxx",
+    "B1": "x----", "B2": "-x---", "B3": "----x", "B4": "-xx--", "B5": "-x-x-",
+    "C1": "-xxx-", "C2": "x---x", "C3": "xx---", "C4": "xxx-x", "C5": "xx-xx",
+}
+
+
+def test_ablation_table_pins_every_paper_row():
+    assert list(ABLATIONS) == list(PAPER_TABLE2) + ["T0"]
+    for aid, pattern in PAPER_TABLE2.items():
+        s = switches_for(aid)
+        assert "".join("x" if on else "-" for on in (s.ame, s.gm, s.ge, s.cp, s.sl)) == pattern, aid
+        # the auxiliary terms and the a/v path are on in every paper row (the paper never ablates them)
+        assert (s.recon, s.uni, s.div, s.av) == (True, True, True, True), aid
+    t0 = switches_for("T0")  # ours: text encoder + task head only
+    assert not any((t0.ame, t0.gm, t0.ge, t0.cp, t0.sl, t0.recon, t0.uni, t0.div, t0.av))
     with pytest.raises(KeyError):
         switches_for("Z9")
+
+
+def test_duplicate_paper_rows_are_trained_once():
+    from cpsl.ablations import ALIASES, canonical, labels_of
+
+    same = {(a, b) for a in PAPER_TABLE2 for b in PAPER_TABLE2 if a < b and PAPER_TABLE2[a] == PAPER_TABLE2[b]}
+    assert same == {("A1", "B1"), ("A2", "C3"), ("A5", "C4")}
+    assert ALIASES == {"B1": "A1", "C3": "A2", "C4": "A5"}
+    assert [canonical(a) for a in ("B1", "C3", "C4", "A6", "T0")] == ["A1", "A2", "A5", "A6", "T0"]
+    assert labels_of("A1") == ["A1", "B1"] and labels_of("A6") == ["A6"]

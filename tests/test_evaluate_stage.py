@@ -59,7 +59,9 @@ def setup(tmp_path_factory):
     # the validation MAE the trainer would have recorded for this model
     valid_mae = float(np.mean(np.abs(run_inference(model, splits["valid"], 4, torch.device("cpu")).prediction
                                      - splits["valid"]["label"])))
-    torch.save({"model": model.state_dict(), "epoch": 4, "valid": {"mae": valid_mae}, "meta": meta}, run / "best.pt")
+    # the key the trainer writes (cpsl.train.loop.validate): "valid/mae"
+    torch.save({"model": model.state_dict(), "epoch": 4, "valid": {"valid/mae": valid_mae}, "meta": meta},
+               run / "best.pt")
     metrics = run_evaluate(params, run, data_path=cache)
     return {"tmp": tmp, "cache": cache, "splits": splits, "params": params, "model": model, "run": run,
             "metrics": metrics}
@@ -104,6 +106,26 @@ def test_deterministic(setup, capsys):
     assert "warning" not in capsys.readouterr().err  # valid MAE agrees with the one recorded in best.pt
     assert (setup["run"] / "predictions.csv").read_bytes() == first
     assert not list(setup["run"].glob(".*.tmp"))
+
+
+def test_consistency_warning_fires_when_the_recorded_valid_mae_disagrees(setup, tmp_path, capsys):
+    ckpt = torch.load(setup["run"] / "best.pt", weights_only=True)
+    ckpt["valid"] = {"valid/mae": ckpt["valid"]["valid/mae"] + 0.5}  # as if the cache changed after training
+    run = tmp_path / "A6-seed3"
+    run.mkdir()
+    torch.save(ckpt, run / "best.pt")
+    run_evaluate(setup["params"], run, data_path=setup["cache"])
+    err = capsys.readouterr().err
+    assert "warning" in err and "differs from" in err and "recorded at training time" in err
+
+
+def test_reliance_check_in_metrics_json(setup):
+    rel = json.loads((setup["run"] / "metrics.json").read_text())["reliance"]
+    assert rel["permutations"] == setup["params"]["eval"]["reliance_permutations"] == 5
+    for stream in ("acoustic", "visual"):
+        assert set(rel[stream]) == {"mae", "corr", "acc2_nonzero", "acc2_haszero"}
+        # this random model uses both streams: permuting either moves its test MAE
+        assert abs(rel[stream]["mae"]) > 1e-4, rel
 
 
 def test_missing_checkpoint_names_the_run(setup, tmp_path):

@@ -83,7 +83,8 @@ def test_summary_values_over_seeds(grid):
     assert mae["per_seed"]["10"] == pytest.approx(metrics[("A6", 10)]["test"]["mae"])
     assert "valid" in a6 and "acc7" in a6["test"] and "corr_nonzero_subset" in a6["test"]
     assert on_disk["skipped_folders_without_metrics"] == ["A6-seed99"]
-    assert on_disk["configured"]["missing_runs"] == ["A6-seed1"]  # params.yaml seeds are 0, 1, 2
+    # params.yaml: ablations A6, T0 x seeds 0, 1, 2
+    assert on_disk["configured"]["missing_runs"] == ["A6-seed1", "T0-seed0", "T0-seed1", "T0-seed2"]
 
 
 def test_paired_comparisons(grid):
@@ -146,7 +147,7 @@ def test_single_ablation_single_seed(tmp_path, base_params):
     labels = {"valid": _labels(rng, 10), "test": _labels(rng, 12)}
     make_run(tmp_path / "res", "B3", 0, 0.5, labels)
     params = copy.deepcopy(base_params)
-    params["ablation"], params["train"]["seeds"] = "B3", [0, 1]
+    params["ablations"], params["train"]["seeds"] = ["B3"], [0, 1]
     summary = run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
     mae = summary["ablations"]["B3"]["test"]["mae"]
     assert mae["std"] is None and mae["ci95"] is None and "at least 2" in mae["ci_note"]

@@ -86,7 +86,7 @@ def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, mo
     launched = {}
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage.distributed, "relaunch", lambda n, args: launched.update(n=n, args=args) or 7)
-    params = {"ablation": "A6", "dataset": "mosi", "train": {"nproc": 2}}
+    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "train": {"nproc": 2}}
     code = stage.run_train(params, seed=1, data_path=tmp_path / "c.h5", out_dir=tmp_path / "run",
                            params_file="p.yaml", overrides=["cp.eta=0.3"])
     assert code == 7 and launched["n"] == 2

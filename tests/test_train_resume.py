@@ -21,7 +21,7 @@ from train_helpers import one_thread, REPO, assert_same_tensors, make_cache, sma
 from cpsl.train.checkpoint import read_history
 from cpsl.train.stage import run_train
 
-SETTINGS = {"train.epochs": 3, "train.batch_size": 4, "ablation": "A6"}  # 8 steps per epoch, AME+GE noise on
+SETTINGS = {"train.epochs": 3, "train.batch_size": 4, "ablations": ["A6"]}  # 8 steps per epoch, AME+GE noise on
 
 
 def _load(path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cpsl.config import ParamsError, apply_overrides, load_params
+from cpsl.config import ParamsError, load_params
 from cpsl.errors import PipelineError
 
 
@@ -56,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = load_params(args.params)
-        if args.overrides:
-            params = apply_overrides(params, args.overrides, args.params)
+        params = load_params(args.params, overrides=args.overrides)
     except ParamsError as exc:
         print(f"cpsl {args.stage}: invalid params: {exc}", file=sys.stderr)
         return 2

@@ -54,13 +54,26 @@ _BOOL = Spec((bool,), None, "true or false")
 _STR = Spec((str,), lambda v: bool(v.strip()), "a non-empty string")
 
 
+def _ablation_list(v) -> bool:
+    return len(v) > 0 and all(isinstance(a, str) and a in ABLATIONS for a in v) and len(set(v)) == len(v)
+
+
+# train.* keys the demo may set for itself (demo.train): its ~100 training segments give 14 steps per epoch,
+# where MOSI gives 160; at the paper's lr 1e-5 for every module nothing is learnt in a CPU demo's budget.
+DEMO_TRAIN_KEYS = ("epochs", "lr", "lr_new_modules", "warmup_ratio")
+
+
+def _demo_train(v) -> bool:
+    return all(k in DEMO_TRAIN_KEYS for k in v)
+
+
 def _seed_list(v) -> bool:
     return len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v) and len(set(v)) == len(v)
 
 
 SCHEMA: dict = {
     "dataset": _choice("demo", "mosi", "mosei"),
-    "ablation": Spec((str,), lambda v: v in ABLATIONS, "one of " + ", ".join(ABLATIONS)),
+    "ablations": Spec((list,), _ablation_list, "a non-empty list of distinct IDs among " + ", ".join(ABLATIONS)),
     "data": {
         "mirror": Spec((str,), lambda v: bool(v.strip()), "a folder path or null", nullable=True),
         "max_seq_len": _num(4, 512, integer=True),
@@ -76,6 +89,8 @@ SCHEMA: dict = {
         "min_segments": _num(1, 1000, integer=True),
         "max_segments": _num(1, 1000, integer=True),
         "text_model": _STR,
+        "train": Spec((dict,), _demo_train, "a mapping of train keys among " + ", ".join(DEMO_TRAIN_KEYS)
+                      + " (they replace train.* when dataset is demo)"),
     },
     "text": {"model": _STR},
     "model": {
@@ -87,6 +102,7 @@ SCHEMA: dict = {
         "beta": _num(0),
         "pooling": _choice("cls", "mean"),
         "var_eps": _num(0, lo_open=True),
+        "eval_norm": _choice("running", "batch"),
     },
     "loss": {
         "task": _choice("l1", "mse"),
@@ -100,12 +116,14 @@ SCHEMA: dict = {
         "start_epoch": _num(0, integer=True),
         "end_epoch": _num(0, integer=True),
         "eps": _num(0, lo_open=True),
-        "coefficient": _choice("paper", "ogm"),
+        "coefficient": _choice("paper", "shifted"),
+        "ge_noise": _choice("unmodulated", "modulated"),
     },
     "cp": {"eta": _num(0, 1, lo_open=True, hi_open=True)},
     "train": {
         "epochs": _num(1, integer=True),
         "lr": _num(0, 1, lo_open=True),
+        "lr_new_modules": Spec((int, float), lambda v: 0 < v <= 1, "a number in (0, 1] or null (= train.lr)", nullable=True),
         "weight_decay": _num(0),
         "warmup_ratio": _num(0, 1, hi_open=True),
         "batch_size": _num(1, integer=True),
@@ -115,7 +133,7 @@ SCHEMA: dict = {
         "bf16": _BOOL,
         "grad_clip": _num(0),
     },
-    "eval": {"batch_size": _num(1, integer=True)},
+    "eval": {"batch_size": _num(1, integer=True), "reliance_permutations": _num(0, 100, integer=True)},
 }
 
 
@@ -149,6 +167,13 @@ def _validate(node: Any, schema: Any, path: str, source: str) -> None:
 
 
 def _cross_checks(p: dict, source: str) -> None:
+    from cpsl.ablations import ALIASES
+
+    aliased = [a for a in p["ablations"] if a in ALIASES]
+    if aliased:
+        raise ParamsError(
+            f"{source}: 'ablations' lists {', '.join(aliased)}: the paper's duplicate rows are trained once, under "
+            f"{', '.join(ALIASES[a] for a in aliased)} (same switches), and reported under both labels; list that ID")
     if p["demo"]["min_segments"] > p["demo"]["max_segments"]:
         raise ParamsError(f"{source}: 'demo.min_segments' ({p['demo']['min_segments']}) exceeds 'demo.max_segments'")
     if p["gm"]["start_epoch"] > p["gm"]["end_epoch"]:
@@ -161,14 +186,20 @@ def _cross_checks(p: dict, source: str) -> None:
 
 
 def validate_params(params: Mapping, source: str = "params") -> dict:
-    """Validate a params mapping against :data:`SCHEMA`; return a deep copy."""
+    """Validate a params mapping against :data:`SCHEMA`; return a deep copy. With ``dataset: demo`` the
+    returned ``train`` section has ``demo.train`` applied (validated like any train value)."""
     params = copy.deepcopy(dict(params))
     _validate(params, SCHEMA, "", source)
+    if params["dataset"] == "demo" and params["demo"]["train"]:
+        params["train"].update(params["demo"]["train"])
+        _validate(params["train"], SCHEMA["train"], "train", f"{source} (with demo.train applied)")
     _cross_checks(params, source)
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+def load_params(path: str | Path = "params.yaml", overrides=()) -> dict:
+    """Read, apply ``key=value`` overrides to the FILE's values (so demo.train is applied after them, once),
+    validate."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
@@ -176,6 +207,8 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if overrides:
+        return apply_overrides(raw or {}, list(overrides), str(path))
     return validate_params(raw or {}, str(path))
 
 
@@ -190,7 +223,9 @@ def set_dotted(params: dict, dotted: str, value: Any) -> None:
 
 
 def apply_overrides(params: Mapping, overrides: list[str], source: str = "params") -> dict:
-    """Apply ``key=value`` strings (value parsed as YAML, like ``dvc exp run -S``) then validate."""
+    """Apply ``key=value`` strings (value parsed as YAML, like ``dvc exp run -S``) then validate. ``params``
+    are the file's values (cpsl's CLI passes them through load_params): applied to params that already had
+    demo.train applied, a switch away from the demo would keep the demo's schedule."""
     out = copy.deepcopy(dict(params))
     for item in overrides:
         if "=" not in item:
@@ -228,9 +263,21 @@ def resolve_model_path(name: str) -> str:
 # Params each stage depends on (dotted prefixes). The Snakefile and dvc.yaml declare exactly these,
 # so that changing e.g. cp.eta reruns training and what follows, never a data stage.
 STAGE_PARAMS: dict[str, list[str]] = {
-    "prepare": ["dataset", "data.mirror", "data.download", "demo"],
+    "prepare": ["dataset", "data.mirror", "data.download", "demo.seed", "demo.videos", "demo.min_segments",
+                "demo.max_segments"],
     "align": ["dataset", "data.max_seq_len", "text.model", "demo.text_model"],
-    "train": ["dataset", "ablation", "text.model", "demo.text_model", "model", "loss", "gm", "cp", "train"],
-    "evaluate": ["dataset", "eval"],
-    "report": ["dataset", "ablation", "train.seeds"],
+    "train": ["dataset", "text.model", "demo.text_model", "demo.train", "model", "loss", "gm", "cp", "train"],
+    "evaluate": ["dataset", "eval", "train.batch_size"],
+    "report": ["dataset", "ablations", "train.seeds"],
 }
+
+
+def stage_slice(params: Mapping, stage: str) -> dict:
+    """{dotted key: value} of the params ``stage`` reads (STAGE_PARAMS): what identifies its work."""
+    out = {}
+    for dotted in STAGE_PARAMS[stage]:
+        node = params
+        for key in dotted.split("."):
+            node = node[key]
+        out[dotted] = node
+    return out

@@ -4,8 +4,10 @@ import json
 from cpsl import paths
 from cpsl.config import STAGE_PARAMS
 
+from cpsl.ablations import PAPER_ROWS, canonical
+
 DATASET = config["dataset"]
-ABLATION = config["ablation"]
+ABLATIONS = config["ablations"]
 SEEDS = config["train"]["seeds"]
 CODE = "src/cpsl"
 
@@ -26,11 +28,12 @@ def run_dir(ablation, seed):
 
 
 def grid_ablations():
-    """`--config grid=true` runs the whole Table 2 grid; otherwise the configured ablation only."""
+    """The rows to train, each once: `--config grid=true` the whole Table 2 grid plus the configured rows
+    (T0); otherwise the configured `ablations`. Duplicate paper rows map to one run (B1 -> A1, ...)."""
+    rows = list(ABLATIONS)
     if str(config.get("grid", "false")).lower() in ("1", "true", "yes"):
-        from cpsl.ablations import ABLATIONS
-        return list(ABLATIONS)
-    return [ABLATION]
+        rows = list(PAPER_ROWS) + rows
+    return list(dict.fromkeys(canonical(a) for a in rows))
 
 
 def report_outputs():

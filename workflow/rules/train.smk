@@ -12,7 +12,7 @@ rule train:
         "results/" + DATASET + "/{ablation}-seed{seed}/train_summary.json",
         directory("results/" + DATASET + "/{ablation}-seed{seed}/dvclive"),
     wildcard_constraints:
-        ablation="[A-C][0-9]",
+        ablation="[A-CT][0-9]",
         seed="[0-9]+",
     params:
         slice=params_slice("train"),
@@ -29,7 +29,7 @@ rule evaluate:
         "results/" + DATASET + "/{ablation}-seed{seed}/metrics.json",
         "results/" + DATASET + "/{ablation}-seed{seed}/predictions.csv",
     wildcard_constraints:
-        ablation="[A-C][0-9]",
+        ablation="[A-CT][0-9]",
         seed="[0-9]+",
     params:
         slice=params_slice("evaluate"),

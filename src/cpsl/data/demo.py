@@ -10,22 +10,26 @@ metadata fields as the CMU files), so every later stage runs on the demo exactly
 * visual 30 Hz frames, 35-d (FACET-like), float32;
 * labels one row per opinion segment: interval = segment start/end, feature ``(1,)`` in [-3, 3].
 
-Planted sentiment (the choices below are ours; the paper has no demo):
+Planted sentiment (the choices below are ours; the paper has no demo). The demo must show what a
+multimodal model adds, so the acoustic and visual streams carry information the text LACKS:
 
 * each segment has a label ``y`` = mean of 5 simulated annotators' integer scores in [-3, 3]
   (so multiples of 0.2, exact zeros included, the full range covered), as MOSI labels are;
-* text (strongest): each word is a sentiment word with probability 0.1 + 0.25 |y| / 3, positive with
-  probability sigmoid(2 y), a strong word (``amazing`` vs ``nice``) with probability |y| / 3; the
-  rest are neutral filler. Text alone predicts ``y`` well, so the text-dominance the paper studies
-  appears;
-* visual (middle): dims 2, 7, 11, 20 shifted by 0.30 y plus one segment-level nuisance N(0, 0.6);
-* acoustic (weakest): dims 1, 5, 9 shifted by 0.20 y plus one segment-level nuisance N(0, 0.7).
-  Visual is made a bit stronger than acoustic, matching the paper's Fig. 3 where the visual modality
-  exerts the larger gradient pressure.
+* text: a segment is "clear" or, with probability AMBIGUOUS_RATE (0.5), "ambiguous".
+  Clear: each word is a sentiment word with probability 0.1 + 0.25 |y| / 3, positive with probability
+  sigmoid(2 y), a strong word (``amazing`` vs ``nice``) with probability |y| / 3, the rest neutral filler.
+  Ambiguous: the same number of sentiment words, but in pairs of one positive and one negative word of the
+  strength |y| calls for ("good ... boring"): the text tells how strongly the speaker feels, not which way.
+  Text alone therefore predicts the clear half well and the sign of the ambiguous half not at all;
+* visual (strongest non-text): dims 2, 7, 11, 20 shifted by 0.45 y plus one segment-level nuisance N(0, 0.3):
+  it disambiguates the ambiguous segments (the speaker's face says which way);
+* acoustic (weaker): dims 1, 5, 9 shifted by 0.25 y plus one segment-level nuisance N(0, 0.6).
   Every other dim is noise; each dim then gets a fixed random offset/scale so raw scales differ as in
   real features. Frames outside segments carry no signal.
 
-Folds are by video: 60/20/20 of a seeded shuffle. The same ``demo`` params give byte-identical arrays.
+Folds are by video: 40/20/40 of a seeded shuffle (a test split of >= 100 segments at the default size, so
+test metrics are stable enough to compare rows; training stays small enough for a CPU demo).
+The same ``demo`` params give byte-identical arrays.
 """
 from __future__ import annotations
 
@@ -44,8 +48,11 @@ ACOUSTIC_HZ = 100.0
 VISUAL_HZ = 30.0
 ACOUSTIC_SIGNAL_DIMS = (1, 5, 9)
 VISUAL_SIGNAL_DIMS = (2, 7, 11, 20)
-ACOUSTIC_GAIN, ACOUSTIC_NUISANCE = 0.20, 0.7
-VISUAL_GAIN, VISUAL_NUISANCE = 0.30, 0.6
+ACOUSTIC_GAIN, ACOUSTIC_NUISANCE = 0.25, 0.6
+VISUAL_GAIN, VISUAL_NUISANCE = 0.45, 0.3
+AMBIGUOUS_RATE = 0.5
+WORDS_PER_SEGMENT = (4, 12)  # inclusive range
+FOLD_FRACTIONS = (0.4, 0.2, 0.4)  # train, valid, test (by video)
 NEG_INF_DIMS = (0, 35)
 NEG_INF_RATE = 0.01
 
@@ -76,6 +83,7 @@ class DemoData:
     streams: dict = field(default_factory=dict)
     folds: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # video_id -> (n_segments,) float labels
+    ambiguous: dict = field(default_factory=dict)  # video_id -> (n_segments,) bool: text without polarity
 
 
 def _metadata(role: str, seed: int) -> dict:
@@ -99,20 +107,27 @@ def _segment_label(rng: np.random.Generator) -> float:
     return float(np.round(scores.mean(), 1))
 
 
-def _segment_words(rng: np.random.Generator, y: float, n_words: int) -> list[str]:
+def _pick(rng: np.random.Generator, pool: list[str]) -> str:
+    return pool[rng.integers(len(pool))]
+
+
+def _segment_words(rng: np.random.Generator, y: float, n_words: int, ambiguous: bool) -> list[str]:
     p_sent = 0.1 + 0.25 * abs(y) / 3.0
     p_pos = 1.0 / (1.0 + np.exp(-2.0 * y))
     p_strong = abs(y) / 3.0
     words = []
-    for _ in range(n_words):
+    while len(words) < n_words:
         if rng.random() < p_sent:
-            positive = rng.random() < p_pos
             strong = rng.random() < p_strong
-            pool = (POSITIVE_STRONG if strong else POSITIVE_MILD) if positive else (NEGATIVE_STRONG if strong else NEGATIVE_MILD)
+            pos_pool, neg_pool = (POSITIVE_STRONG, NEGATIVE_STRONG) if strong else (POSITIVE_MILD, NEGATIVE_MILD)
+            if ambiguous:  # one word each way: intensity without polarity
+                pair = [_pick(rng, pos_pool), _pick(rng, neg_pool)]
+                words += pair if rng.random() < 0.5 else pair[::-1]
+            else:
+                words.append(_pick(rng, pos_pool if rng.random() < p_pos else neg_pool))
         else:
-            pool = NEUTRAL
-        words.append(pool[rng.integers(len(pool))])
-    return words
+            words.append(_pick(rng, NEUTRAL))
+    return words[:n_words] if not ambiguous else words
 
 
 def _frames(rng, duration, hz, dim, seg_bounds, seg_shift, signal_dims, offsets, scales):
@@ -150,21 +165,22 @@ def generate_demo(demo: Mapping) -> DemoData:
         n_seg = int(rng.integers(lo, hi + 1))
         t = float(rng.uniform(0.2, 1.0))
         tokens, tok_iv = ["sp"], [(0.0, t)]
-        seg_bounds, ys = [], []
+        seg_bounds, ys, amb = [], [], []
         for s in range(n_seg):
             if s > 0:  # a pause between opinion segments
                 gap = float(rng.uniform(0.2, 1.0))
                 tokens.append("sp"); tok_iv.append((t, t + gap)); t += gap
             y = _segment_label(rng)
+            ambiguous = bool(rng.random() < AMBIGUOUS_RATE)
             start = t
-            words = _segment_words(rng, y, int(rng.integers(5, 21)))
+            words = _segment_words(rng, y, int(rng.integers(WORDS_PER_SEGMENT[0], WORDS_PER_SEGMENT[1] + 1)), ambiguous)
             for k, w in enumerate(words):
                 if k > 0 and rng.random() < 0.15:  # a short hesitation inside the segment
                     pause = float(rng.uniform(0.05, 0.4))
                     tokens.append("sp"); tok_iv.append((t, t + pause)); t += pause
                 dur = float(rng.uniform(0.15, 0.6))
                 tokens.append(w); tok_iv.append((t, t + dur)); t += dur
-            seg_bounds.append((start, t)); ys.append(y)
+            seg_bounds.append((start, t)); ys.append(y); amb.append(ambiguous)
         tokens.append("sp"); tok_iv.append((t, t + 0.5)); t += 0.5
         duration = t
 
@@ -183,10 +199,11 @@ def generate_demo(demo: Mapping) -> DemoData:
         out.streams["visual"][vid] = (v_iv, v_feat)
         out.streams["labels"][vid] = (bounds, y_arr.astype(np.float32)[:, None])
         out.labels[vid] = y_arr
+        out.ambiguous[vid] = np.asarray(amb, dtype=bool)
 
     order = [ids[i] for i in rng.permutation(n_videos)]
-    n_train = max(1, round(0.6 * n_videos))
-    n_valid = max(1, round(0.2 * n_videos))
+    n_train = max(1, round(FOLD_FRACTIONS[0] * n_videos))
+    n_valid = max(1, round(FOLD_FRACTIONS[1] * n_videos))
     n_train = min(n_train, n_videos - 2)  # keep at least one video for valid and test
     out.folds = {
         "train": order[:n_train],

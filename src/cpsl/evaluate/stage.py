@@ -4,13 +4,18 @@ Reads ``<run>/best.pt`` (``torch.load(weights_only=True)``: tensors and plain va
 rebuilds the model from the checkpoint's own ``meta`` (its params, ablation and feature sizes, so a later
 edit of params.yaml cannot silently change the architecture) with ``pretrained=False`` - the text
 model's config is read from its local folder / the HF cache and no weights are downloaded, since the
-state dict carries all of them. Only ``eval.batch_size`` comes from the current params (it cannot change
-the predictions' values beyond float round-off: inference is in eval mode, in a fixed order).
+state dict carries all of them (the min-max running statistics too). Only the ``eval`` section comes from the
+current params: ``eval.batch_size`` cannot change the predictions beyond float round-off with the default
+``model.eval_norm: running``; with ``batch`` the checkpoint's own ``train.batch_size`` is used.
+
+Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
+stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
 
 Writes, atomically, ``<run>/metrics.json``::
 
     {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
-     "ablation": str, "seed": int, "dataset": str}
+     "ablation": str, "seed": int, "dataset": str,
+     "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...}}
 
 (metric names and conventions in cpsl.evaluate.metrics; undefined values are null) and
 ``<run>/predictions.csv`` with columns ``split, segment_id, label, prediction`` (valid rows, then test
@@ -30,6 +35,7 @@ from cpsl import paths
 from cpsl.ablations import ABLATIONS, Switches, switches_for
 from cpsl.cache import read_attrs, read_split
 from cpsl.evaluate.metrics import compute_metrics, json_safe
+from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import atomic_path, write_json_atomic
 
 EVAL_SPLITS = ("valid", "test")
@@ -99,7 +105,7 @@ def write_predictions(path: Path, rows: list[tuple[str, str, float, float]]) -> 
 
 def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     """Evaluate one run folder; return the metrics dict written to metrics.json."""
-    from cpsl.model.inference import run_inference
+    from cpsl.model.inference import inference_batch_size, run_inference
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
@@ -113,18 +119,27 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     result: dict = {"ablation": meta["ablation"], "seed": int(meta["seed"]), "dataset": dataset,
                     "selected_epoch": int(ckpt["epoch"])}
+    # the checkpoint's own normalisation mode and training batch; this call's eval section
+    batch_size = inference_batch_size({**meta["params"], "eval": params["eval"]})
+
+    def predict(arrays: dict) -> np.ndarray:
+        return np.asarray(run_inference(model, arrays, batch_size, device).prediction, dtype=np.float32).reshape(-1)
+
     rows: list[tuple] = []
     for split in EVAL_SPLITS:
         arrays = read_split(data_path, split)
-        out = run_inference(model, arrays, params["eval"]["batch_size"], device)
-        pred = np.asarray(out.prediction, dtype=np.float32).reshape(-1)
+        pred = predict(arrays)
         if pred.size != len(arrays["segment_id"]):
             raise EvaluateError(f"{data_path}: split '{split}' has {len(arrays['segment_id'])} segments but "
                                 f"inference returned {pred.size} predictions")
         result[split] = compute_metrics(pred, arrays["label"])
         rows += list(zip([split] * pred.size, arrays["segment_id"], arrays["label"].tolist(), pred.tolist()))
+        if split == "test":
+            result["reliance"] = reliance_check(predict, arrays, result["test"], compute_metrics,
+                                                params["eval"]["reliance_permutations"])
 
-    trained_mae = (ckpt.get("valid") or {}).get("mae")
+    # the trainer records the selected epoch's validation metrics under "valid/<metric>"
+    trained_mae = (ckpt.get("valid") or {}).get("valid/mae")
     if trained_mae is not None and abs(float(trained_mae) - result["valid"]["mae"]) > 1e-3 * max(1.0, abs(float(trained_mae))):
         # Not fatal (e.g. CPU vs GPU round-off), but a large gap means the checkpoint or the cache changed.
         print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "

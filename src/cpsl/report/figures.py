@@ -1,7 +1,8 @@
 """Figures 2 and 3 of the paper from the runs' history.csv files (one row per epoch).
 
 * Figure 2 (figure2_losses.png): total, task, reconstruction, unimodal, diversity and statistical loss
-  per epoch, train and valid, in the paper's panel order (a)-(f).
+  per epoch, train and valid, in the paper's panel order (a)-(f). Panel (e) shows the feature diversity
+  as the entropy H_2 = -L_div (the quantity maximised), so it rises as the paper's Fig. 2(e) does.
 * Figure 3 (figure3_modulation.png): (a) the modulation coefficients c_a and c_v, (b) the modality
   imbalance degree, per epoch.
 
@@ -24,7 +25,7 @@ import numpy as np
 from cpsl.io_utils import atomic_path, write_text_atomic
 
 LOSS_TERMS = (("total", "(a) Total loss"), ("task", "(b) Main regression loss"), ("recon", "(c) Reconstruction loss"),
-              ("uni", "(d) Unimodal loss"), ("div", "(e) Feature diversity loss"), ("stat", "(f) Statistical loss"))
+              ("uni", "(d) Unimodal loss"), ("div", "(e) Feature diversity (entropy H_2 = -L_div)"), ("stat", "(f) Statistical loss"))
 MODULATION = (("gm/c_a", "c_a (acoustic)"), ("gm/c_v", "c_v (visual)"))
 IMBALANCE = "gm/imbalance"
 
@@ -105,7 +106,11 @@ def write_figures(histories: Sequence[dict[str, np.ndarray]], out_dir, title: st
     written = []
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
+    for split in ("train", "valid"):  # panel (e): the entropy that L_div = -H_2 maximises
+        if f"{split}/div" in means:
+            means[f"{split}/entropy"], stds[f"{split}/entropy"] = -means[f"{split}/div"], stds[f"{split}/div"]
     for ax, (term, panel) in zip(axes.ravel(), LOSS_TERMS):
+        term = "entropy" if term == "div" else term
         drawn = _plot(ax, epochs, means, stds, f"train/{term}", "train")
         drawn |= _plot(ax, epochs, means, stds, f"valid/{term}", "valid", "--")
         if drawn:

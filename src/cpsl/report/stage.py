@@ -12,8 +12,11 @@ Statistics (cpsl.report.stats has the details): per ablation and metric, on test
 std (ddof=1), a t 95% interval over seeds (null with one seed) and each seed's value; the full model A6
 against every other configuration on their shared seeds, by a paired t-test over seeds AND a paired
 bootstrap over test segments of the seed-averaged difference (:data:`N_RESAMPLES` resamples, fixed seed).
-Figures use the configured ``ablation`` param; if it has no run, the full model, else the first ID
+Figures use the first configured row (``ablations``) that has runs; else the full model, else the first ID
 in the paper's order that has runs (the figure title names the one used).
+Rows the paper lists twice (B1 = A1, C3 = A2, C4 = A5) are trained once; both labels are reported from the
+same runs (``trained_as`` in summary.json). The modality-reliance deltas of cpsl evaluate are aggregated over
+seeds like the metrics (``reliance``).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsl import paths
-from cpsl.ablations import ABLATIONS
+from cpsl.ablations import ABLATIONS, canonical, labels_of
 from cpsl.evaluate.metrics import METRIC_KEYS, json_safe
 from cpsl.io_utils import write_json_atomic
 from cpsl.report import figures, stats, tables
@@ -116,6 +119,19 @@ def read_test_predictions(folder: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _reliance(group: list[dict]) -> dict | None:
+    """Per stream and metric, the permuted-minus-intact deltas of cpsl evaluate, described over seeds."""
+    records = [r["metrics"].get("reliance") or {} for r in group]
+    out = {}
+    for stream in ("acoustic", "visual"):
+        if not all(isinstance(rec.get(stream), dict) for rec in records):
+            continue
+        keys = sorted({k for rec in records for k in rec[stream]})
+        out[stream] = {k: stats.describe({r["seed"]: rec[stream].get(k) for r, rec in zip(group, records)})
+                       for k in keys}
+    return out or None
+
+
 def _aggregate(runs: list[dict]) -> dict:
     by_ablation: dict[str, list[dict]] = {}
     for r in runs:
@@ -123,15 +139,20 @@ def _aggregate(runs: list[dict]) -> dict:
     out = {}
     for aid, group in by_ablation.items():
         entry = {"label": ABLATIONS[aid][1], "seeds": [r["seed"] for r in group],
-                 "runs": [r["folder"].name for r in group],
+                 "runs": [r["folder"].name for r in group], "trained_as": aid,
                  "selected_epoch": {str(r["seed"]): r["selected_epoch"] for r in group}}
         for split in SPLITS:
             if not all(split in r["metrics"] for r in group):
                 continue
             keys = [k for k in METRIC_KEYS if any(k in r["metrics"][split] for r in group)]
-            entry[split] = {k: stats.describe({r["seed"]: r["metrics"][split].get(k) for r in group}) for k in keys}
-        out[aid] = entry
-    return out
+            entry[split] = {k: stats.describe({r["seed"]: r["metrics"][split].get(k) for r in group},
+                                              bounds=stats.METRIC_BOUNDS.get(k)) for k in keys}
+        reliance = _reliance(group)
+        if reliance:
+            entry["reliance"] = reliance
+        for row_id in labels_of(aid):  # the paper's duplicate rows share these runs
+            out[row_id] = {**entry, "label": ABLATIONS[row_id][1]}
+    return {a: out[a] for a in ABLATIONS if a in out}
 
 
 def _compare(runs: list[dict]) -> dict:
@@ -191,7 +212,7 @@ def _strip(t: dict) -> dict:
 
 
 def _figure_ablation(params: dict, ablations: list[str]) -> str:
-    for candidate in (params["ablation"], FULL_MODEL_ID):
+    for candidate in (*params["ablations"], FULL_MODEL_ID):
         if candidate in ablations:
             return candidate
     return ablations[0]
@@ -199,8 +220,9 @@ def _figure_ablation(params: dict, ablations: list[str]) -> str:
 
 def build_summary(params: dict, runs: list[dict], skipped: list[str], results_dir: Path) -> dict:
     dataset = params["dataset"]
-    configured = params["ablation"]
+    configured = params["ablations"]
     have = {(r["ablation"], r["seed"]) for r in runs}
+    aggregated = _aggregate(runs)
     return {
         "dataset": dataset,
         "results_dir": str(results_dir),
@@ -222,11 +244,11 @@ def build_summary(params: dict, runs: list[dict], skipped: list[str], results_di
                                                    f"{BOOTSTRAP_SEED}); per resample the seed-averaged difference "
                                                    "of the metric; percentile 95% interval; two-sided p",
         },
-        "configured": {"ablation": configured, "seeds": list(params["train"]["seeds"]),
-                       "missing_runs": [f"{configured}-seed{s}" for s in params["train"]["seeds"]
-                                        if (configured, s) not in have]},
+        "configured": {"ablations": list(configured), "seeds": list(params["train"]["seeds"]),
+                       "missing_runs": [f"{canonical(a)}-seed{s}" for a in configured for s in params["train"]["seeds"]
+                                        if (canonical(a), s) not in have]},
         "skipped_folders_without_metrics": skipped,
-        "ablations": _aggregate(runs),
+        "ablations": aggregated,
         "comparisons": _compare(runs),
     }
 
@@ -245,7 +267,7 @@ def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
     summary = json_safe(build_summary(params, runs, skipped, results_dir))
 
     tables.write_tables(summary, out_dir)
-    fig_id = _figure_ablation(params, list(summary["ablations"]))
+    fig_id = canonical(_figure_ablation(params, list(summary["ablations"])))
     hist_paths = [r["folder"] / "history.csv" for r in runs if r["ablation"] == fig_id]
     missing = [str(p) for p in hist_paths if not p.is_file()]
     if missing:

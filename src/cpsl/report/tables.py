@@ -6,6 +6,10 @@ Choices (the paper is silent on them):
   the has-zero values are shown in extra columns, so a reader can compare with either convention.
 * "mean +/- std" is over seeds, std with ddof=1; with one seed the std is shown as "n/a".
 * Corr is x100 in Table 2 (as the paper prints it) and raw in Table 1 (as the paper prints it).
+* Modality reliance (ours): the change of test MAE when the acoustic (dMAE perm-A) or visual (dMAE perm-V)
+  stream is permuted across test segments (cpsl.evaluate.reliance). About 0 = the row ignores that stream.
+* T0 (text only) is ours and has no paper values; the paper's duplicate rows (B1 = A1, C3 = A2, C4 = A5)
+  are the same runs under both labels.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ TABLE2_COLUMNS = (
     ("Corr x100", "corr", "corr", TABLE2_CORR_SCALE, 2),
 )
 HASZERO_COLUMNS = (("Acc-2 has-zero", "acc2_haszero", 2), ("F1 has-zero", "f1_haszero", 2))
+# (column label, stream, metric, decimals): permuted minus intact, mean +/- std over seeds
+RELIANCE_COLUMNS = (("dMAE perm-A", "acoustic", "mae", 4), ("dMAE perm-V", "visual", "mae", 4))
 
 CONVENTION_NOTE = (
     "Acc-2 and F1 (weighted) use the non-zero convention: negative vs positive, zero-labelled test segments "
@@ -35,8 +41,32 @@ CONVENTION_NOTE = (
 )
 
 
+RELIANCE_NOTE = (
+    "dMAE perm-A / perm-V (ours): test MAE with the acoustic / visual stream permuted across test segments, "
+    "minus the intact MAE (mean over permutations, then mean +/- std over seeds). About 0: the row does not "
+    "use that stream. T0 is the text-only reference (ours, no paper values)."
+)
+
+
 def _stat(summary: dict, ablation: str, key: str) -> dict:
     return summary["ablations"][ablation]["test"].get(key, {})
+
+
+def _reliance_stat(summary: dict, ablation: str, stream: str, key: str) -> dict:
+    return (summary["ablations"][ablation].get("reliance") or {}).get(stream, {}).get(key, {})
+
+
+def _paper(aid: str):
+    """(configuration label, paper values or None): T0 is ours and has no paper row."""
+    if aid in TABLE2:
+        return TABLE2[aid]
+    return ABLATIONS[aid][1], None
+
+
+def _configuration(summary: dict, aid: str) -> str:
+    label = _paper(aid)[0]
+    trained_as = summary["ablations"][aid].get("trained_as", aid)
+    return label if trained_as == aid else f"{label} (same runs as {trained_as})"
 
 
 def _fmt(mean, std, decimals: int, scale: float = 1.0) -> str:
@@ -60,19 +90,23 @@ def table2_rows(summary: dict) -> list[dict]:
     rows = []
     for aid in ordered_ids(summary):
         entry = summary["ablations"][aid]
-        paper = TABLE2[aid][1]
-        row = {"id": aid, "configuration": TABLE2[aid][0], "n_seeds": len(entry["seeds"]),
+        paper = _paper(aid)[1]
+        row = {"id": aid, "configuration": _configuration(summary, aid), "n_seeds": len(entry["seeds"]),
                "seeds": " ".join(str(s) for s in entry["seeds"])}
         for _, key, field, scale, _d in TABLE2_COLUMNS:
             st = _stat(summary, aid, key)
             short = field if field != "corr" else "corr_x100"
             row[f"{short}_mean"] = _num(st.get("mean"), scale)
             row[f"{short}_std"] = _num(st.get("std"), scale)
-            row[f"{short}_paper"] = getattr(paper, field)
+            row[f"{short}_paper"] = "" if paper is None else getattr(paper, field)
         for _, key, _d in HASZERO_COLUMNS:
             st = _stat(summary, aid, key)
             row[f"{key}_mean"] = _num(st.get("mean"))
             row[f"{key}_std"] = _num(st.get("std"))
+        for _, stream, key, _d in RELIANCE_COLUMNS:
+            st = _reliance_stat(summary, aid, stream, key)
+            row[f"reliance_{stream}_{key}_mean"] = _num(st.get("mean"))
+            row[f"reliance_{stream}_{key}_std"] = _num(st.get("std"))
         rows.append(row)
     return rows
 
@@ -118,21 +152,26 @@ def table2_markdown(summary: dict) -> str:
     head = [f"# Table 2 (ablation) - ours on `{dataset}` beside the paper", ""]
     if dataset != TABLE2_DATASET:
         head += [f"**The paper's values are for CMU-MOSI; ours are on `{dataset}`: not directly comparable.**", ""]
-    head += [CONVENTION_NOTE, ""]
+    head += [CONVENTION_NOTE, "", RELIANCE_NOTE, ""]
     cols = ["ID", "Configuration", "Seeds"]
     for label, *_ in TABLE2_COLUMNS:
         cols += [f"{label} (ours)", f"{label} (paper)"]
     cols += [label for label, *_ in HASZERO_COLUMNS]
+    cols += [label for label, *_ in RELIANCE_COLUMNS]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for aid in ordered_ids(summary):
         entry = summary["ablations"][aid]
-        paper = TABLE2[aid][1]
-        cells = [aid, TABLE2[aid][0], str(len(entry["seeds"]))]
+        paper = _paper(aid)[1]
+        cells = [aid, _configuration(summary, aid), str(len(entry["seeds"]))]
         for _, key, field, scale, d in TABLE2_COLUMNS:
             st = _stat(summary, aid, key)
-            cells += [_fmt(st.get("mean"), st.get("std"), d, scale), f"{getattr(paper, field):.{d}f}"]
+            cells += [_fmt(st.get("mean"), st.get("std"), d, scale),
+                      "-" if paper is None else f"{getattr(paper, field):.{d}f}"]
         for _, key, d in HASZERO_COLUMNS:
             st = _stat(summary, aid, key)
+            cells.append(_fmt(st.get("mean"), st.get("std"), d))
+        for _, stream, key, d in RELIANCE_COLUMNS:
+            st = _reliance_stat(summary, aid, stream, key)
             cells.append(_fmt(st.get("mean"), st.get("std"), d))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(head + lines + _comparison_lines(summary)) + "\n"
