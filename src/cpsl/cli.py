@@ -23,10 +23,12 @@ from pathlib import Path
 
 from cpsl.config import SEED_MAX, ParamsError, apply_overrides, load_params
 from cpsl.errors import PipelineError, describe_os_error
+from cpsl.io_utils import remove_stale_temporaries
 
 EXIT_USER_ERROR = 1
 EXIT_PARAMS = 2
 PATH_ARGS = ("out", "raw", "data", "run", "results")
+EVALUATE_FILES = ("metrics.json", "predictions.csv")  # what evaluate writes into a run folder
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -150,9 +152,13 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
         from cpsl.runlock import run_folder_lock
         # evaluate writes metrics.json/predictions.csv into the run folder: one writer at a time
         with run_folder_lock(args.run, "evaluate") if Path(args.run).is_dir() else contextlib.nullcontext():
+            remove_stale_temporaries(args.run, EVALUATE_FILES)  # left by a SIGKILLed evaluate
             run_evaluate(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":
+        from cpsl import paths
         from cpsl.report.stage import run_report
+        remove_stale_temporaries(args.out or paths.reports_dir(params["dataset"]),
+                                 [paths.summary_path(params["dataset"]).name, *paths.REPORT_FILES])
         run_report(params, results_dir=args.results, out_dir=args.out)
     return 0
 
