@@ -212,7 +212,9 @@ def test_a_failed_checkpoint_write_is_one_clear_error_and_keeps_the_old_file(tmp
 
 
 @pytest.mark.parametrize("err_no, fragment", [
-    (errno.EROFS, "read-only file system"), (errno.EACCES, "no permission"), (errno.ENOSPC, "no space left"),
+    (errno.EROFS, "read-only file system; write the outputs elsewhere (--out) or remount"),
+    (errno.EACCES, "permission denied; fix the folder's permissions"),
+    (errno.ENOSPC, "no space left on device; free some space and rerun"),
 ])
 def test_unwritable_output_is_one_line_exit_1(tmp_path, monkeypatch, capsys, err_no, fragment):
     from cpsl.config import load_params
@@ -227,7 +229,7 @@ def test_unwritable_output_is_one_line_exit_1(tmp_path, monkeypatch, capsys, err
     code = main(["prepare", "--params", str(params_file), "--set", "demo.videos=6"])
     err = capsys.readouterr().err
     assert code == 1
-    assert fragment in err and "data/raw/demo" in err and len(err.strip().splitlines()) == 1
+    assert fragment in err.lower() and "data/raw/demo" in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
 
 
@@ -236,7 +238,7 @@ def test_check_free_space_names_a_read_only_folder(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
 
     monkeypatch.setattr(io_utils.tempfile, "mkstemp", refuse)
-    with pytest.raises(PipelineError, match="cannot write here: .*read-only file system"):
+    with pytest.raises(PipelineError, match="cannot write here: .*Read-only file system; write the outputs elsewhere"):
         io_utils.check_free_space(tmp_path, 0, "x")
 
 

@@ -13,11 +13,11 @@ class PipelineError(Exception):
 
 
 _OS_HINTS = {
-    errno.EROFS: "the folder is on a read-only file system; write the outputs elsewhere (--out) or remount it",
-    errno.EACCES: "no permission; fix the folder's permissions or write the outputs elsewhere (--out)",
-    errno.EPERM: "operation not permitted; fix the folder's permissions or write the outputs elsewhere (--out)",
-    errno.ENOSPC: "no space left on the device; free some space and rerun (completed outputs are kept)",
-    errno.EDQUOT: "disk quota exceeded; free some space and rerun (completed outputs are kept)",
+    errno.EROFS: "write the outputs elsewhere (--out) or remount the file system read-write",
+    errno.EACCES: "fix the folder's permissions or write the outputs elsewhere (--out)",
+    errno.EPERM: "fix the folder's permissions or write the outputs elsewhere (--out)",
+    errno.ENOSPC: "free some space and rerun (completed outputs are kept)",
+    errno.EDQUOT: "free some space and rerun (completed outputs are kept)",
 }
 
 
