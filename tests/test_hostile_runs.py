@@ -270,5 +270,5 @@ def test_checkpoint_names_the_text_model_as_configured_and_evaluate_resolves_it(
 def test_an_absolute_model_folder_that_is_gone_is_one_clear_error():
     from cpsl.config import resolve_model_path
 
-    with pytest.raises(PipelineError, match="text model folder /no/such/venv/model does not exist"):
+    with pytest.raises(PipelineError, match="text model folder /no/such/venv/model does not exist; set text.model"):
         resolve_model_path("/no/such/venv/model")
