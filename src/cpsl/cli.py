@@ -3,14 +3,32 @@
     cpsl prepare | align | train | evaluate | report   [--params params.yaml] [--set key=value ...]
 
 Every subcommand validates params.yaml before doing any work. Snakefile and dvc.yaml call only these.
+
+The project root is the folder of the params file: the stages' relative paths (data/, results/, reports/, a
+relative data.mirror or text model folder) resolve there, wherever the command is run from; the path
+arguments given on the command line (--out, --raw, --data, --run, --results) are relative to the caller's
+folder, as usual.
+
+Exit codes: 0 done, 1 an input or environment problem the user can fix (one line naming the file/key/segment),
+2 invalid params or arguments, 3 collapse guard (train), 128+N interrupted by signal N (train).
+``--debug`` shows the traceback instead of the one line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from pathlib import Path
 
-from cpsl.config import ParamsError, load_params
-from cpsl.errors import PipelineError
+from cpsl.config import SEED_MAX, ParamsError, load_params
+from cpsl.errors import PipelineError, describe_os_error
+from cpsl.io_utils import remove_stale_temporaries
+
+EXIT_USER_ERROR = 1
+EXIT_PARAMS = 2
+PATH_ARGS = ("out", "raw", "data", "run", "results")
+EVALUATE_FILES = ("metrics.json", "predictions.csv")  # what evaluate writes into a run folder
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -19,6 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a param for this call, e.g. --set cp.eta=0.3 (validated like the file)",
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,18 +74,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    here = os.getcwd()
     try:
+        return _main(args)
+    finally:
+        os.chdir(here)  # main() is also called in-process (tests, torchrun workers)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        raise  # noqa: PLE0704 - re-raise the exception being handled, with its traceback
+    label = "invalid params" if code == EXIT_PARAMS else "error"
+    # one line: a message that carries a newline (e.g. from a library) must not look like a traceback
+    print(f"cpsl {args.stage}: {label}: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        _to_project_root(args)
         params = load_params(args.params, overrides=args.overrides)
+        _check_args(args, params)
     except ParamsError as exc:
-        print(f"cpsl {args.stage}: invalid params: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), EXIT_PARAMS)
 
     try:
         return _dispatch(args, params)
+    except ParamsError as exc:
+        return _fail(args, str(exc), EXIT_PARAMS)
     except PipelineError as exc:
         # A problem with the user's inputs: one line naming the file/key/segment, no traceback.
-        print(f"cpsl {args.stage}: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, str(exc), EXIT_USER_ERROR)
+    except OSError as exc:
+        # read-only folder, full disk, missing permission, ...: the environment, not a bug
+        return _fail(args, describe_os_error(exc) + " (--debug shows the traceback)", EXIT_USER_ERROR)
+
+
+def _to_project_root(args: argparse.Namespace) -> None:
+    """Resolve the command-line paths against the caller's folder, then work from the params file's folder."""
+    params_file = Path(args.params).expanduser().absolute()
+    if not params_file.is_file():
+        raise ParamsError(f"{args.params}: params file not found (pass --params path/to/params.yaml; the project "
+                          f"root is the folder of that file)")
+    args.params = str(params_file)
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if value:
+            setattr(args, name, str(Path(value).expanduser().absolute()))
+    os.chdir(params_file.parent)
+
+
+def _check_args(args: argparse.Namespace, params: dict) -> None:
+    from cpsl.ablations import ABLATIONS
+
+    if getattr(args, "ablation", None) is not None and args.ablation not in ABLATIONS:
+        raise ParamsError(f"--ablation {args.ablation!r} is not a Table 2 ID; use one of {', '.join(ABLATIONS)}")
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed <= SEED_MAX:
+        raise ParamsError(f"--seed {args.seed} is out of range; use an integer in [0, {SEED_MAX}]")
 
 
 def _dispatch(args: argparse.Namespace, params: dict) -> int:
@@ -83,9 +147,16 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
                          params_file=args.params, overrides=args.overrides)
     elif args.stage == "evaluate":
         from cpsl.evaluate.stage import run_evaluate
-        run_evaluate(params, run_dir=args.run, data_path=args.data)
+        from cpsl.runlock import run_folder_lock
+        # evaluate writes metrics.json/predictions.csv into the run folder: one writer at a time
+        with run_folder_lock(args.run, "evaluate") if Path(args.run).is_dir() else contextlib.nullcontext():
+            remove_stale_temporaries(args.run, EVALUATE_FILES)  # left by a SIGKILLed evaluate
+            run_evaluate(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":
+        from cpsl import paths
         from cpsl.report.stage import run_report
+        remove_stale_temporaries(args.out or paths.reports_dir(params["dataset"]),
+                                 [paths.summary_path(params["dataset"]).name, *paths.REPORT_FILES])
         run_report(params, results_dir=args.results, out_dir=args.out)
     return 0
 

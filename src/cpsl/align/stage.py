@@ -20,7 +20,11 @@ Choices where the SDK or the paper leave room:
 * Labels: the first feature column of the label sequence; non-finite or outside [-3, 3] is an error
   naming the segment (the sentiment scale is [-3, 3], anything else is a corrupt file).
 * Non-finite word-level values (COVAREP's -inf) become 0 after averaging, counted per modality; a word
-  with no intersecting frame gets a zero vector (the SDK's ``impute`` default), counted per modality.
+  with no intersecting frame gets a zero vector (the SDK's ``impute`` default), counted per modality
+  (a video with no frames at all: every word). A finite mean beyond float32's range (|x| > 3.4e38) would
+  become inf in the float32 cache: it is replaced by 0 too and counted separately
+  (``float32_overflow_replaced``).
+* Words must be UTF-8 bytes: a numeric word stream or undecodable bytes are errors naming the video.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ from cpsl.align.word_align import (
 from cpsl.cache import SPLITS, write_cache
 from cpsl.config import text_model_for
 from cpsl.data.csd import ComputationalSequence, CSDError
-from cpsl.io_utils import sha256_file, write_json_atomic
+from cpsl.io_utils import remove_stale_temporaries, sha256_file, write_json_atomic
 
 ROLES = ("words", "acoustic", "visual", "labels")
 FEATURE_ROLES = ("acoustic", "visual")
@@ -172,7 +176,11 @@ def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims
         means, counts = frame_means(frame_iv, feats, word_iv)
         stats["nonfinite_replaced"][role] += replace_nonfinite(means)
         stats["words_without_frames"][role] += int((counts == 0).sum())
-        word_values[role] = means.astype(np.float32)
+        # a finite float64 mean beyond float32's range (e.g. 1e300) would become inf in the cache
+        with np.errstate(over="ignore"):
+            values = means.astype(np.float32)
+        stats["overflow_replaced"][role] += replace_nonfinite(values)
+        word_values[role] = values
 
     label_seq = seqs["labels"]
     seg_iv, label_feats = label_seq.read(vid)
@@ -217,7 +225,8 @@ def _feature_name(seq: ComputationalSequence) -> str:
 
 def _align_all(raw_dir: Path, manifest: dict, fold_of: Mapping[str, str]):
     """Align every video of the folds; returns segments per split and the bookkeeping for the report."""
-    stats = {"words": 0, "nonfinite_replaced": defaultdict(int), "words_without_frames": defaultdict(int)}
+    stats = {"words": 0, "nonfinite_replaced": defaultdict(int), "words_without_frames": defaultdict(int),
+             "overflow_replaced": defaultdict(int)}
     per_split: dict[str, list[Segment]] = {s: [] for s in SPLITS}
     dropped: list[dict] = []
     skipped_videos: list[dict] = []
@@ -252,6 +261,8 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
     out_path = Path(out_path) if out_path is not None else paths.processed_path(dataset)
     max_seq_len = int(params["data"]["max_seq_len"])
     text_model = text_model_for(params)
+    # a SIGKILLed align leaves its temporaries (SIGKILL skips clean-up); only this stage's own names
+    remove_stale_temporaries(out_path.parent, [out_path.name, report_path_for(out_path).name])
 
     manifest = load_manifest(raw_dir)
     fold_of = load_folds(raw_dir / manifest.get("folds", "folds.json"))
@@ -293,6 +304,7 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
         "videos_skipped": skipped_videos,
         "videos_not_in_folds": not_in_folds,
         "nonfinite_replaced": dict(stats["nonfinite_replaced"]),
+        "float32_overflow_replaced": dict(stats["overflow_replaced"]),
         "words_without_frames": dict(stats["words_without_frames"]),
         "segments_truncated": {"count": len(truncated), "max_subwords": max_seq_len - 2, "ids": truncated},
         "tokenizer_backend": tokenizer.backend,
@@ -317,6 +329,8 @@ def format_report(report: Mapping) -> str:
         f"  videos not in folds: {len(report['videos_not_in_folds'])}",
         "  non-finite values replaced by 0: "
         + ", ".join(f"{r} {report['nonfinite_replaced'].get(r, 0)}" for r in FEATURE_ROLES),
+        "  values beyond float32 range replaced by 0: "
+        + ", ".join(f"{r} {report.get('float32_overflow_replaced', {}).get(r, 0)}" for r in FEATURE_ROLES),
         "  words without frames (zero vectors): "
         + ", ".join(f"{r} {report['words_without_frames'].get(r, 0)}" for r in FEATURE_ROLES),
         f"  segments truncated to {report['segments_truncated']['max_subwords']} subwords: "

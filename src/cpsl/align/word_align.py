@@ -45,6 +45,8 @@ def _runs(fs, fe, rs, re, eps):
     """Per reference, the run [lo, hi) of frames (sorted by start, ends non-decreasing, all longer
     than eps) that intersect it. Exact: searchsorted guesses, the float test corrects."""
     n = len(fs)
+    if n == 0:  # a video with no frames (or none longer than eps): every run is empty
+        return np.zeros(len(rs), dtype=np.int64), np.zeros(len(rs), dtype=np.int64)
     # lo = first frame with fl(fe - rs) > eps (a suffix of the sorted ends)
     lo = np.searchsorted(fe, rs + eps, side="right")
     while True:

@@ -124,9 +124,25 @@ class ComputationalSequence:
         return intervals, features
 
     def read_words(self, video_id: str) -> tuple[np.ndarray, list[str]]:
-        """The word stream of one video: intervals and decoded word strings."""
+        """The word stream of one video: intervals and decoded word strings. Words are stored as bytes; a
+        numeric stream (e.g. a feature file given as the words) and bytes that are not UTF-8 are errors
+        naming the word, never silently turned into "0.0" or U+FFFD."""
         intervals, features = self.read(video_id)
-        return intervals, [_decode(w) for w in features[:, 0]]
+        if features.dtype.kind not in "SOUa":
+            raise CSDError(f"{self.path}: video '{video_id}' has numeric features ({features.dtype}), not words; "
+                           f"is this file really the word stream (TimestampedWords)?")
+        words = []
+        for i, w in enumerate(features[:, 0] if features.ndim == 2 else features):
+            if isinstance(w, bytes):
+                try:
+                    w = w.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CSDError(f"{self.path}: video '{video_id}' word {i} is not valid UTF-8 ({w[:40]!r}, "
+                                   f"byte {exc.start}); fix the file or re-download it") from exc
+            elif not isinstance(w, str):
+                raise CSDError(f"{self.path}: video '{video_id}' word {i} is a {type(w).__name__}, not text")
+            words.append(w)
+        return intervals, words
 
     def feature_dim(self) -> int:
         """Feature dimension, read from the file (first video)."""

@@ -75,12 +75,13 @@ def _manifest_verifies(manifest: dict | None, out_dir: Path, dataset: str, sourc
 
 
 def _mirror_unchanged(manifest: dict, mirror: Path, spec: DatasetSpec) -> bool:
-    # Cheap guard (sizes only): hashing a multi-GB mirror on every no-op run would cost more than it saves.
+    # Sizes first (cheap), then sha256: a same-size edit of a mirror file (e.g. corrected labels) must be
+    # noticed; hashing costs about as much as the copy it may save, and a no-op run is otherwise instant.
     for role in ROLES:
         src = mirror / spec.file(role).name
         if not src.is_file() or src.stat().st_size != manifest["files"][role]["size"]:
             return False
-    return True
+    return all(sha256_file(mirror / spec.file(role).name) == manifest["files"][role]["sha256"] for role in ROLES)
 
 
 def _remove_stale_temporaries(out_dir: Path, spec: DatasetSpec) -> None:

@@ -34,6 +34,7 @@ from cpsl.evaluate.metrics import METRIC_KEYS, json_safe
 from cpsl.io_utils import write_json_atomic
 from cpsl.report import figures, stats, tables
 from cpsl.report.paper_results import FULL_MODEL_ID
+from cpsl.run_identity import check_rows_consistent
 
 N_RESAMPLES = 5000
 BOOTSTRAP_SEED = 20240527
@@ -262,6 +263,7 @@ def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
     # folder and may not write inside its own dependency.
     summary_file = out_dir / paths.summary_path(dataset).name
     runs, skipped = discover_runs(results_dir, dataset)
+    check_rows_consistent(runs)  # never average seeds trained with different params
     if not runs:
         raise ReportError(f"{results_dir}: no run folder holds metrics.json (run 'cpsl evaluate' first)")
     summary = json_safe(build_summary(params, runs, skipped, results_dir))

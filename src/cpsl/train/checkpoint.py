@@ -24,11 +24,13 @@ import json
 import math
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cpsl.errors import PipelineError
 from cpsl.io_utils import atomic_path, write_json_atomic
 
 LOSS_TERMS = ("total", "task", "recon", "uni", "div", "stat")
@@ -98,8 +100,60 @@ def restore_rng(state: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- .pt files
 def save_pt(path: Path, obj: dict) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:
+        # torch's zip writer reports a failed write (full disk, quota) as "basic_ios::clear" or
+        # "PytorchStreamWriter failed writing file"; the temporary is already gone, the old file kept
+        free = shutil.disk_usage(path.parent).free
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: could not be written ({reason}); is the disk full? {free / 1e6:.0f} MB free "
+                            f"now; free some space and rerun (the run resumes from its last saved state)") from exc
+
+
+def load_state(path: Path) -> dict | None:
+    """state/last.pt, or None (with a warning) when it is absent or unusable: empty or truncated by a crash
+    outside our atomic write (disk full, copied by hand), not a state at all, or refused by weights_only. A
+    state that cannot be read must never keep a run stuck; the run then starts from scratch."""
+    if not path.is_file():
+        return None
+    try:
+        state = load_pt(path)
+        if not isinstance(state, dict) or not {"fingerprint", "world_size", "ranks"} <= set(state):
+            raise ValueError("not a training state")
+    except Exception as exc:  # noqa: BLE001 - torch raises assorted errors on damaged files
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        print(f"cpsl train: warning: {path} is unreadable ({reason}); discarding it and starting this run from "
+              f"scratch", file=sys.stderr, flush=True)
+        return None
+    return state
+
+
+def text_model_size(resolved: str) -> tuple[int | None, int]:
+    """(vocabulary size, bytes of weights) of a text model folder or cached HF id; (None, 0) when unknown
+    (e.g. not downloaded yet: the model loader then gives its own error)."""
+    folder = Path(resolved)
+    try:
+        if folder.is_dir():
+            vocab = json.loads((folder / "config.json").read_text()).get("vocab_size")
+            weights = sum(p.stat().st_size for p in folder.iterdir()
+                          if p.suffix in (".safetensors", ".bin", ".pt", ".pth") and p.is_file())
+            return (int(vocab) if isinstance(vocab, int) else None), weights
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(resolved, "config.json")
+        if not isinstance(config, str):
+            return None, 0
+        vocab = json.loads(Path(config).read_text()).get("vocab_size")
+        weights = 0
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(resolved, name)
+            if isinstance(found, str):
+                weights = max(weights, Path(found).stat().st_size)
+        return (int(vocab) if isinstance(vocab, int) else None), weights
+    except (OSError, ValueError):
+        return None, 0
 
 
 def load_pt(path: Path) -> dict:

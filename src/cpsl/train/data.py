@@ -29,14 +29,7 @@ def load_tensors(path: str | Path, split: str) -> dict[str, torch.Tensor]:
     arrays = read_split(path, split)
     if len(arrays["label"]) == 0:
         raise CacheError(f"{path}: split '{split}' is empty; training needs at least one segment")
-    # `cpsl align` zeroes non-finite features; a cache that still has some was made another way, and the
-    # per-batch min-max normalisation would silently turn them into zeros: refuse it, naming the segment.
-    for key in ("acoustic", "visual"):
-        bad = ~np.isfinite(arrays[key]).reshape(len(arrays[key]), -1).all(axis=1)
-        if bad.any():
-            first = arrays["segment_id"][int(np.flatnonzero(bad)[0])]
-            raise CacheError(f"{path}: split '{split}' key '{key}' has non-finite values in {int(bad.sum())} "
-                             f"segment(s), first '{first}'")
+    # content checks (labels, masks, non-finite features) happen in read_split, for every split
     return {key: torch.from_numpy(np.ascontiguousarray(arrays[key])) for key in TENSOR_KEYS}
 
 

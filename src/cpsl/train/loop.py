@@ -65,7 +65,7 @@ class RunSpec:
     seed: int
     data_path: Path
     run_dir: Path
-    text_model: str  # resolved HF id or folder
+    text_model: str  # as configured (HF id, folder, package:<module>); resolved when the model is built
 
 
 @dataclass
@@ -280,7 +280,7 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
     # ---- fresh start or resume ----------------------------------------------------------------------
     fingerprint = run_fingerprint(spec)
     state_path = run_dir / ckpt.STATE_FILE
-    state = ckpt.load_pt(state_path) if state_path.is_file() else None
+    state = ckpt.load_state(state_path)  # None (with a warning) when unreadable: a bad file must not block
     barrier(ctx)  # every rank has read the state before rank 0 may delete a stale one
     if state is not None and state["fingerprint"] != fingerprint:
         _log(ctx, f"{state_path} belongs to a run with other params/data; starting this run from scratch")

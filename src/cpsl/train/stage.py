@@ -5,19 +5,35 @@
 - A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache) is not retrained.
 - A run folder holding state/last.pt of the same run continues it (see cpsl.train.loop).
 
+- The run folder is locked (cpsl.runlock) by the writing process (rank 0) for the whole run, so a second
+  writer fails at once naming the holder's PID; temporaries a SIGKILLed run left are removed under the lock.
+- Before any epoch: the folder must be writable with room for a checkpoint and a state, and every token id
+  of the cache must exist in the text model's vocabulary.
+
+The checkpoint records the text model by its configured name (HF id, ``package:<module>`` or a folder as
+written in params.yaml), never the folder it resolved to in this venv: evaluate resolves it again.
+
 Exit codes: 0 done (or already done), 3 collapse guard, 128 + signal when interrupted (state saved).
 Under torchrun, torchrun itself turns a failing worker into its own exit code (1).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 from cpsl import paths
 from cpsl.ablations import canonical
+from cpsl.cache import check_token_ids
 from cpsl.config import resolve_model_path, text_model_for
+from cpsl.io_utils import check_free_space, remove_stale_temporaries
+from cpsl.runlock import run_folder_lock
 from cpsl.train import checkpoint as ckpt
 from cpsl.train import distributed
+
+# the files a run writes atomically (their temporaries are `.<name>.*.tmp` next to them)
+_RUN_FILES = (ckpt.BEST_FILE, ckpt.STATE_FILE, ckpt.HISTORY_FILE, ckpt.SUMMARY_FILE, "collapse.json")
 
 
 def _cli_args(seed: int, ablation: str, data_path: Path, out_dir: Path, params_file: str, overrides) -> list[str]:
@@ -42,13 +58,31 @@ def run_train(params: dict, seed: int, ablation: str | None = None, data_path=No
 
     from cpsl.train.loop import RunSpec, fit, run_fingerprint  # torch/transformers only past this point
 
+    text_model = text_model_for(params)
+    resolved = resolve_model_path(text_model)  # fails early, naming the model, when it cannot be found
     spec = RunSpec(params=params, ablation=ablation, seed=seed, data_path=data_path, run_dir=out_dir,
-                   text_model=resolve_model_path(text_model_for(params)))
+                   text_model=text_model)
+    writer = os.environ.get("RANK", "0") == "0"  # rank 0 alone writes the run folder
+    with run_folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
+        if writer:
+            remove_stale_temporaries(out_dir, _RUN_FILES)
+        return _train_locked(spec, resolved, writer, fit, run_fingerprint)
+
+
+def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint) -> int:
+    params, out_dir, data_path = spec.params, spec.run_dir, spec.data_path
     done = ckpt.finished_summary(out_dir, run_fingerprint(spec))
     if done is not None:
         print(f"cpsl train: {out_dir} is already trained with these params (best epoch {done['best_epoch']}); "
               f"nothing to do", file=sys.stderr)
         return 0
+    vocab_size, model_bytes = ckpt.text_model_size(resolved_model)
+    if vocab_size is not None:
+        check_token_ids(data_path, vocab_size, spec.text_model)
+    if writer:
+        # the first epoch writes best.pt (weights) and state/last.pt (weights + two AdamW moments); later
+        # epochs need the same room for the temporaries that replace them: fail now, not after an epoch
+        check_free_space(out_dir, 4 * model_bytes, "a checkpoint and a training state")
 
     ctx = distributed.init_from_env(params["train"]["device"])
     try:
