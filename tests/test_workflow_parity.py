@@ -29,7 +29,9 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
             continue
         field = lambda name: [p.strip() for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
         cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
-        jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output"))})
+        res = dict(kv.split("=", 1) for kv in field("resources")) if re.search(r"^\s+resources: ", block, re.M) else {}
+        jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output")),
+                     "resources": res})
     return jobs
 
 
@@ -121,3 +123,21 @@ def test_grid_target_runs_every_table2_row_as_separate_jobs(tmp_path):
     # A param passed through --config would never reach the stages (they read params.yaml): refused.
     refused = _dry_run(work, "--config", "ablation=A0")
     assert refused.returncode != 0 and "edit params.yaml" in refused.stdout + refused.stderr
+
+
+def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
+    """`--resources gpu=N` / the SLURM executor see the GPUs a job needs: train.nproc for train, one for
+    evaluate, none for the data and report stages."""
+    smk, _ = pipelines
+    for job in smk:
+        want = {"train": "1", "evaluate": "1"}.get(job["stage"])
+        assert job["resources"].get("gpu") == want, (job["stage"], job["resources"])
+
+    work = tmp_path / "nproc"
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "src"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["nproc"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}

@@ -84,8 +84,11 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
         return run_train(params, seed=args.seed, ablation=args.ablation, data_path=args.data, out_dir=args.out,
                          params_file=args.params, overrides=args.overrides)
     elif args.stage == "evaluate":
+        from cpsl import gpu_slots
         from cpsl.evaluate.stage import run_evaluate
-        run_evaluate(params, run_dir=args.run, data_path=args.data)
+        # Evaluation runs on the first visible CUDA device: lease one so it does not land on a training job's.
+        with gpu_slots.job_devices(1, params["train"]["device"], "cpsl evaluate"):
+            run_evaluate(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":
         from cpsl.report.stage import run_report
         run_report(params, results_dir=args.results, out_dir=args.out)
