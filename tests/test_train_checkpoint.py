@@ -85,8 +85,9 @@ def test_fingerprint_and_finished_summary(tmp_path):
 def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, monkeypatch):
     launched = {}
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(stage.distributed, "relaunch", lambda n, args: launched.update(n=n, args=args) or 7)
-    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "train": {"nproc": 2}}
+    monkeypatch.setattr(stage.distributed, "relaunch",
+                        lambda n, args, pass_fds=(): launched.update(n=n, args=args) or 7)
+    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "train": {"nproc": 2, "device": "cpu"}}
     code = stage.run_train(params, seed=1, data_path=tmp_path / "c.h5", out_dir=tmp_path / "run",
                            params_file="p.yaml", overrides=["cp.eta=0.3"])
     assert code == 7 and launched["n"] == 2

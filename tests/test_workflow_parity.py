@@ -31,7 +31,9 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
         field = lambda name: [re.sub(r" \(update\)$", "", p.strip())
                               for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
         cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
-        jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output"))})
+        res = dict(kv.split("=", 1) for kv in field("resources")) if re.search(r"^\s+resources: ", block, re.M) else {}
+        jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output")),
+                     "resources": res})
     return jobs
 
 
@@ -154,3 +156,21 @@ def test_dvc_exp_run_without_lock_keeps_the_raw_folder(tmp_path):
         stage = next(s for s in repo.index.stages if s.name == "prepare")
         stage.remove_outs(ignore_remove=False, force=False)  # what `dvc repro`/`exp run` does before running it
     assert (raw / "precious.csd").read_text() == "a finished download"
+
+
+def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
+    """`--resources gpu=N` / the SLURM executor see the GPUs a job needs: train.nproc for train, one for
+    evaluate, none for the data and report stages."""
+    smk, _ = pipelines
+    for job in smk:
+        want = {"train": "1", "evaluate": "1"}.get(job["stage"])
+        assert job["resources"].get("gpu") == want, (job["stage"], job["resources"])
+
+    work = tmp_path / "nproc"
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "src"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["nproc"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}

@@ -146,10 +146,13 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
         return run_train(params, seed=args.seed, ablation=args.ablation, data_path=args.data, out_dir=args.out,
                          params_file=args.params, overrides=args.overrides)
     elif args.stage == "evaluate":
+        from cpsl import gpu_slots
         from cpsl.evaluate.stage import run_evaluate
         from cpsl.runlock import run_folder_lock
-        # evaluate writes metrics.json/predictions.csv into the run folder: one writer at a time
-        with run_folder_lock(args.run, "evaluate") if Path(args.run).is_dir() else contextlib.nullcontext():
+        # evaluate writes metrics.json/predictions.csv into the run folder: one writer at a time; it runs on the
+        # first visible CUDA device: lease one so it does not land on a training job's
+        with run_folder_lock(args.run, "evaluate") if Path(args.run).is_dir() else contextlib.nullcontext(), \
+                gpu_slots.job_devices(1, params["train"]["device"], "cpsl evaluate"):
             remove_stale_temporaries(args.run, EVALUATE_FILES)  # left by a SIGKILLed evaluate
             run_evaluate(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":

@@ -1,4 +1,6 @@
 # One job per (ablation, seed): `--cores` or a cluster executor runs them in parallel.
+# `gpu` = GPUs (or GPU slots, see CPSL_GPU_SLOTS) a job uses: `--resources gpu=4` caps the concurrent GPU jobs
+# on a local box (cpsl.gpu_slots picks which device each gets); the SLURM executor turns it into --gpus.
 
 rule train:
     input:
@@ -16,6 +18,8 @@ rule train:
         seed="[0-9]+",
     params:
         slice=params_slice("train"),
+    resources:
+        gpu=config["train"]["nproc"],
     shell:
         "cpsl train --ablation {wildcards.ablation} --seed {wildcards.seed}"
 
@@ -33,5 +37,7 @@ rule evaluate:
         seed="[0-9]+",
     params:
         slice=params_slice("evaluate"),
+    resources:
+        gpu=1,
     shell:
         "cpsl evaluate --run results/" + DATASET + "/{wildcards.ablation}-seed{wildcards.seed}"

@@ -93,10 +93,12 @@ def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
             "-m", "cpsl.cli", *cli_args]
 
 
-def relaunch(nproc: int, cli_args: list[str]) -> int:
+def relaunch(nproc: int, cli_args: list[str], pass_fds=()) -> int:
     """Run ``cpsl <cli_args>`` under torchrun and return its exit code. SIGTERM/SIGINT received here are
-    passed on to torchrun (which forwards them to the workers, so they checkpoint before exiting)."""
-    proc = subprocess.Popen(torchrun_command(nproc, cli_args))
+    passed on to torchrun (which forwards them to the workers, so they checkpoint before exiting).
+    ``pass_fds`` (the GPU lease's lock files) stay open in torchrun, so the lease outlives this process
+    for as long as torchrun (the workers' parent) runs."""
+    proc = subprocess.Popen(torchrun_command(nproc, cli_args), pass_fds=tuple(pass_fds))
 
     def forward(signum, _frame):
         proc.send_signal(signum)

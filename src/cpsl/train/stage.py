@@ -1,5 +1,7 @@
 """The ``train`` stage: `cpsl train --seed K [--ablation ID] [--data X.h5] [--out DIR]`.
 
+- GPUs: unless a scheduler set ``CUDA_VISIBLE_DEVICES`` (SLURM does), the job leases ``train.nproc`` free devices
+  of this machine for its lifetime (cpsl.gpu_slots), so concurrent Snakemake jobs never share one by accident.
 - ``train.nproc > 1`` outside torchrun: re-launch this same command under
   ``python -m torch.distributed.run --standalone --nproc_per_node N`` and return its exit code.
 - A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache) is not retrained.
@@ -23,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from cpsl import paths
+from cpsl import gpu_slots, paths
 from cpsl.ablations import canonical
 from cpsl.cache import check_token_ids
 from cpsl.config import resolve_model_path, text_model_for
@@ -51,10 +53,16 @@ def run_train(params: dict, seed: int, ablation: str | None = None, data_path=No
     data_path = Path(data_path) if data_path else paths.processed_path(params["dataset"])
     out_dir = Path(out_dir) if out_dir else paths.run_dir(params["dataset"], ablation, seed)
     nproc = params["train"]["nproc"]
+    with gpu_slots.job_devices(nproc, params["train"]["device"], "cpsl train") as held:
+        return _run_train(params, seed, ablation, data_path, out_dir, params_file, overrides, nproc, held)
 
+
+def _run_train(params, seed, ablation, data_path, out_dir, params_file, overrides, nproc, held) -> int:
     if nproc > 1 and not distributed.under_torchrun():
         print(f"cpsl train: launching {nproc} processes with torchrun", file=sys.stderr, flush=True)
-        return distributed.relaunch(nproc, _cli_args(seed, ablation, data_path, out_dir, params_file, overrides))
+        # torchrun inherits the lock files: the lease holds while it runs, even if this process is killed.
+        return distributed.relaunch(nproc, _cli_args(seed, ablation, data_path, out_dir, params_file, overrides),
+                                    pass_fds=held.fds if held else ())
 
     from cpsl.train.loop import RunSpec, fit, run_fingerprint  # torch/transformers only past this point
 

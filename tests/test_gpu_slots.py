@@ -1,0 +1,174 @@
+"""GPU leases (cpsl.gpu_slots) on a CPU machine, with the device list faked by a count.
+
+Concurrent jobs never hold the same device slot, a killed holder frees its devices, slots let several jobs
+share a device (least-loaded first), and `cpsl train` leases before it launches torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cpsl import gpu_slots
+from cpsl.gpu_slots import GpuLeaseError, lease, try_lease
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in ("CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "CPSL_GPU_SLOTS", "CPSL_GPU_LEASE", "CPSL_GPU_WAIT_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CPSL_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    return tmp_path / "locks"
+
+
+def test_one_device_per_lease_until_none_is_free(tmp_path):
+    held = [try_lease(1, count=4, slots=1, folder=tmp_path) for _ in range(4)]
+    assert sorted(h.devices[0] for h in held) == [0, 1, 2, 3]
+    assert try_lease(1, count=4, slots=1, folder=tmp_path) is None
+    held[2].release()
+    again = try_lease(1, count=4, slots=1, folder=tmp_path)
+    assert again.devices == held[2].devices
+    for h in held + [again]:
+        h.release()
+
+
+def test_multi_device_lease_is_all_or_nothing(tmp_path):
+    a = try_lease(2, count=3, slots=1, folder=tmp_path)
+    assert len(set(a.devices)) == 2
+    assert try_lease(2, count=3, slots=1, folder=tmp_path) is None  # one device left: nothing held
+    b = try_lease(1, count=3, slots=1, folder=tmp_path)
+    assert b.devices == sorted(set(range(3)) - set(a.devices))
+    with pytest.raises(GpuLeaseError, match="needs 4 GPUs but the machine has 3"):
+        lease(4, count=3, slots=1, folder=tmp_path)
+    a.release(), b.release()
+
+
+def test_slots_share_devices_least_loaded_first(tmp_path):
+    held = [try_lease(1, count=2, slots=3, folder=tmp_path) for _ in range(6)]
+    devices = [h.devices[0] for h in held]
+    assert devices[:2] == [0, 1] and sorted(devices) == [0, 0, 0, 1, 1, 1]  # spread before stacking
+    assert try_lease(1, count=2, slots=3, folder=tmp_path) is None
+    for h in held:
+        h.release()
+
+
+def test_lease_waits_then_times_out(tmp_path):
+    held = try_lease(1, count=1, slots=1, folder=tmp_path)
+    start = time.monotonic()
+    with pytest.raises(GpuLeaseError, match="no 1 free GPU"):
+        lease(1, count=1, slots=1, folder=tmp_path, wait_s=0.5, poll_s=0.1)
+    assert time.monotonic() - start >= 0.5
+    held.release()
+
+
+WORKER = r"""
+import json, sys, time
+from cpsl.gpu_slots import lease
+folder, count, slots, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+with lease(1, count=count, slots=slots, folder=folder, poll_s=0.05) as held:
+    start = time.time()
+    print("held", held.devices[0], flush=True)
+    time.sleep(hold)
+    end = time.time()
+print(json.dumps({"device": held.devices[0], "start": start, "end": end}), flush=True)
+"""
+
+
+def _worker(folder, count, slots, hold) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(folder), str(count), str(slots), str(hold)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+
+
+def test_concurrent_processes_never_share_a_device(tmp_path):
+    # 8 jobs on 3 devices: they queue on the locks; intervals on one device must never overlap.
+    procs = [_worker(tmp_path, 3, 1, 0.4) for _ in range(8)]
+    records = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        records.append(json.loads(out.strip().splitlines()[-1]))
+    by_device: dict[int, list] = {}
+    for r in records:
+        by_device.setdefault(r["device"], []).append((r["start"], r["end"]))
+    assert set(by_device) == {0, 1, 2}
+    for spans in by_device.values():
+        spans.sort()
+        assert all(prev_end <= next_start for (_, prev_end), (next_start, _) in zip(spans, spans[1:]))
+
+
+def test_killed_holder_frees_its_device(tmp_path):
+    holder = _worker(tmp_path, 1, 1, 600)
+    assert holder.stdout.readline().split() == ["held", "0"]
+    assert try_lease(1, count=1, slots=1, folder=tmp_path) is None
+    holder.send_signal(signal.SIGKILL)  # no cleanup code runs: the kernel drops the flock
+    holder.wait(timeout=30)
+    holder.stdout.close()
+    got = try_lease(1, count=1, slots=1, folder=tmp_path)
+    assert got is not None and got.devices == [0]
+    got.release()
+
+
+def test_job_devices_sets_cuda_visible_devices_and_restores(clean_env, monkeypatch):
+    monkeypatch.setenv("CPSL_GPU_COUNT", "2")
+    with gpu_slots.job_devices(1, "auto") as held:
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and held.devices == [0]
+        other = try_lease(1, count=2, slots=1, folder=clean_env)  # another job meanwhile gets the other one
+        assert other.devices == [1]
+        other.release()
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    with gpu_slots.job_devices(2, "cuda") as held:
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1" and held.devices == [0, 1]
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_job_devices_respects_scheduler_cpu_and_gpuless_machines(clean_env, monkeypatch):
+    monkeypatch.setenv("CPSL_GPU_COUNT", "2")
+    with gpu_slots.job_devices(1, "cpu") as held:
+        assert held is None and "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # what SLURM sets in a job step
+    with gpu_slots.job_devices(1, "auto") as held:
+        assert held is None and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("CPSL_GPU_COUNT", "0")
+    with gpu_slots.job_devices(1, "auto") as held:
+        assert held is None
+    monkeypatch.setenv("CPSL_GPU_COUNT", "2")
+    monkeypatch.setenv("CPSL_GPU_LEASE", "0")
+    with gpu_slots.job_devices(1, "auto") as held:
+        assert held is None
+
+
+def test_train_leases_its_gpus_before_launching_torchrun(clean_env, monkeypatch, tmp_path):
+    from cpsl.config import load_params
+    from cpsl.train import distributed, stage
+
+    monkeypatch.setenv("CPSL_GPU_COUNT", "3")
+    seen = {}
+
+    def fake_relaunch(nproc, cli_args, pass_fds=()):
+        seen["env"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        seen["fds"] = list(pass_fds)
+        # while the job runs, its two devices are taken: only one is left for anyone else
+        seen["two_more"] = try_lease(2, count=3, slots=1, folder=clean_env)
+        other = try_lease(1, count=3, slots=1, folder=clean_env)
+        seen["other"] = other.devices
+        other.release()
+        return 0
+
+    monkeypatch.setattr(distributed, "relaunch", fake_relaunch)
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["train"]["nproc"] = 2
+    assert stage.run_train(params, seed=0, ablation="A0", out_dir=tmp_path / "run") == 0
+    assert seen["env"] == "0,1" and len(seen["fds"]) == 2
+    assert seen["two_more"] is None and seen["other"] == [2]
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    after = try_lease(3, count=3, slots=1, folder=clean_env)  # released at the end of the job
+    assert after is not None
+    after.release()
