@@ -32,6 +32,8 @@ def make_repo(dest: Path, **overrides) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo"].update(videos=10, min_segments=3, max_segments=4)
     params["train"].update(epochs=2, seeds=[0, 1], lr=1e-4)
+    params["demo"]["train"]["epochs"] = 2  # the demo's own schedule replaces train.epochs
+    params["ablations"] = ["A6"]  # the engines' matrix over rows is checked by test_workflow_parity (dry runs)
     for dotted, value in overrides.items():
         node = params
         *parents, leaf = dotted.split("__")
@@ -141,7 +143,7 @@ def test_whole_pipeline_both_engines(tmp_path):
     run(["git", "add", "-A"], dvc)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "baseline"], dvc)
     out = run(["dvc", "exp", "run", "-S", "cp.eta=0.3"], dvc)
-    assert "Running stage 'train@0'" in out
+    assert "Running stage 'train@A6-0'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'align'" not in out
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], dvc)
     assert "cp.eta" in shown

@@ -20,7 +20,7 @@ DA, DV, VOCAB, L = 5, 4, 1200, 10
 
 
 def _params(**overrides) -> dict:
-    params = load_params()
+    params = load_params(overrides=["dataset=mosi"])  # the paper's schedule (the demo has its own, demo.train)
     for key, value in {"model.intermediate_dim": 16, "model.fusion_dim": 16, **overrides}.items():
         set_dotted(params, key, value)
     return validate_params(params, "test params")

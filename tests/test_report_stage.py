@@ -180,3 +180,35 @@ def test_errors_name_the_file(tmp_path, base_params):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="no run folder holds metrics.json"):
         run_report(base_params, results_dir=tmp_path / "empty", out_dir=tmp_path / "rep")
+
+
+def test_t0_duplicate_rows_and_reliance_columns(tmp_path, base_params):
+    """T0 (ours) is a row without paper values; B1 is reported from A1's runs; the reliance deltas of
+    cpsl evaluate become Table 2 columns (mean +/- std over seeds)."""
+    rng = np.random.default_rng(3)
+    labels = {"valid": _labels(rng, 10), "test": _labels(rng, 20)}
+    deltas = {("A1", 0): 0.30, ("A1", 1): 0.50, ("T0", 0): 0.0, ("T0", 1): 0.0}
+    for (ablation, seed), visual in deltas.items():
+        folder, metrics = make_run(tmp_path / "res", ablation, seed, 0.5, labels)
+        metrics["reliance"] = {"acoustic": {"mae": 0.0}, "visual": {"mae": visual}, "permutations": 5}
+        (folder / "metrics.json").write_text(json.dumps(json_safe(metrics)))
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A1", "T0"], [0, 1]
+    summary = run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    rows = summary["ablations"]
+    assert list(rows) == ["A1", "B1", "T0"]  # paper order, T0 last
+    assert rows["B1"]["trained_as"] == "A1" and rows["B1"]["label"] == "AME Only"
+    assert rows["B1"]["test"] == rows["A1"]["test"]
+    assert rows["A1"]["reliance"]["visual"]["mae"]["mean"] == pytest.approx(0.4)
+    assert rows["T0"]["reliance"]["visual"]["mae"]["mean"] == 0.0
+    assert summary["configured"]["missing_runs"] == []
+    table = (tmp_path / "rep" / "table2.md").read_text()
+    assert "dMAE perm-A" in table and "dMAE perm-V" in table
+    assert "AME Only (same runs as A1)" in table
+    t0_line = next(line for line in table.splitlines() if line.startswith("| T0 |"))
+    assert "0.0000 ± 0.0000" in t0_line and " - |" in t0_line  # no paper value for our own row
+    a1_line = next(line for line in table.splitlines() if line.startswith("| A1 |"))
+    assert "0.4000 ± 0.1414" in a1_line
+    csv_rows = list(csv.DictReader((tmp_path / "rep" / "table2.csv").read_text().splitlines()))
+    assert [r["id"] for r in csv_rows] == ["A1", "B1", "T0"]
+    assert float(csv_rows[0]["reliance_visual_mae_mean"]) == pytest.approx(0.4)

@@ -20,6 +20,19 @@ def test_describe_matches_scipy_t_interval():
     assert d["per_seed"] == {"0": 85.1, "1": 86.9, "2": 84.2, "3": 86.0}
 
 
+def test_accuracy_interval_stays_inside_0_100():
+    from cpsl.report.stats import METRIC_BOUNDS
+
+    # three seeds far apart: the t interval alone runs past 100 % (it gave 65-115 % on the demo)
+    d = describe({0: 99.0, 1: 70.0, 2: 98.0}, bounds=METRIC_BOUNDS["acc2_nonzero"])
+    lo, hi = sps.t.interval(0.95, 2, loc=np.mean([99.0, 70.0, 98.0]), scale=sps.sem([99.0, 70.0, 98.0]))
+    assert hi > 100 and d["ci95"] == pytest.approx([max(lo, 0.0), 100.0])
+    assert "clipped" in d["ci_note"]
+    corr = describe({0: 0.99, 1: 0.5, 2: 0.98}, bounds=METRIC_BOUNDS["corr"])
+    assert -1.0 <= corr["ci95"][0] and corr["ci95"][1] == 1.0
+    assert describe({0: 85.0, 1: 86.0}, bounds=(0.0, 100.0)).get("ci_note") is None  # inside: untouched
+
+
 def test_describe_one_seed_has_null_ci_and_says_why():
     d = describe({5: 0.7})
     assert d["mean"] == 0.7 and d["std"] is None and d["ci95"] is None

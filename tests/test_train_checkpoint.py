@@ -35,12 +35,14 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
 
 
 def test_history_csv_has_the_contract_header_and_round_trips(tmp_path):
-    row = {key: 0.25 for key in ckpt.HISTORY_COLUMNS} | {"epoch": 0, "gm/conflicts": 3, "gm/g_a": math.nan}
+    row = {key: 0.25 for key in ckpt.HISTORY_COLUMNS} | {"epoch": 0, "gm/conflicts": 3, "gm/ge_steps": 5,
+                                                         "gm/g_a": math.nan}
     ckpt.write_history(tmp_path, [row, row | {"epoch": 1}])
     lines = (tmp_path / "history.csv").read_text().splitlines()
     assert lines[0].split(",") == list(ckpt.HISTORY_COLUMNS) and lines[0].startswith("epoch,train/total,")
     back = ckpt.read_history(tmp_path / "history.csv")
-    assert [r["epoch"] for r in back] == [0, 1] and back[1]["gm/conflicts"] == 3
+    assert [r["epoch"] for r in back] == [0, 1] and back[1]["gm/conflicts"] == 3 and back[0]["gm/ge_steps"] == 5
+    assert {"gm/mae_a", "gm/mae_v"} <= set(ckpt.HISTORY_COLUMNS)  # the unimodal MAEs that drive Eq. 5
     assert math.isnan(back[0]["gm/g_a"]) and back[0]["valid/corr"] == 0.25
 
 

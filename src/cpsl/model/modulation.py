@@ -115,15 +115,17 @@ def modulate_gradients(
     generator: torch.Generator | None,
 ) -> dict:
     """Scale the a/v encoder gradients in place (Eq. 5, Eq. 6, GE) and return the telemetry dict
-    {"c_a","c_v","g_a","g_v","conflict_a","conflict_v","imbalance","active"}."""
+    {"c_a","c_v","g_a","g_v","mae_a","mae_v","conflict_a","conflict_v","imbalance","active","ge"}
+    (``ge``: GE noise was added this step)."""
     for key in ("a", "v"):
         if key not in encoders or key not in mae:
             raise KeyError(f"modulate_gradients: encoders and mae need keys 'a' and 'v' (missing {key!r})")
     mae_a, mae_v = float(mae["a"]), float(mae["v"])
     eps = gm_params["eps"]
     active = in_window(epoch, gm_params["start_epoch"], gm_params["end_epoch"]) and (switches.gm or switches.cp)
-    tele = {"c_a": 1.0, "c_v": 1.0, "g_a": math.nan, "g_v": math.nan, "conflict_a": False, "conflict_v": False,
-            "imbalance": imbalance_degree(mae_a, mae_v, eps), "active": bool(active)}
+    tele = {"c_a": 1.0, "c_v": 1.0, "g_a": math.nan, "g_v": math.nan, "mae_a": mae_a, "mae_v": mae_v,
+            "conflict_a": False, "conflict_v": False, "imbalance": imbalance_degree(mae_a, mae_v, eps),
+            "active": bool(active), "ge": False}
     if not active:
         return tele
     g_a, g_v = mean_grad_norm(encoders["a"]), mean_grad_norm(encoders["v"])
@@ -138,5 +140,5 @@ def modulate_gradients(
         raise ValueError("modulate_gradients: switch 'ge' needs a torch.Generator shared (same seed) by every rank")
     for key, c in (("a", c_a), ("v", c_v)):  # fixed order: identical noise draws on every rank
         _scale_and_enhance(encoders[key], c, switches.ge, generator, gm_params.get("ge_noise", "unmodulated"))
-    tele.update(c_a=c_a, c_v=c_v, g_a=g_a, g_v=g_v, conflict_a=conflict_a, conflict_v=conflict_v)
+    tele.update(c_a=c_a, c_v=c_v, g_a=g_a, g_v=g_v, conflict_a=conflict_a, conflict_v=conflict_v, ge=bool(switches.ge))
     return tele

@@ -34,14 +34,16 @@ from cpsl.errors import PipelineError
 from cpsl.io_utils import atomic_path, write_json_atomic
 
 LOSS_TERMS = ("total", "task", "recon", "uni", "div", "stat")
-TELEMETRY = ("c_a", "c_v", "g_a", "g_v", "imbalance")
+# epoch means of the modulation telemetry; mae_a/mae_v are the unimodal heads' training MAEs that drive Eq. 5
+TELEMETRY = ("c_a", "c_v", "g_a", "g_v", "mae_a", "mae_v", "imbalance")
+COUNTS = ("gm/conflicts", "gm/ge_steps")  # per epoch: Eq. 6 penalties applied, steps with GE noise
 HISTORY_COLUMNS = (
     ("epoch",)
     + tuple(f"train/{t}" for t in LOSS_TERMS)
     + tuple(f"valid/{t}" for t in LOSS_TERMS)
     + ("valid/mae", "valid/corr")
     + tuple(f"gm/{t}" for t in TELEMETRY)
-    + ("gm/conflicts",)
+    + COUNTS
 )
 
 BEST_FILE = "best.pt"
@@ -186,7 +188,7 @@ def _fmt(value) -> str:
 
 def read_history(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
-        return [{k: (int(v) if k in ("epoch", "gm/conflicts") else float(v)) for k, v in row.items()}
+        return [{k: (int(v) if k in ("epoch",) + COUNTS else float(v)) for k, v in row.items()}
                 for row in csv.DictReader(fh)]
 
 

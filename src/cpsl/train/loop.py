@@ -138,14 +138,15 @@ class EpochSums:
 
     def __init__(self, device: torch.device, state: dict | None = None):
         state = state or {"loss": [0.0] * len(_TERMS), "samples": 0, "tele": [0.0] * len(ckpt.TELEMETRY),
-                          "tele_n": [0] * len(ckpt.TELEMETRY), "conflicts": 0}
+                          "tele_n": [0] * len(ckpt.TELEMETRY), "conflicts": 0, "ge_steps": 0}
         self.loss = torch.tensor(state["loss"], dtype=torch.float64, device=device)
         self.samples, self.conflicts = int(state["samples"]), int(state["conflicts"])
+        self.ge_steps = int(state.get("ge_steps", 0))
         self.tele, self.tele_n = list(state["tele"]), list(state["tele_n"])
 
     def state(self) -> dict:
         return {"loss": self.loss.cpu().tolist(), "samples": self.samples, "tele": list(self.tele),
-                "tele_n": list(self.tele_n), "conflicts": self.conflicts}
+                "tele_n": list(self.tele_n), "conflicts": self.conflicts, "ge_steps": self.ge_steps}
 
     def add(self, losses: dict, n: int, tele: dict) -> None:
         self.loss += torch.stack([losses[t].detach() for t in _TERMS]).double() * n
@@ -155,6 +156,7 @@ class EpochSums:
                 self.tele[i] += tele[key]
                 self.tele_n[i] += 1
         self.conflicts += int(tele["conflict_a"]) + int(tele["conflict_v"])
+        self.ge_steps += int(tele["ge"])
 
     def row(self, ctx: DistContext) -> dict:
         """Epoch means; loss terms averaged over all ranks' samples (telemetry is identical on every rank)."""
@@ -164,6 +166,7 @@ class EpochSums:
         for i, key in enumerate(ckpt.TELEMETRY):
             row[f"gm/{key}"] = self.tele[i] / self.tele_n[i] if self.tele_n[i] else math.nan
         row["gm/conflicts"] = self.conflicts
+        row["gm/ge_steps"] = self.ge_steps
         return row
 
 
