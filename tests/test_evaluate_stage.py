@@ -142,3 +142,16 @@ def test_checkpoint_of_other_feature_sizes_is_refused(setup, tmp_path):
     torch.save(ckpt, run / "best.pt")
     with pytest.raises(EvaluateError, match="acoustic_dim is 5 but the checkpoint was trained with 6"):
         run_evaluate(setup["params"], run, data_path=setup["cache"])
+
+
+def test_cache_with_token_ids_outside_the_vocabulary_is_one_clear_error(setup, tmp_path):
+    from cpsl.errors import PipelineError
+
+    splits = copy.deepcopy(setup["splits"])
+    splits["test"]["input_ids"][2, 1] = VOCAB + 7  # made with another tokenizer
+    cache = tmp_path / "demo.h5"
+    write_cache(cache, splits, {"dataset": "demo", "tokenizer": "tiny", "max_seq_len": L, "acoustic_name": "a",
+                                "visual_name": "v", "acoustic_dim": DA, "visual_dim": DV,
+                                "raw_manifest_sha256": {"words": "0"}})
+    with pytest.raises(PipelineError, match=r"split 'test' has token id 107 .* first segment 'testvid2\[0\]'"):
+        run_evaluate(setup["params"], setup["run"], data_path=cache)

@@ -33,7 +33,7 @@ import torch
 
 from cpsl import paths
 from cpsl.ablations import ABLATIONS, Switches, switches_for
-from cpsl.cache import read_attrs, read_split
+from cpsl.cache import check_token_ids, read_attrs, read_split
 from cpsl.evaluate.metrics import compute_metrics, json_safe
 from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import atomic_path, write_json_atomic
@@ -114,6 +114,8 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     data_path = Path(data_path) if data_path is not None else paths.processed_path(dataset)
     _check_cache(data_path, meta)
     model = rebuild_model(ckpt, run_dir / "best.pt")
+    # an unknown token id would fail deep inside the embedding lookup: name the split and segment instead
+    check_token_ids(data_path, int(model.text_encoder.config.vocab_size), str(meta["text_model"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
