@@ -12,9 +12,9 @@ from pathlib import Path
 
 from cpsl.errors import PipelineError
 
-# the ablation param (a row can come from --ablation or from `-S ablation=`), the list of seeds (a row may be
-# trained a seed at a time) and the evaluation batch (evaluate only, not training)
-PER_RUN_KEYS = ("ablation", "train.seeds", "eval")
+# the rows being trained (a row can be trained alone or beside others: `ablations`), the list of seeds (a row
+# may be trained a seed at a time) and the evaluation settings (evaluate only, not training)
+PER_RUN_KEYS = ("ablations", "train.seeds", "eval")
 SUMMARY_FILE = "train_summary.json"
 
 
