@@ -6,8 +6,10 @@ Choices (the paper names these heads but not their shape):
 - ``UnimodalHead``: masked mean of Z_m over valid tokens (acoustic/visual have no [CLS] position) ->
   Linear(h, h) -> GELU -> Dropout(classifier_dropout) -> Linear(h, 1).
 - ``TaskHead``: "H is normalized, pooled, and fed to the task head": LayerNorm(d_t) -> pooling ->
-  Dropout(0.5) -> Linear(d_t, 1). Pooling is ``model.pooling``: "cls" (position 0, the text encoder's
-  [CLS]; default) or "mean" (masked mean over valid tokens).
+  Dropout(0.5) -> Linear(d_t, 1). Pooling is ``model.pooling``: "mean" (default; masked mean over valid
+  tokens) or "cls" (position 0, the text encoder's [CLS]: since H = T + beta P_av is formed after the last
+  text layer, [CLS] pooling never sees the acoustic/visual path; see docs/method.md).
+- ``UnimodalHead`` averages over WORD positions (the model passes its feature mask).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ class UnimodalHead(nn.Module):
 
 
 class TaskHead(nn.Module):
-    def __init__(self, text_dim: int, dropout: float = 0.5, pooling: str = "cls"):
+    def __init__(self, text_dim: int, dropout: float = 0.5, pooling: str = "mean"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling: unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")

@@ -64,7 +64,7 @@ class CPSLModel(nn.Module):
         encoder_dropout: float = 0.3,
         classifier_dropout: float = 0.5,
         beta: float = 1.0,
-        pooling: str = "cls",
+        pooling: str = "mean",
         var_eps: float = 1e-6,
         sample: bool = True,
         eval_norm: str = "running",

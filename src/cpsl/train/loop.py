@@ -111,7 +111,7 @@ def make_optimizer(model, tp: dict) -> torch.optim.Optimizer:
     """AdamW; the text encoder at train.lr, every new module (AME, fusion, heads) at train.lr_new_modules
     (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor."""
     new_lr = tp["lr"] if tp["lr_new_modules"] is None else tp["lr_new_modules"]
-    text = [p for p in model.text_encoder.parameters()]
+    text = list(model.text_encoder.parameters())
     text_ids = {id(p) for p in text}
     new = [p for p in model.parameters() if id(p) not in text_ids]
     groups = [{"params": text, "lr": tp["lr"]}, {"params": new, "lr": new_lr}]
