@@ -46,7 +46,7 @@ def _metadata(role: str) -> dict:
 
 
 def generate(raw_dir: Path, n_videos: int = 93, seconds: float = 10800.0, segments: int = 2200, seed: int = 0) -> dict:
-    from cpsl.data.csd import write_csd
+    from cpsl.csd import write_csd
     from cpsl.io_utils import sha256_file
 
     rng = np.random.default_rng(seed)
@@ -151,7 +151,7 @@ def child_ours(raw: Path, dump: Path) -> dict:
               "segments": report["segments"], "tokenizer_backend": report["tokenizer_backend"]}
     # untimed: the word-level values our word_align gives, for the equality check
     from cpsl.align.word_align import frame_means, reference_kept
-    from cpsl.data.csd import open_csd
+    from cpsl.csd import open_csd
 
     values: dict = {"acoustic": {}, "visual": {}}
     with open_csd(raw / FILES["words"]) as words:

@@ -30,7 +30,7 @@ def main() -> int:
     import torch
 
     from cpsl.cache import read_split
-    from cpsl.evaluate.metrics import compute_metrics
+    from cpsl.metrics import compute_metrics
     from cpsl.evaluate.stage import load_checkpoint, rebuild_model
     from cpsl.model.inference import run_inference
 

@@ -99,7 +99,7 @@ def main() -> int:
 
     from cpsl.config import set_dotted
     from cpsl.evaluate.stage import run_evaluate
-    from cpsl.train.checkpoint import read_history
+    from cpsl.run_folder import read_history
     from cpsl.train.stage import run_train
 
     torch.set_num_threads(1)

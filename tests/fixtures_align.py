@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsl.data.csd import write_csd
+from cpsl.csd import write_csd
 from cpsl.io_utils import sha256_file
 
 ACOUSTIC_DIM, VISUAL_DIM = 5, 4

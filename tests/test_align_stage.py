@@ -13,7 +13,7 @@ from cpsl.align.subwords import load_tokenizer
 from cpsl.align.word_align import frame_means, reference_kept, replace_nonfinite, segment_members
 from cpsl.cache import read_attrs, read_split
 from cpsl.config import load_params
-from cpsl.data.csd import CSDError
+from cpsl.csd import CSDError
 from fixtures_align import (
     ACOUSTIC_DIM, FILES, ROOTS, VISUAL_DIM, add_edge_cases, make_videos, refresh_manifest, write_raw,
 )

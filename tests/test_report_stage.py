@@ -9,7 +9,7 @@ import yaml
 from scipy import stats as sps
 
 from cpsl.config import validate_params
-from cpsl.evaluate.metrics import compute_metrics, json_safe
+from cpsl.metrics import compute_metrics, json_safe
 from cpsl.report.paper_results import TABLE2
 from cpsl.report.stage import ReportError, run_report
 

@@ -29,7 +29,7 @@ from train_helpers import (D_A, D_V, REPO, assert_same_tensors, ddp_worker, free
                            one_thread, small_params, tiny_text_model, write_params)
 
 from cpsl.ablations import switches_for
-from cpsl.train.checkpoint import read_history
+from cpsl.run_folder import read_history
 from cpsl.model.network import build_model
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, fit

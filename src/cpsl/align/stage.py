@@ -44,8 +44,8 @@ from cpsl.align.word_align import (
     EPSILON, frame_means, reference_kept, replace_nonfinite, segment_members,
 )
 from cpsl.cache import SPLITS, write_cache
-from cpsl.config import text_model_for
-from cpsl.data.csd import ComputationalSequence, CSDError
+from cpsl.text_model import text_model_for
+from cpsl.csd import ComputationalSequence, CSDError
 from cpsl.io_utils import remove_stale_temporaries, sha256_file, write_json_atomic
 
 ROLES = ("words", "acoustic", "visual", "labels")

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cpsl.config import resolve_model_path
+from cpsl.text_model import resolve_model_path
 
 
 class TokenizerError(PipelineError, ValueError):

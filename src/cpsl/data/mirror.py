@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cpsl.data.csd import CSDError, open_csd
+from cpsl.csd import CSDError, open_csd
 from cpsl.data.sources import DatasetSpec, RawDataError, ROLES
 from cpsl.io_utils import atomic_path
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cpsl import paths as cpsl_paths
-from cpsl.data.csd import open_csd
+from cpsl.csd import open_csd
 from cpsl.data.download import download_file
 from cpsl.data.mirror import check_csd_file, fetch_from_mirror
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError, dataset_spec, standard_folds

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from cpsl.model.losses import total_loss
-
-REQUIRED = ("input_ids", "attention_mask", "acoustic", "visual", "label")
+from cpsl.names import TENSOR_KEYS as REQUIRED
 
 
 @dataclass

@@ -34,8 +34,7 @@ from cpsl.model.fusion import FusionBlock, ResidualInjection
 from cpsl.model.heads import ReconstructionDecoder, TaskHead, UnimodalHead
 from cpsl.model.normalize import MinMaxNormalizer
 from cpsl.model.text_encoder import load_text_encoder
-
-MODALITIES = ("a", "v")
+from cpsl.names import MODALITIES
 
 
 @dataclass

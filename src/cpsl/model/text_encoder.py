@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import transformers
 
-from cpsl.config import resolve_model_path
+from cpsl.text_model import resolve_model_path
 
 
 def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config:

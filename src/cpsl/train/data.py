@@ -20,8 +20,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from cpsl.cache import CacheError, read_split
-
-TENSOR_KEYS = ("input_ids", "attention_mask", "acoustic", "visual", "label")
+from cpsl.names import TENSOR_KEYS
 
 
 def load_tensors(path: str | Path, split: str) -> dict[str, torch.Tensor]:
