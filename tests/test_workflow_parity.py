@@ -174,3 +174,13 @@ def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
     params["train"]["nproc"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}
+
+
+def test_both_engines_declare_the_code_each_stage_runs(pipelines):
+    """File-level code deps from the import graph (cpsl.deps), identical in both engines."""
+    from cpsl import deps
+
+    smk, dvc = pipelines
+    for job in smk + dvc:
+        code = {d for d in job["deps"] if d.startswith(deps.SRC_PREFIX)}
+        assert code == set(deps.stage_files(job["stage"], root=REPO)), job["stage"]
