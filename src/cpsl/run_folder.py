@@ -104,13 +104,14 @@ def load_best(run_dir: Path) -> dict:
     return best
 
 
-def best_epoch_and_fingerprint(run_dir: Path) -> tuple[int, str] | None:
-    """(epoch, run fingerprint) recorded in best.pt, or None when it is absent or unreadable."""
+def best_record(run_dir: Path) -> dict | None:
+    """{"epoch", "fingerprint", "valid"} recorded in best.pt, or None when it is absent or unreadable."""
     import torch
 
-    try:  # mmap: only the two small fields are read, not the weights
+    try:  # mmap: only the small fields are read, not the weights
         best = torch.load(Path(run_dir) / BEST_FILE, map_location="cpu", weights_only=True, mmap=True)
-        return int(best["epoch"]), str(best["meta"].get("fingerprint"))
+        return {"epoch": int(best["epoch"]), "fingerprint": best["meta"].get("fingerprint"),
+                "valid": dict(best["valid"])}
     except Exception:  # noqa: BLE001 - any unreadable best.pt means "no usable best.pt"
         return None
 

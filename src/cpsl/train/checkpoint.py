@@ -22,7 +22,7 @@ import math
 import random
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -131,41 +131,58 @@ def resume(path: Path, run_dir: Path, fingerprint: str, model, optimizer, schedu
     (model, optimizer, scheduler and this rank's RNG restored), else a fresh one, after rank 0 removed
     every file of the earlier run. A collective: call on every rank."""
     saved = load_state(path)  # None (with a warning) when unreadable: a bad file must not block
-    why_not = None if saved is None else _why_not_resumable(saved, run_dir, fingerprint, ctx)
+    best = _best_to_keep(saved, run_dir, fingerprint, ctx) if saved is not None else None
     barrier(ctx)  # every rank has read the state and best.pt before rank 0 may delete them
-    if saved is not None and why_not is None:
+    if saved is not None and best is not _NOT_RESUMABLE:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         restore_rng(saved["ranks"][ctx.rank]["rng"])
         state = RunState(**{k: saved[k] for k in _SHARED}, partial=saved["ranks"][ctx.rank]["partial"])
+        state.best = best
         if ctx.is_main:
-            if state.best is None:  # a best.pt newer than the state (killed right after writing it) is redone
+            if best is None:
                 (run_dir / run_folder.BEST_FILE).unlink(missing_ok=True)
             run_folder.write_history(run_dir, state.history)  # an engine may have deleted it
         log(f"resuming {run_dir} at epoch {state.epoch}, step {state.step_in_epoch} "
             f"(global step {state.global_step})")
         return state
-    if why_not:
-        log(f"{path} {why_not}; starting this run from scratch")
+    if saved is not None:
+        log(f"{path} {_why_not(saved, fingerprint)}; starting this run from scratch")
     if ctx.is_main:
         run_folder.clear_train_outputs(run_dir)
     return RunState(fingerprint)
 
 
-def _why_not_resumable(saved: dict, run_dir: Path, fingerprint: str, ctx: DistContext) -> str | None:
+_NOT_RESUMABLE = object()
+
+
+def _why_not(saved: dict, fingerprint: str) -> str:
     if saved["fingerprint"] != fingerprint:
         return "belongs to a run with other params, data or code"
+    return (f"vouches for {run_folder.BEST_FILE} of epoch {saved['best']['epoch']}, which is missing or another "
+            f"one (deleted by a workflow engine before a rerun?)")
+
+
+def _best_to_keep(saved: dict, run_dir: Path, fingerprint: str, ctx: DistContext):
+    """The best-so-far record to resume with (None: no best.pt yet), or _NOT_RESUMABLE.
+
+    best.pt must be the one the state vouches for; or one written by the interrupted attempt at the epoch the
+    state restarts (killed between best.pt and the state): a checkpoint of this run, adopted as the best so far,
+    which the redone epoch replaces only if it does better (on CPU it does exactly as well)."""
+    if saved["fingerprint"] != fingerprint:
+        return _NOT_RESUMABLE
     if saved["world_size"] != ctx.world_size:
         raise RuntimeError(f"{run_dir / run_folder.STATE_FILE} was written by {saved['world_size']} processes, this "
                            f"run has {ctx.world_size}: resume with the same world size, or delete "
                            f"{run_dir / 'state'}")
-    if saved["best"] is not None:
-        recorded = run_folder.best_epoch_and_fingerprint(run_dir)
-        if recorded != (saved["best"]["epoch"], fingerprint):
-            return (f"vouches for {run_folder.BEST_FILE} of epoch {saved['best']['epoch']}, which is missing or "
-                    f"another one (deleted by a workflow engine before a rerun?)")
-    return None
+    recorded = run_folder.best_record(run_dir)
+    if recorded is not None and recorded["fingerprint"] == fingerprint:
+        if saved["best"] is not None and recorded["epoch"] == saved["best"]["epoch"]:
+            return saved["best"]
+        if recorded["epoch"] == saved["epoch"] and saved["step_in_epoch"] == 0:
+            return {"epoch": recorded["epoch"], "valid": recorded["valid"]}
+    return None if saved["best"] is None else _NOT_RESUMABLE
 
 
 class LiveLog:
