@@ -23,8 +23,8 @@ import torch
 
 from cpsl.ablations import switches_for
 from cpsl.config import load_params
-from cpsl.text_model import resolve_model_path
 from cpsl.model.network import build_model
+from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import LossStep, train_step
 

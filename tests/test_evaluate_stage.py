@@ -11,12 +11,12 @@ import yaml
 from cpsl.ablations import switches_for
 from cpsl.cache import write_cache
 from cpsl.config import validate_params
-from cpsl.metrics import compute_metrics
 from cpsl.evaluate.stage import EvaluateError, run_evaluate
-from cpsl.run_folder import RunFolderError
+from cpsl.metrics import compute_metrics
 from cpsl.model.inference import run_inference
 from cpsl.model.network import build_model
 from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.run_folder import RunFolderError
 
 L, DA, DV, VOCAB = 8, 5, 7, 100
 SIZES = {"train": 4, "valid": 6, "test": 9}

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
 
 from cpsl import io_utils, run_folder

@@ -7,7 +7,12 @@ import pytest
 from sklearn.metrics import f1_score
 
 from cpsl.metrics import (
-    METRIC_KEYS, compute_metrics, json_safe, pearson, round_half_away, weighted_f1,
+    METRIC_KEYS,
+    compute_metrics,
+    json_safe,
+    pearson,
+    round_half_away,
+    weighted_f1,
 )
 
 # label / prediction chosen to hit: a zero label, a zero prediction, .5 ties and a sign error.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from train_helpers import assert_same_tensors, load_model_states, make_cache, one_thread, small_params, tiny_text_model
 
 from cpsl import deps, run_folder

@@ -7,10 +7,7 @@ import random
 import sys
 
 import numpy as np
-import pytest
 import torch
-
-from train_helpers import make_cache
 
 from cpsl import run_folder
 from cpsl.train import checkpoint as ckpt

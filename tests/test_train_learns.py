@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model
 
 from cpsl.run_folder import HISTORY_COLUMNS, read_history

@@ -15,8 +15,7 @@ import time
 
 import pytest
 import torch
-
-from train_helpers import one_thread, REPO, assert_same_tensors, make_cache, small_params, tiny_text_model, write_params
+from train_helpers import REPO, assert_same_tensors, make_cache, one_thread, small_params, tiny_text_model, write_params
 
 from cpsl.run_folder import read_history
 from cpsl.train.stage import run_train

@@ -28,8 +28,9 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
         if not m or m.group(1) == "all":
             continue
         # (a flagged output is printed with its flag, e.g. "data/raw/demo (update)")
-        field = lambda name: [re.sub(r" \(update\)$", "", p.strip())
-                              for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
+        def field(name, block=block):
+            return [re.sub(r" \(update\)$", "", p.strip())
+                    for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
         cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
         res = dict(kv.split("=", 1) for kv in field("resources")) if re.search(r"^\s+resources: ", block, re.M) else {}
         jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output")),
@@ -71,7 +72,9 @@ def pipelines(tmp_path_factory):
 
 def test_same_stage_instances(pipelines):
     smk, dvc = pipelines
-    count = lambda jobs: sorted((j["stage"], j["cmd"]) for j in jobs)
+    def count(jobs):
+        return sorted((j["stage"], j["cmd"]) for j in jobs)
+
     assert count(smk) == count(dvc)
     stages = {j["stage"] for j in smk}
     assert stages == {"prepare", "align", "train", "evaluate", "report"}
@@ -109,7 +112,7 @@ def _dry_run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_grid_target_runs_every_table2_row_once_as_separate_jobs(tmp_path):
-    from cpsl.ablations import ALIASES, ABLATIONS
+    from cpsl.ablations import ABLATIONS, ALIASES
 
     work = tmp_path / "grid"
     work.mkdir()

@@ -17,7 +17,6 @@ Exit codes: 0 done, 1 an input or environment problem the user can fix (one line
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path

@@ -71,7 +71,8 @@ SEED_MAX = 2**32 - 1
 
 
 def _seed_list(v) -> bool:
-    return len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v) and len(set(v)) == len(v)
+    return (len(v) > 0 and len(set(v)) == len(v)
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v))
 
 
 SCHEMA: dict = {
@@ -126,7 +127,8 @@ SCHEMA: dict = {
     "train": {
         "epochs": _num(1, integer=True),
         "lr": _num(0, 1, lo_open=True),
-        "lr_new_modules": Spec((int, float), lambda v: 0 < v <= 1, "a number in (0, 1] or null (= train.lr)", nullable=True),
+        "lr_new_modules": Spec((int, float), lambda v: 0 < v <= 1, "a number in (0, 1] or null (= train.lr)",
+                               nullable=True),
         "weight_decay": _num(0),
         "warmup_ratio": _num(0, 1, hi_open=True),
         "batch_size": _num(1, integer=True),

@@ -26,8 +26,8 @@ def resolve_model_path(name: str) -> str:
     if not name.startswith("package:"):
         if Path(name).is_absolute() and not Path(name).exists():
             # e.g. a checkpoint written by an older version, which stored the folder inside its venv
-            raise PipelineError(f"text model folder {name} does not exist; set text.model (demo.text_model for the demo) "
-                                f"to a Hugging Face id, a package: name or an existing folder (a checkpoint from "
+            raise PipelineError(f"text model folder {name} does not exist; set text.model (demo.text_model for the "
+                                f"demo) to a Hugging Face id, a package: name or an existing folder (a checkpoint from "
                                 f"another machine or a removed venv: put the model there, or retrain)")
         return name
     module_name = name.split(":", 1)[1]

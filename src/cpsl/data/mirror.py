@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from cpsl.csd import CSDError, open_csd
-from cpsl.data.sources import DatasetSpec, RawDataError, ROLES
+from cpsl.data.sources import ROLES, DatasetSpec, RawDataError
 from cpsl.io_utils import atomic_path
 
 

@@ -99,7 +99,8 @@ def _invalidate(out_dir: Path) -> None:
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 
-def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: dict, folds: dict, spec: DatasetSpec) -> dict:
+def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: dict, folds: dict,
+                              spec: DatasetSpec) -> dict:
     write_json_atomic(out_dir / FOLDS_NAME, folds)
     manifest = {
         "dataset": dataset,

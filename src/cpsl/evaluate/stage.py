@@ -33,8 +33,8 @@ import torch
 from cpsl import gpu_slots, paths, run_folder
 from cpsl.ablations import Switches, switches_for
 from cpsl.cache import read_attrs, read_split
-from cpsl.evaluate.reliance import reliance_check
 from cpsl.errors import PipelineError
+from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import remove_stale_temporaries
 from cpsl.metrics import compute_metrics, json_safe
 from cpsl.runlock import run_folder_lock
@@ -69,10 +69,12 @@ def _check_cache(data_path: Path, meta: dict) -> None:
     attrs = read_attrs(data_path)
     for key in ("acoustic_dim", "visual_dim"):
         if int(attrs[key]) != int(meta[key]):
-            raise EvaluateError(f"{data_path}: cache {key} is {attrs[key]} but the checkpoint was trained with {meta[key]}")
+            raise EvaluateError(f"{data_path}: cache {key} is {attrs[key]} but the checkpoint was trained with "
+                                f"{meta[key]}")
     trained_on = meta["params"].get("dataset")
     if trained_on is not None and attrs.get("dataset") != trained_on:
-        raise EvaluateError(f"{data_path}: cache of dataset {attrs.get('dataset')!r}, checkpoint trained on {trained_on!r}")
+        raise EvaluateError(f"{data_path}: cache of dataset {attrs.get('dataset')!r}, checkpoint trained on "
+                            f"{trained_on!r}")
 
 
 def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
@@ -112,7 +114,8 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     # the trainer records the selected epoch's validation metrics under "valid/<metric>"
     trained_mae = (ckpt.get("valid") or {}).get("valid/mae")
-    if trained_mae is not None and abs(float(trained_mae) - result["valid"]["mae"]) > 1e-3 * max(1.0, abs(float(trained_mae))):
+    tolerance = 1e-3 * max(1.0, abs(float(trained_mae or 0.0)))
+    if trained_mae is not None and abs(float(trained_mae) - result["valid"]["mae"]) > tolerance:
         # Not fatal (e.g. CPU vs GPU round-off), but a large gap means the checkpoint or the cache changed.
         print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "
               f"{float(trained_mae):.6f} recorded at training time", file=sys.stderr)

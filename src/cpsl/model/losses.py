@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 from cpsl.ablations import Switches
-from cpsl.names import AUX_TERMS as TERMS
 from cpsl.names import LOSS_TERMS, MODALITIES
 
 # term -> (switch attribute, lambda key in params["loss"]); "task" is always on with weight 1

@@ -10,8 +10,8 @@ Choices:
 from __future__ import annotations
 
 import torch
-from torch import nn
 import transformers
+from torch import nn
 
 from cpsl.text_model import resolve_model_path
 

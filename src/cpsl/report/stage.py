@@ -207,7 +207,8 @@ def build_summary(params: dict, runs: list[dict], skipped: list[str], results_di
             "units": "accuracies and F1 in percent; mae and corr raw",
         },
         "statistics": {
-            "per_ablation": "mean, std (ddof=1), ci95 = t interval of the mean over seeds (null with 1 seed), per-seed values",
+            "per_ablation": "mean, std (ddof=1), ci95 = t interval of the mean over seeds (null with 1 seed), "
+                            "per-seed values",
             "paired_t_test_over_seeds": "scipy.stats.ttest_rel over the seeds shared with the reference, >= 2 seeds",
             "paired_bootstrap_over_test_segments": f"{N_RESAMPLES} resamples of test segments (rng seed "
                                                    f"{BOOTSTRAP_SEED}); per resample the seed-averaged difference "

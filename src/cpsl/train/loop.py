@@ -302,7 +302,8 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
     switches = switches_for(spec.ablation)
     run_dir = spec.run_dir = Path(spec.run_dir)
     if tp["batch_size"] % ctx.world_size:
-        raise ValueError(f"train.batch_size ({tp['batch_size']}) must be divisible by the world size ({ctx.world_size})")
+        raise ValueError(f"train.batch_size ({tp['batch_size']}) must be divisible by the world size "
+                         f"({ctx.world_size})")
     wall_start = time.time()
     fingerprint = run_fingerprint(spec)
     run = _build(spec, ctx, switches, fingerprint)
@@ -359,7 +360,8 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
                 if stop_votes:
                     return interrupted(stop.signum, f"after epoch {epoch}")
     except Collapse as exc:
-        _log(ctx, f"{exc}. Run stopped; the last good checkpoint is kept ({state_path if state_path.is_file() else 'none yet: it collapsed in the first epoch'}).")
+        kept = state_path if state_path.is_file() else "none yet: it collapsed in the first epoch"
+        _log(ctx, f"{exc}. Run stopped; the last good checkpoint is kept ({kept}).")
         if ctx.is_main:
             write_json_atomic(run_dir / run_folder.COLLAPSE_FILE,
                               {**exc.report, "ablation": spec.ablation, "seed": spec.seed})
