@@ -30,13 +30,14 @@ def main() -> int:
     import torch
 
     from cpsl.cache import read_split
-    from cpsl.evaluate.stage import load_checkpoint, rebuild_model
+    from cpsl.evaluate.stage import rebuild_model
     from cpsl.metrics import compute_metrics
     from cpsl.model.inference import run_inference
+    from cpsl.run_folder import load_best
 
     torch.set_num_threads(1)
     run = Path(args.run)
-    ckpt = load_checkpoint(run)
+    ckpt = load_best(run)
     model = rebuild_model(ckpt, run / "best.pt").eval()
     test = read_split(args.data, "test")
     n = len(test["label"])
