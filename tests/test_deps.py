@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cpsl import deps
@@ -58,3 +59,8 @@ def test_a_new_undeclared_import_fails_the_check(tmp_path):
     assert check.returncode == 1 and "cpsl deps --write-dvc" in check.stderr
     subprocess.run([sys.executable, "-m", "cpsl.cli", "deps", "--write-dvc", str(tmp_path / "dvc.yaml")], check=True)
     assert "src/cpsl/report/tables.py" in _dvc_code_deps((tmp_path / "dvc.yaml").read_text())["train"]
+
+
+def test_a_project_without_the_package_is_an_error_not_an_empty_list(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no cpsl package here"):
+        deps.stage_files("train", root=tmp_path)

@@ -100,6 +100,8 @@ def stage_files(stage: str, root: str | Path | None = None) -> list[str]:
     """The package files ``stage`` runs, as repository paths (``src/cpsl/...``), sorted. ``root``: the
     repository whose ``src/cpsl`` to read (the Snakefile passes its own folder); default: the running package."""
     pkg = (Path(root) / SRC_PREFIX).resolve() if root is not None else package_dir()
+    if not (pkg / "__init__.py").is_file():  # an empty list would declare no code at all, silently
+        raise FileNotFoundError(f"{pkg}: no cpsl package here; the code deps are read from <project>/{SRC_PREFIX}")
     return [f"{SRC_PREFIX}/{p.relative_to(pkg).as_posix()}" for p in _stage_paths(stage, pkg)]
 
 
