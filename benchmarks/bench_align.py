@@ -46,7 +46,7 @@ def _metadata(role: str) -> dict:
 
 
 def generate(raw_dir: Path, n_videos: int = 93, seconds: float = 10800.0, segments: int = 2200, seed: int = 0) -> dict:
-    from cpsl.data.csd import write_csd
+    from cpsl.csd import write_csd
     from cpsl.io_utils import sha256_file
 
     rng = np.random.default_rng(seed)
@@ -84,7 +84,8 @@ def generate(raw_dir: Path, n_videos: int = 93, seconds: float = 10800.0, segmen
                     "url": None} for role, name in FILES.items()}
     (raw_dir / "manifest.json").write_text(json.dumps({"dataset": "demo", "source": "demo", "files": files,
                                                        "folds": "folds.json"}))
-    return {"videos": n_videos, "segments": int(per_video.sum()), "words": sum(len(w[0]) for w in data["words"].values()),
+    return {"videos": n_videos, "segments": int(per_video.sum()),
+            "words": sum(len(w[0]) for w in data["words"].values()),
             "hours": round(float(sum(d[0][-1, 1] for d in data["acoustic"].values()) / 3600), 2),
             "acoustic_frames": sum(len(d[0]) for d in data["acoustic"].values()),
             "visual_frames": sum(len(d[0]) for d in data["visual"].values())}
@@ -151,7 +152,7 @@ def child_ours(raw: Path, dump: Path) -> dict:
               "segments": report["segments"], "tokenizer_backend": report["tokenizer_backend"]}
     # untimed: the word-level values our word_align gives, for the equality check
     from cpsl.align.word_align import frame_means, reference_kept
-    from cpsl.data.csd import open_csd
+    from cpsl.csd import open_csd
 
     values: dict = {"acoustic": {}, "visual": {}}
     with open_csd(raw / FILES["words"]) as words:
@@ -221,10 +222,11 @@ def main() -> None:
         ours = _run_child("ours", raw, root / "ours.npz")
         eq = compare(root / "sdk.npz", root / "ours.npz")
     rows = [("mmsdk align('words', [avg])", sdk), ("ours: run_align (hash+align+tokenize+cache)", ours)]
-    print(f"\n| run | wall s (imports incl.) | peak RSS MB |\n|---|---:|---:|")
+    print("\n| run | wall s (imports incl.) | peak RSS MB |\n|---|---:|---:|")
     for name, r in rows:
         print(f"| {name} | {r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} |")
-    print(f"\nspeed-up {sdk['wall_s'] / ours['wall_s']:.1f}x; peak memory ratio {ours['peak_rss_mb'] / sdk['peak_rss_mb']:.2f}")
+    print(f"\nspeed-up {sdk['wall_s'] / ours['wall_s']:.1f}x; "
+          f"peak memory ratio {ours['peak_rss_mb'] / sdk['peak_rss_mb']:.2f}")
     print(f"ours inside run_align: {ours['stage_s']:.2f} s; tokenizer backend {ours['tokenizer_backend']}; "
           f"segments {ours['segments']}")
     print(f"word-level equality: {eq}")

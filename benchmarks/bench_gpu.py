@@ -100,7 +100,8 @@ def run_pair(params, config, device, bf16, tf32, warmup, steps, block=5) -> list
         median = statistics.median(times[ab])
         row = {"ablation": ab, "bf16": bf16, "tf32": tf32, "steps_per_s": 1.0 / median,
                "median_step_ms": 1000 * median, "min_step_ms": 1000 * min(times[ab]),
-               "epoch_s_1284_segments": steps_per_epoch * median, "modulate_gradients_ms": modulation_ms(trainer, batch),
+               "epoch_s_1284_segments": steps_per_epoch * median,
+               "modulate_gradients_ms": modulation_ms(trainer, batch),
                "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6}
         if device == "cuda":
             row["peak_gpu_mem_GiB_both_models_resident"] = peak[ab]

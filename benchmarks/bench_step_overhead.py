@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from cpsl.ablations import switches_for
-from cpsl.config import load_params, resolve_model_path
+from cpsl.config import load_params
 from cpsl.model.network import build_model
+from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import LossStep, train_step
 

@@ -54,11 +54,13 @@ def main() -> int:
         print("gpu_check_train: no CUDA device (use --cpu to check the script)", file=sys.stderr)
         return 2
     stubbed = _stub_dvclive_if_missing(force="--stub-dvclive" in sys.argv)
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.train.stage import run_train
     from train_helpers import make_cache, small_params, tiny_text_model
 
-    report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__, "dvclive_stub": stubbed, "runs": []}
+    from cpsl.evaluate.stage import run_evaluate
+    from cpsl.train.stage import run_train
+
+    report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "dvclive_stub": stubbed, "runs": []}
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -78,7 +80,8 @@ def main() -> int:
                 json.loads((run / "metrics.json").read_text())["test"]
             entry = {"bf16": bf16, "exit": code, "rerun_exit": again, "seconds": round(seconds, 1),
                      "best_epoch": best["epoch"], "valid": best["valid"], "test_corr": test.get("corr"),
-                     "test_mae": test.get("mae"), "peak_mem_MiB": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None}
+                     "test_mae": test.get("mae"),
+                     "peak_mem_MiB": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None}
             entry["ok"] = code == 0 and again == 0 and (test.get("corr") or 0) > 0.3
             ok &= entry["ok"]
             report["runs"].append(entry)

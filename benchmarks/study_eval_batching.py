@@ -30,13 +30,14 @@ def main() -> int:
     import torch
 
     from cpsl.cache import read_split
-    from cpsl.evaluate.metrics import compute_metrics
-    from cpsl.evaluate.stage import load_checkpoint, rebuild_model
+    from cpsl.evaluate.stage import rebuild_model
+    from cpsl.metrics import compute_metrics
     from cpsl.model.inference import run_inference
+    from cpsl.run_folder import load_best
 
     torch.set_num_threads(1)
     run = Path(args.run)
-    ckpt = load_checkpoint(run)
+    ckpt = load_best(run)
     model = rebuild_model(ckpt, run / "best.pt").eval()
     test = read_split(args.data, "test")
     n = len(test["label"])
@@ -55,8 +56,9 @@ def main() -> int:
                 preds.append(p)
             preds = np.stack(preds)
             metrics = [compute_metrics(p, test["label"]) for p in preds]
-            spread = lambda k: (float(np.min([m[k] for m in metrics])), float(np.max([m[k] for m in metrics])),  # noqa: E731
-                                float(np.std([m[k] for m in metrics], ddof=1)))
+            def spread(k, metrics=metrics):
+                return (float(np.min([m[k] for m in metrics])), float(np.max([m[k] for m in metrics])),
+                        float(np.std([m[k] for m in metrics], ddof=1)))
             rows[f"{mode}/bs{bs}"] = {
                 "segment_prediction_max_range": float((preds.max(0) - preds.min(0)).max()),
                 "segment_prediction_mean_range": float((preds.max(0) - preds.min(0)).mean()),
@@ -70,8 +72,10 @@ def main() -> int:
     print("|---|---:|---:|---:|---|---|---|")
     for key, r in rows.items():
         mode, bs = key.split("/")
-        f = lambda k, d: f"{r[k][0]:.{d}f} - {r[k][1]:.{d}f}"  # noqa: E731
-        print(f"| {mode} | {bs[2:]} | {r['segment_prediction_max_range']:.4f} | {r['segment_prediction_mean_range']:.4f} "
+        def f(k, d, r=r):
+            return f"{r[k][0]:.{d}f} - {r[k][1]:.{d}f}"
+        print(f"| {mode} | {bs[2:]} | {r['segment_prediction_max_range']:.4f} "
+              f"| {r['segment_prediction_mean_range']:.4f} "
               f"| {f('mae_min_max_std', 4)} | {f('corr_min_max_std', 4)} | {f('acc2_nonzero_min_max_std', 2)} |")
     return 0
 

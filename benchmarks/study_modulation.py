@@ -99,7 +99,7 @@ def main() -> int:
 
     from cpsl.config import set_dotted
     from cpsl.evaluate.stage import run_evaluate
-    from cpsl.train.checkpoint import read_history
+    from cpsl.run_folder import read_history
     from cpsl.train.stage import run_train
 
     torch.set_num_threads(1)
@@ -141,7 +141,8 @@ def main() -> int:
     (out_dir / f"{args.tag}.json").write_text(json.dumps(results, indent=1))
     plot(results, args.variants, out_dir / f"{args.tag}.png")
     for name, row in results["summary"].items():
-        print(f"| {name} | {row['corr_mean']:.3f} ± {row['corr_std']:.3f} | {row['mae_mean']:.3f} ± {row['mae_std']:.3f} "
+        print(f"| {name} | {row['corr_mean']:.3f} ± {row['corr_std']:.3f} "
+              f"| {row['mae_mean']:.3f} ± {row['mae_std']:.3f} "
               f"| {row['reliance_visual_mae_mean']:.3f} |")
     return 0
 
@@ -154,7 +155,8 @@ def summarise(runs: dict, variants, seeds) -> dict:
         corr = np.array([r["test"]["corr"] if r["test"]["corr"] is not None else 0.0 for r in rows])
         mae = np.array([r["test"]["mae"] for r in rows])
         rel = np.array([r["reliance_visual_mae"] or 0.0 for r in rows])
-        out[name] = {"n": len(rows), "corr_mean": float(corr.mean()), "corr_std": float(corr.std(ddof=1)) if len(rows) > 1 else 0.0,
+        out[name] = {"n": len(rows), "corr_mean": float(corr.mean()),
+                     "corr_std": float(corr.std(ddof=1)) if len(rows) > 1 else 0.0,
                      "mae_mean": float(mae.mean()), "mae_std": float(mae.std(ddof=1)) if len(rows) > 1 else 0.0,
                      "reliance_visual_mae_mean": float(rel.mean())}
     return out

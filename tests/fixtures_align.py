@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsl.data.csd import write_csd
+from cpsl.csd import write_csd
 from cpsl.io_utils import sha256_file
 
 ACOUSTIC_DIM, VISUAL_DIM = 5, 4
@@ -46,9 +46,13 @@ def make_video(rng, n_segments: int) -> dict:
         for _ in range(int(rng.integers(3, 9))):
             if rng.random() < 0.25:  # silence token between words, as in MOSI's word stream
                 d = float(rng.uniform(0.05, 0.3))
-                word_iv.append((t, t + d)); words.append("sp"); t += d
+                word_iv.append((t, t + d))
+                words.append("sp")
+                t += d
             d = float(rng.uniform(0.15, 0.6))
-            word_iv.append((t, t + d)); words.append(str(rng.choice(VOCAB))); t += d
+            word_iv.append((t, t + d))
+            words.append(str(rng.choice(VOCAB)))
+            t += d
         seg_iv.append((seg_start, t))
         t += float(rng.uniform(0.0, 0.4))
     duration = t + 0.5
@@ -103,9 +107,9 @@ def add_edge_cases(video: dict) -> dict:
     rng = np.random.default_rng(2)
     out["visual"] = (np.vstack([v_iv, tail_iv[order]]),
                      np.vstack([v, rng.normal(size=(len(tail_iv), v.shape[1])).astype(np.float32)]))
-    l_iv, l = out["labels"]
+    l_iv, labels = out["labels"]
     out["labels"] = (np.vstack([l_iv, [[t, t + 0.6], [t + 0.6, t + 1.7], [t + 2.0, t + 2.3]]]),
-                     np.vstack([l, [[1.5], [-2.0], [0.5]]]).astype(np.float32))  # last: no words
+                     np.vstack([labels, [[1.5], [-2.0], [0.5]]]).astype(np.float32))  # last: no words
     return out
 
 

@@ -92,7 +92,8 @@ ReturnToService=2
 # the node is declared bigger than this machine may be (CPUs, memory): trust the config
 SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=2
-NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} Gres=gpu:{self.gpus} State=UNKNOWN
+NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} \
+Gres=gpu:{self.gpus} State=UNKNOWN
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """)
         # snakemake-executor-plugin-slurm-jobstep drops every SLURM_* variable but a few (SLURM_CONF too) before

@@ -7,16 +7,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from fixtures_align import (
+    ACOUSTIC_DIM,
+    FILES,
+    ROOTS,
+    VISUAL_DIM,
+    add_edge_cases,
+    make_videos,
+    refresh_manifest,
+    write_raw,
+)
 
 from cpsl.align.stage import AlignError, report_path_for, run_align
 from cpsl.align.subwords import load_tokenizer
 from cpsl.align.word_align import frame_means, reference_kept, replace_nonfinite, segment_members
 from cpsl.cache import read_attrs, read_split
 from cpsl.config import load_params
-from cpsl.data.csd import CSDError
-from fixtures_align import (
-    ACOUSTIC_DIM, FILES, ROOTS, VISUAL_DIM, add_edge_cases, make_videos, refresh_manifest, write_raw,
-)
+from cpsl.csd import CSDError
 
 ROOT = Path(__file__).resolve().parents[1]
 

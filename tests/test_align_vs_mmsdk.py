@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 import pytest
+from fixtures_align import FILES, add_edge_cases, make_videos, write_raw
 
 from cpsl.align.word_align import frame_means, intersecting_runs, reference_kept, segment_members
-from fixtures_align import FILES, add_edge_cases, make_videos, write_raw
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # mmsdk draws progress bars
 mmdatasdk = pytest.importorskip("mmsdk.mmdatasdk")

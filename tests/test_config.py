@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from cpsl.ablations import ABLATIONS, switches_for
-from cpsl.config import ParamsError, apply_overrides, load_params, resolve_model_path, text_model_for, validate_params
+from cpsl.config import ParamsError, apply_overrides, load_params, validate_params
+from cpsl.text_model import resolve_model_path, text_model_for
 
 REPO = Path(__file__).resolve().parents[1]
 

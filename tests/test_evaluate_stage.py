@@ -11,11 +11,12 @@ import yaml
 from cpsl.ablations import switches_for
 from cpsl.cache import write_cache
 from cpsl.config import validate_params
-from cpsl.evaluate.metrics import compute_metrics
 from cpsl.evaluate.stage import EvaluateError, run_evaluate
+from cpsl.metrics import compute_metrics
 from cpsl.model.inference import run_inference
 from cpsl.model.network import build_model
 from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.run_folder import RunFolderError
 
 L, DA, DV, VOCAB = 8, 5, 7, 100
 SIZES = {"train": 4, "valid": 6, "test": 9}
@@ -129,7 +130,7 @@ def test_reliance_check_in_metrics_json(setup):
 
 
 def test_missing_checkpoint_names_the_run(setup, tmp_path):
-    with pytest.raises(EvaluateError, match=r"A0-seed1: no best.pt"):
+    with pytest.raises(RunFolderError, match=r"A0-seed1: no best.pt"):
         run_evaluate(setup["params"], tmp_path / "A0-seed1", data_path=setup["cache"])
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_align import make_videos, write_raw
 
 from cpsl.align.stage import run_align
 from cpsl.align.word_align import frame_means, segment_members
 from cpsl.cache import read_split
 from cpsl.config import load_params
-from cpsl.data.csd import CSDError
-from fixtures_align import make_videos, write_raw
+from cpsl.csd import CSDError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cpsl.cli import main
 from cpsl.config import ParamsError, apply_overrides, load_params
@@ -125,7 +124,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 # ---------------------------------------------------------------- case 10: project root = params folder
 def test_running_from_a_subfolder_writes_under_the_params_folder(tmp_path, monkeypatch, capsys):
-    path = _write(tmp_path, (REPO / "params.yaml").read_text())
+    _write(tmp_path, (REPO / "params.yaml").read_text())
     sub = tmp_path / "src"
     sub.mkdir()
     monkeypatch.chdir(sub)

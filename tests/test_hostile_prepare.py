@@ -3,10 +3,10 @@ size must be noticed (sha256, not only the size)."""
 from __future__ import annotations
 
 import h5py
+from fixtures_data import make_params, write_fake_mirror
 
 import cpsl.data.prepare as prepare_mod
 from cpsl.io_utils import sha256_file
-from fixtures_data import make_params, write_fake_mirror
 
 
 def test_same_size_edit_of_a_mirror_file_is_noticed(tmp_path, capsys):

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import yaml
+from test_report_stage import _labels, make_run
 
 from cpsl.config import validate_params
 from cpsl.report.stage import run_report
 from cpsl.run_identity import MixedParamsError
-from test_report_stage import _labels, make_run
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
 
-from cpsl import io_utils
+from cpsl import io_utils, run_folder
 from cpsl.cache import CacheError, read_split
 from cpsl.cli import main
 from cpsl.errors import PipelineError
@@ -198,16 +196,16 @@ def test_full_disk_is_detected_before_the_first_epoch(world, tmp_path, monkeypat
 
 
 def test_a_failed_checkpoint_write_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
-    ckpt.save_pt(tmp_path / "best.pt", {"v": torch.zeros(1)})
+    run_folder.save_pt(tmp_path / "best.pt", {"v": torch.zeros(1)})
 
     def full(obj, f, *a, **k):
         Path(f).write_bytes(b"partial")
         raise RuntimeError("basic_ios::clear: iostream error")
 
-    monkeypatch.setattr(ckpt.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)
     with pytest.raises(PipelineError, match=r"best\.pt: could not be written \(basic_ios::clear.*is the disk full"):
-        ckpt.save_pt(tmp_path / "best.pt", {"v": torch.ones(1)})
-    assert ckpt.load_pt(tmp_path / "best.pt")["v"].item() == 0.0
+        run_folder.save_pt(tmp_path / "best.pt", {"v": torch.ones(1)})
+    assert run_folder.load_pt(tmp_path / "best.pt")["v"].item() == 0.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary left
 
 
@@ -268,7 +266,7 @@ def test_checkpoint_names_the_text_model_as_configured_and_evaluate_resolves_it(
 
 
 def test_an_absolute_model_folder_that_is_gone_is_one_clear_error():
-    from cpsl.config import resolve_model_path
+    from cpsl.text_model import resolve_model_path
 
     with pytest.raises(PipelineError, match="text model folder /no/such/venv/model does not exist; set text.model"):
         resolve_model_path("/no/such/venv/model")

@@ -5,20 +5,27 @@ import pytest
 import torch
 
 from cpsl.ablations import Switches, switches_for
-from cpsl.model.losses import diversity_loss, reconstruction_loss, renyi2_spectral_entropy, statistical_loss, total_loss, unimodal_loss
+from cpsl.model.losses import (
+    diversity_loss,
+    reconstruction_loss,
+    renyi2_spectral_entropy,
+    statistical_loss,
+    total_loss,
+    unimodal_loss,
+)
 from cpsl.model.network import ModelOutput
 
 LOSS = {"task": "l1", "recon": 1.0, "uni": 0.5, "div": 0.1, "stat": 0.1}
 
 
 def _out(inputs, mu, var, mask, recon=None, uni=None, pred=None, fused=None):
-    b, l = mask.shape
+    b, length = mask.shape
     return ModelOutput(
         prediction=pred if pred is not None else torch.zeros(b),
         uni=uni or {"a": torch.zeros(b), "v": torch.zeros(b)},
         mu=mu, var=var, z=mu,
         recon=recon or {m: inputs[m].clone() for m in inputs},
-        inputs=inputs, mask=mask, feature_mask=mask, fused=fused if fused is not None else torch.randn(b, l, 4),
+        inputs=inputs, mask=mask, feature_mask=mask, fused=fused if fused is not None else torch.randn(b, length, 4),
     )
 
 
@@ -75,7 +82,8 @@ def test_renyi_entropy_by_hand_and_padding_ignored():
     mask = torch.tensor([[1, 1, 1, 1, 0]], dtype=torch.bool)
     assert renyi2_spectral_entropy(x, mask).item() == pytest.approx(math.log(2), abs=1e-5)
     # a single valid token has no spread: entropy 0, finite
-    assert renyi2_spectral_entropy(x, torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool)).item() == pytest.approx(0.0, abs=1e-6)
+    one_token = torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert renyi2_spectral_entropy(x, one_token).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_diversity_loss_lower_for_diverse_features_and_descent_diversifies():
@@ -100,13 +108,15 @@ def test_diversity_loss_lower_for_diverse_features_and_descent_diversifies():
 
 def _random_out(requires_grad=True):
     torch.manual_seed(1)
-    b, l = 3, 4
-    mask = torch.ones(b, l, dtype=torch.bool)
+    b, length = 3, 4
+    mask = torch.ones(b, length, dtype=torch.bool)
     mask[2, 2:] = False
     t = lambda *s: torch.randn(*s, requires_grad=requires_grad)  # noqa: E731
-    return _out({"a": torch.rand(b, l, 2), "v": torch.rand(b, l, 3)}, {"a": t(b, l, 5), "v": t(b, l, 5)},
-                {"a": t(b, l, 5).exp(), "v": t(b, l, 5).exp()}, mask,
-                recon={"a": t(b, l, 2), "v": t(b, l, 3)}, uni={"a": t(b), "v": t(b)}, pred=t(b), fused=t(b, l, 6))
+    return _out({"a": torch.rand(b, length, 2), "v": torch.rand(b, length, 3)},
+                {"a": t(b, length, 5), "v": t(b, length, 5)},
+                {"a": t(b, length, 5).exp(), "v": t(b, length, 5).exp()}, mask,
+                recon={"a": t(b, length, 2), "v": t(b, length, 3)}, uni={"a": t(b), "v": t(b)}, pred=t(b),
+                fused=t(b, length, 6))
 
 
 def test_total_loss_is_weighted_sum_of_enabled_terms():

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from cpsl.evaluate.metrics import (
-    METRIC_KEYS, compute_metrics, json_safe, pearson, round_half_away, weighted_f1,
+from cpsl.metrics import (
+    METRIC_KEYS,
+    compute_metrics,
+    json_safe,
+    pearson,
+    round_half_away,
+    weighted_f1,
 )
 
 # label / prediction chosen to hit: a zero label, a zero prediction, .5 ties and a sign error.

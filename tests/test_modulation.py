@@ -6,8 +6,15 @@ import torch
 from torch import nn
 
 from cpsl.ablations import Switches
-from cpsl.model.modulation import (conflict_penalty, eq5_coefficients, imbalance_degree, in_window,
-                                   inverse_error_scores, mean_grad_norm, modulate_gradients)
+from cpsl.model.modulation import (
+    conflict_penalty,
+    eq5_coefficients,
+    imbalance_degree,
+    in_window,
+    inverse_error_scores,
+    mean_grad_norm,
+    modulate_gradients,
+)
 
 TANH1, TANH2, TANH15 = 0.7615941559557649, 0.9640275800758169, 0.9051482536448664
 GM = {"alpha": 1.0, "start_epoch": 0, "end_epoch": 25, "eps": 1e-8, "coefficient": "paper"}
@@ -103,7 +110,8 @@ def test_gm_scales_grads_exactly_by_eq5_coefficient():
 def test_cp_multiplies_the_conflicting_modality_by_eta():
     enc = _encoders(scale_a=10.0)  # a better AND larger gradient norm
     before = _grads(enc)
-    tele = modulate_gradients(enc, {"a": 0.5, "v": 1.0}, 0, dict(GM, coefficient="shifted"), CP, Switches(gm=True, cp=True), None)
+    tele = modulate_gradients(enc, {"a": 0.5, "v": 1.0}, 0, dict(GM, coefficient="shifted"), CP,
+                              Switches(gm=True, cp=True), None)
     assert tele["conflict_a"] and not tele["conflict_v"]
     assert tele["c_a"] == pytest.approx((1 - TANH1) * 0.5)
     for g0, p in zip(before["a"], enc["a"].parameters()):

@@ -86,7 +86,8 @@ def test_trailing_padding_changes_no_output(params):
         torch.testing.assert_close(a.recon[m], b.recon[m])
     assert b.mask.shape == (B, L)  # trimmed back to the longest row
     label = torch.zeros(B)
-    la, lb = total_loss(a, label, params["loss"], switches_for("A6")), total_loss(b, label, params["loss"], switches_for("A6"))
+    la = total_loss(a, label, params["loss"], switches_for("A6"))
+    lb = total_loss(b, label, params["loss"], switches_for("A6"))
     for k in la:
         torch.testing.assert_close(la[k], lb[k])
 
@@ -141,7 +142,8 @@ def test_run_inference_fixed_batches_and_weighted_losses(params):
             batch["attention_mask"] = torch.as_tensor(arrays["attention_mask"][sl]).long()
             out = model(**batch)
             preds.append(out.prediction)
-            weighted += total_loss(out, torch.as_tensor(arrays["label"][sl]), params["loss"], sw)["total"].item() * (sl.stop - sl.start)
+            batch_total = total_loss(out, torch.as_tensor(arrays["label"][sl]), params["loss"], sw)["total"]
+            weighted += batch_total.item() * (sl.stop - sl.start)
     np.testing.assert_allclose(res.prediction, torch.cat(preds).numpy(), rtol=1e-5, atol=1e-6)
     assert res.losses["total"] == pytest.approx(weighted / 7, rel=1e-5)
     again = run_inference(model, arrays, 3, "cpu")

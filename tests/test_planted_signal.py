@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from train_helpers import D_A, D_V, VOCAB, one_thread, small_params, tiny_text_model
 
 from cpsl.cache import write_cache
@@ -20,7 +19,8 @@ SEEDS = (0, 1, 2)
 MARGIN_CORR = 0.4  # test Pearson r: planted visual signal vs the same model with a/v zeroed
 # new modules faster than the text encoder (train.lr_new_modules), as the demo: a randomly initialised text
 # encoder at a high rate memorises the training segments by their filler words instead
-SETTINGS = {"train.epochs": 6, "train.lr": 1e-4, "train.lr_new_modules": 5e-3, "model.intermediate_dim": 16, "model.fusion_dim": 16,
+SETTINGS = {"train.epochs": 6, "train.lr": 1e-4, "train.lr_new_modules": 5e-3, "model.intermediate_dim": 16,
+            "model.fusion_dim": 16,
             "train.warmup_ratio": 0.0, "eval.reliance_permutations": 3}
 
 

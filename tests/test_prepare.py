@@ -6,12 +6,12 @@ import os
 from dataclasses import replace
 
 import pytest
+from fixtures_data import LocalServer, free_port, make_params, write_fake_mirror
 
 import cpsl.data.mirror as mirror_mod
 import cpsl.data.prepare as prepare_mod
 from cpsl.data.sources import ROLES, RawDataError, dataset_spec, standard_folds
 from cpsl.io_utils import sha256_file
-from fixtures_data import LocalServer, free_port, make_params, write_fake_mirror
 
 
 def _listing(folder):

@@ -7,7 +7,6 @@ CI installs slurm-wlm and munge (.ci/run), so missing tools are a failure here, 
 few seconds; the whole test about two minutes on 2 cores."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import SlurmCluster, missing_tools
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,8 @@ def _sdk_literals(rel: str) -> dict:
 
 @pytest.mark.parametrize("dataset,folder,keys", [
     ("mosi", "CMU_MOSI/cmu_mosi", {"words": ("raw", "words"), "acoustic": ("highlevel", "COVAREP"),
-                                   "visual": ("highlevel", "FACET 4.1"), "labels": ("labels", "Opinion Segment Labels")}),
+                                   "visual": ("highlevel", "FACET 4.1"),
+                                   "labels": ("labels", "Opinion Segment Labels")}),
     ("mosei", "CMU_MOSEI/cmu_mosei", {"words": ("raw", "words"), "acoustic": ("highlevel", "COVAREP"),
                                       "visual": ("highlevel", "FACET 4.2"), "labels": ("labels", "Sentiment Labels")}),
 ])

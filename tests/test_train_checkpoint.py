@@ -7,11 +7,9 @@ import random
 import sys
 
 import numpy as np
-import pytest
 import torch
 
-from train_helpers import make_cache
-
+from cpsl import run_folder
 from cpsl.train import checkpoint as ckpt
 from cpsl.train import stage
 from cpsl.train.data import BatchPlan
@@ -26,23 +24,23 @@ def _draws():
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    ckpt.save_pt(tmp_path / "rng.pt", {"rng": ckpt.capture_rng()})
+    run_folder.save_pt(tmp_path / "rng.pt", {"rng": ckpt.capture_rng()})
     expected = _draws()
     _draws()  # move every generator on
-    ckpt.restore_rng(ckpt.load_pt(tmp_path / "rng.pt")["rng"])  # load_pt uses weights_only=True
+    ckpt.restore_rng(run_folder.load_pt(tmp_path / "rng.pt")["rng"])  # load_pt uses weights_only=True
     got = _draws()
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
 
 
 def test_history_csv_has_the_contract_header_and_round_trips(tmp_path):
-    row = {key: 0.25 for key in ckpt.HISTORY_COLUMNS} | {"epoch": 0, "gm/conflicts": 3, "gm/ge_steps": 5,
+    row = {key: 0.25 for key in run_folder.HISTORY_COLUMNS} | {"epoch": 0, "gm/conflicts": 3, "gm/ge_steps": 5,
                                                          "gm/g_a": math.nan}
-    ckpt.write_history(tmp_path, [row, row | {"epoch": 1}])
+    run_folder.write_history(tmp_path, [row, row | {"epoch": 1}])
     lines = (tmp_path / "history.csv").read_text().splitlines()
-    assert lines[0].split(",") == list(ckpt.HISTORY_COLUMNS) and lines[0].startswith("epoch,train/total,")
-    back = ckpt.read_history(tmp_path / "history.csv")
+    assert lines[0].split(",") == list(run_folder.HISTORY_COLUMNS) and lines[0].startswith("epoch,train/total,")
+    back = run_folder.read_history(tmp_path / "history.csv")
     assert [r["epoch"] for r in back] == [0, 1] and back[1]["gm/conflicts"] == 3 and back[0]["gm/ge_steps"] == 5
-    assert {"gm/mae_a", "gm/mae_v"} <= set(ckpt.HISTORY_COLUMNS)  # the unimodal MAEs that drive Eq. 5
+    assert {"gm/mae_a", "gm/mae_v"} <= set(run_folder.HISTORY_COLUMNS)  # the unimodal MAEs that drive Eq. 5
     assert math.isnan(back[0]["gm/g_a"]) and back[0]["valid/corr"] == 0.25
 
 
@@ -77,11 +75,21 @@ def test_fingerprint_and_finished_summary(tmp_path):
               ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 1, attrs, 100),
               ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 101)]
     assert base not in others
-    ckpt.write_summary(tmp_path, {"fingerprint": base, "best_epoch": 2})
-    assert ckpt.finished_summary(tmp_path, base) is None  # no best.pt yet
-    (tmp_path / ckpt.BEST_FILE).write_bytes(b"x")
-    assert ckpt.finished_summary(tmp_path, base)["best_epoch"] == 2
-    assert ckpt.finished_summary(tmp_path, others[0]) is None
+    # the code train runs is part of the run's identity: a state saved by other code is never resumed
+    assert ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 100, code="other") != base
+    run_folder.write_summary(tmp_path, {"fingerprint": base, "best_epoch": 2})
+    assert run_folder.finished_summary(tmp_path, base) is None  # no best.pt yet
+    (tmp_path / run_folder.BEST_FILE).write_bytes(b"x")
+    (tmp_path / run_folder.HISTORY_FILE).write_text("epoch\n")
+    (tmp_path / run_folder.DVCLIVE_DIR).mkdir()
+    assert run_folder.finished_summary(tmp_path, base)["best_epoch"] == 2
+    assert run_folder.finished_summary(tmp_path, others[0]) is None
+    # every declared output must be there: an engine deletes them before rerunning the stage
+    for name in run_folder.TRAIN_OUTPUTS:
+        target = tmp_path / name
+        moved = target.rename(tmp_path / "aside")
+        assert run_folder.finished_summary(tmp_path, base) is None, name
+        moved.rename(target)
 
 
 def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, monkeypatch):
@@ -104,7 +112,7 @@ def test_best_checkpoint_loads_weights_only_with_its_meta(tmp_path):
     model = torch.nn.Linear(2, 1)
     meta = {"params": {"cp": {"eta": 0.5}, "data": {"mirror": None}}, "ablation": "A6", "seed": 0,
             "acoustic_dim": 5, "visual_dim": 4, "text_model": "x"}
-    ckpt.save_best(tmp_path, model, 3, {"valid/mae": 0.5}, meta)
+    run_folder.save_best(tmp_path, ckpt.cpu_state_dict(model), 3, {"valid/mae": 0.5}, meta)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["meta"] == meta and torch.equal(best["model"]["weight"], model.weight)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file

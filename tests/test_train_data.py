@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from train_helpers import make_cache
 
 from cpsl.cache import CacheError, read_split, write_cache
 from cpsl.train.data import BatchPlan, load_tensors
-from train_helpers import make_cache
 
 
 def test_non_finite_features_are_refused_naming_the_segment(tmp_path):
@@ -17,7 +17,8 @@ def test_non_finite_features_are_refused_naming_the_segment(tmp_path):
     from cpsl.cache import read_attrs
 
     write_cache(bad, splits, read_attrs(path))
-    with pytest.raises(CacheError, match=r"split 'train' key 'visual' has non-finite values in 1 segment\(s\), first 'train_2"):
+    with pytest.raises(CacheError,
+                       match=r"split 'train' key 'visual' has non-finite values in 1 segment\(s\), first 'train_2"):
         load_tensors(bad, "train")
     assert load_tensors(bad, "valid")["visual"].shape[0] == len(splits["valid"]["label"])
 

@@ -19,18 +19,28 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from train_helpers import (D_A, D_V, REPO, assert_same_tensors, ddp_worker, free_port, load_model_states, make_cache,
-                           one_thread, small_params, tiny_text_model, write_params)
+from train_helpers import (
+    D_A,
+    D_V,
+    REPO,
+    assert_same_tensors,
+    ddp_worker,
+    free_port,
+    load_model_states,
+    make_cache,
+    one_thread,
+    small_params,
+    tiny_text_model,
+    write_params,
+)
 
 from cpsl.ablations import switches_for
-from cpsl.train.checkpoint import read_history
 from cpsl.model.network import build_model
+from cpsl.run_folder import read_history
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, fit
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model
 
+from cpsl import run_folder
 from cpsl.cache import CacheError, read_attrs, read_split, write_cache
 from cpsl.train import loop
 from cpsl.train.stage import run_train
@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
 
 
 def _report(run):
-    return json.loads((run / loop.COLLAPSE_FILE).read_text())
+    return json.loads((run / run_folder.COLLAPSE_FILE).read_text())
 
 
 def test_nan_label_in_the_cache_is_refused_before_the_first_epoch(setup, tmp_path, capfd):
@@ -42,9 +42,10 @@ def test_nan_label_in_the_cache_is_refused_before_the_first_epoch(setup, tmp_pat
     write_cache(poisoned, splits, read_attrs(cache))
 
     run = tmp_path / "run"
-    with pytest.raises(CacheError, match=rf"split 'train' has 1 non-finite label\(s\), first segment '{splits['train']['segment_id'][3]}'"):
+    first = splits["train"]["segment_id"][3]
+    with pytest.raises(CacheError, match=rf"split 'train' has 1 non-finite label\(s\), first segment '{first}'"):
         run_train(small_params(text), seed=0, data_path=poisoned, out_dir=run)
-    assert not (run / loop.COLLAPSE_FILE).exists() and not (run / "dvclive").exists()
+    assert not (run / run_folder.COLLAPSE_FILE).exists() and not (run / "dvclive").exists()
     assert not (run / "best.pt").exists() and not (run / "state" / "last.pt").exists()
 
 

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model
 
-from cpsl.train.checkpoint import HISTORY_COLUMNS, read_history
+from cpsl.run_folder import HISTORY_COLUMNS, read_history
 from cpsl.train.stage import run_train
 
 

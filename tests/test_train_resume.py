@@ -15,10 +15,9 @@ import time
 
 import pytest
 import torch
+from train_helpers import REPO, assert_same_tensors, make_cache, one_thread, small_params, tiny_text_model, write_params
 
-from train_helpers import one_thread, REPO, assert_same_tensors, make_cache, small_params, tiny_text_model, write_params
-
-from cpsl.train.checkpoint import read_history
+from cpsl.run_folder import read_history
 from cpsl.train.stage import run_train
 
 SETTINGS = {"train.epochs": 3, "train.batch_size": 4, "ablations": ["A6"]}  # 8 steps per epoch, AME+GE noise on

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from cpsl.align.word_align import (
-    EPSILON, _frame_means_masked, frame_means, intersecting_runs, reference_kept, replace_nonfinite,
+    EPSILON,
+    _frame_means_masked,
+    frame_means,
+    intersecting_runs,
+    reference_kept,
+    replace_nonfinite,
     segment_members,
 )
 
@@ -55,7 +60,8 @@ def test_fast_path_equals_exact_mask_on_random_input(seed):
     feats[rng.random(feats.shape) < 0.01] = -np.inf
     perm = rng.permutation(400)
     frames, feats = frames[perm], feats[perm]
-    starts = np.sort(rng.choice(np.arange(0, 400) * 0.01, 60, replace=False)) + rng.choice([0, EPSILON, -EPSILON, 0.003], 60)
+    starts = (np.sort(rng.choice(np.arange(0, 400) * 0.01, 60, replace=False))
+              + rng.choice([0, EPSILON, -EPSILON, 0.003], 60))
     words = np.stack([starts, starts + rng.choice([0.0, EPSILON, 0.05, 0.2], 60)], 1)
     assert intersecting_runs(frames, words) is not None
     fast, fast_n = frame_means(frames, feats, words)

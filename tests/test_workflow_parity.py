@@ -28,8 +28,9 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
         if not m or m.group(1) == "all":
             continue
         # (a flagged output is printed with its flag, e.g. "data/raw/demo (update)")
-        field = lambda name: [re.sub(r" \(update\)$", "", p.strip())
-                              for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
+        def field(name, block=block):
+            return [re.sub(r" \(update\)$", "", p.strip())
+                    for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
         cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
         res = dict(kv.split("=", 1) for kv in field("resources")) if re.search(r"^\s+resources: ", block, re.M) else {}
         jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output")),
@@ -71,7 +72,9 @@ def pipelines(tmp_path_factory):
 
 def test_same_stage_instances(pipelines):
     smk, dvc = pipelines
-    count = lambda jobs: sorted((j["stage"], j["cmd"]) for j in jobs)
+    def count(jobs):
+        return sorted((j["stage"], j["cmd"]) for j in jobs)
+
     assert count(smk) == count(dvc)
     stages = {j["stage"] for j in smk}
     assert stages == {"prepare", "align", "train", "evaluate", "report"}
@@ -109,7 +112,7 @@ def _dry_run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_grid_target_runs_every_table2_row_once_as_separate_jobs(tmp_path):
-    from cpsl.ablations import ALIASES, ABLATIONS
+    from cpsl.ablations import ABLATIONS, ALIASES
 
     work = tmp_path / "grid"
     work.mkdir()
@@ -174,3 +177,13 @@ def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
     params["train"]["nproc"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}
+
+
+def test_both_engines_declare_the_code_each_stage_runs(pipelines):
+    """File-level code deps from the import graph (cpsl.deps), identical in both engines."""
+    from cpsl import deps
+
+    smk, dvc = pipelines
+    for job in smk + dvc:
+        code = {d for d in job["deps"] if d.startswith(deps.SRC_PREFIX)}
+        assert code == set(deps.stage_files(job["stage"], root=REPO)), job["stage"]

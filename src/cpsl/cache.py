@@ -18,7 +18,6 @@ complete, so a reader never sees a half-written cache.
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
 import json
 from pathlib import Path
 from typing import Mapping
@@ -26,6 +25,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
+from cpsl.errors import PipelineError
 from cpsl.io_utils import atomic_path
 
 SCHEMA_VERSION = 1

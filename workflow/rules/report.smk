@@ -10,7 +10,7 @@ def run_outputs():
 rule report:
     input:
         run_outputs(),
-        f"{CODE}/report",
+        code("report"),
     output:
         report_outputs(),
     params:

@@ -5,9 +5,7 @@
 rule train:
     input:
         str(paths.processed_path(DATASET)),
-        f"{CODE}/train",
-        f"{CODE}/model",
-        f"{CODE}/ablations.py",
+        code("train"),
     output:
         "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
         "results/" + DATASET + "/{ablation}-seed{seed}/history.csv",
@@ -28,7 +26,7 @@ rule evaluate:
     input:
         "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
         str(paths.processed_path(DATASET)),
-        f"{CODE}/evaluate",
+        code("evaluate"),
     output:
         "results/" + DATASET + "/{ablation}-seed{seed}/metrics.json",
         "results/" + DATASET + "/{ablation}-seed{seed}/predictions.csv",

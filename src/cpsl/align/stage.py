@@ -28,7 +28,6 @@ Choices where the SDK or the paper leave room:
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
 import json
 import time
 from collections import defaultdict
@@ -41,12 +40,17 @@ import numpy as np
 from cpsl import paths
 from cpsl.align.subwords import Segment, load_tokenizer, to_subwords
 from cpsl.align.word_align import (
-    EPSILON, frame_means, reference_kept, replace_nonfinite, segment_members,
+    EPSILON,
+    frame_means,
+    reference_kept,
+    replace_nonfinite,
+    segment_members,
 )
 from cpsl.cache import SPLITS, write_cache
-from cpsl.config import text_model_for
-from cpsl.data.csd import ComputationalSequence, CSDError
+from cpsl.csd import ComputationalSequence, CSDError
+from cpsl.errors import PipelineError
 from cpsl.io_utils import remove_stale_temporaries, sha256_file, write_json_atomic
+from cpsl.text_model import text_model_for
 
 ROLES = ("words", "acoustic", "visual", "labels")
 FEATURE_ROLES = ("acoustic", "visual")
@@ -159,7 +163,8 @@ def _check_ordered(seq: ComputationalSequence, vid: str, intervals: np.ndarray, 
         raise AlignError(f"{seq.path}: video '{vid}' {what} {i} ends before it starts {intervals[i].tolist()}")
 
 
-def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims, stats: dict) -> tuple[list[Segment], list[tuple[str, str]]]:
+def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims,
+                stats: dict) -> tuple[list[Segment], list[tuple[str, str]]]:
     """Word-align one video and cut it into labelled segments. Returns (segments, [(dropped id, reason)])."""
     word_iv, words = seqs["words"].read_words(vid)
     _check_ordered(seqs["words"], vid, word_iv, "word")

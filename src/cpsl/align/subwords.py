@@ -11,7 +11,6 @@ same for BERT-style (MiniLM) and DeBERTa-v2/v3 tokenizers; both define cls/sep/p
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cpsl.config import resolve_model_path
+from cpsl.errors import PipelineError
+from cpsl.text_model import resolve_model_path
 
 
 class TokenizerError(PipelineError, ValueError):

@@ -17,8 +17,8 @@ never intersect) and frames are sorted by start with non-decreasing ends (true o
 and of words), the frames of each reference form one contiguous run ``[lo, hi)``: found with
 ``np.searchsorted`` and then corrected a step at a time with the exact float test, so the result equals
 the SDK's even at boundary ties. Sums over runs use ``np.add.reduceat`` (no cancellation, unlike a
-cumulative-sum difference) and propagate -inf/+inf/nan exactly as the SDK's mean does. Frames that break the ordering (overlapping
-windows with shrinking ends, inverted intervals) fall back to an exact brute-force mask.
+cumulative-sum difference) and propagate -inf/+inf/nan exactly as the SDK's mean does. Frames that break the
+ordering (overlapping windows with shrinking ends, inverted intervals) fall back to an exact brute-force mask.
 """
 from __future__ import annotations
 

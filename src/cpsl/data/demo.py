@@ -1,6 +1,6 @@
 """The embedded demo dataset: a small, deterministic, offline stand-in for CMU-MOSI in the exact CMU format.
 
-Four computational sequences are written with :func:`cpsl.data.csd.write_csd` (same HDF5 layout and
+Four computational sequences are written with :func:`cpsl.csd.write_csd` (same HDF5 layout and
 metadata fields as the CMU files), so every later stage runs on the demo exactly as on MOSI:
 
 * words   ``(T, 1)`` bytes, contiguous tokens with ``sp`` silences between segments and some inside
@@ -39,7 +39,7 @@ from typing import Mapping
 
 import numpy as np
 
-from cpsl.data.csd import write_csd
+from cpsl.csd import write_csd
 from cpsl.data.sources import DEMO_FILE_NAMES
 
 ACOUSTIC_DIM = 74
@@ -60,7 +60,8 @@ ROOT_NAMES = {"words": "words", "acoustic": "COVAREP", "visual": "FACET", "label
 
 # Real English words the MiniLM/BERT tokenizer knows; some split into several subwords on purpose.
 POSITIVE_STRONG = ["amazing", "excellent", "wonderful", "fantastic", "brilliant", "masterpiece", "hilarious",
-                   "superb", "outstanding", "incredible", "unforgettable", "heartwarming", "captivating", "perfect", "best", "love"]
+                   "superb", "outstanding", "incredible", "unforgettable", "heartwarming", "captivating", "perfect",
+                   "best", "love"]
 POSITIVE_MILD = ["good", "nice", "fun", "enjoyed", "decent", "solid", "pleasant", "likeable", "funny", "enjoyable",
                  "lovely", "charming", "entertaining", "refreshing"]
 NEGATIVE_STRONG = ["terrible", "awful", "horrible", "worst", "hate", "unbearable", "pointless", "cringeworthy",
@@ -169,7 +170,9 @@ def generate_demo(demo: Mapping) -> DemoData:
         for s in range(n_seg):
             if s > 0:  # a pause between opinion segments
                 gap = float(rng.uniform(0.2, 1.0))
-                tokens.append("sp"); tok_iv.append((t, t + gap)); t += gap
+                tokens.append("sp")
+                tok_iv.append((t, t + gap))
+                t += gap
             y = _segment_label(rng)
             ambiguous = bool(rng.random() < AMBIGUOUS_RATE)
             start = t
@@ -177,22 +180,32 @@ def generate_demo(demo: Mapping) -> DemoData:
             for k, w in enumerate(words):
                 if k > 0 and rng.random() < 0.15:  # a short hesitation inside the segment
                     pause = float(rng.uniform(0.05, 0.4))
-                    tokens.append("sp"); tok_iv.append((t, t + pause)); t += pause
+                    tokens.append("sp")
+                    tok_iv.append((t, t + pause))
+                    t += pause
                 dur = float(rng.uniform(0.15, 0.6))
-                tokens.append(w); tok_iv.append((t, t + dur)); t += dur
-            seg_bounds.append((start, t)); ys.append(y); amb.append(ambiguous)
-        tokens.append("sp"); tok_iv.append((t, t + 0.5)); t += 0.5
+                tokens.append(w)
+                tok_iv.append((t, t + dur))
+                t += dur
+            seg_bounds.append((start, t))
+            ys.append(y)
+            amb.append(ambiguous)
+        tokens.append("sp")
+        tok_iv.append((t, t + 0.5))
+        t += 0.5
         duration = t
 
         bounds = np.asarray(seg_bounds, dtype=np.float64)
         y_arr = np.asarray(ys, dtype=np.float64)
         a_shift = ACOUSTIC_GAIN * y_arr + rng.normal(0.0, ACOUSTIC_NUISANCE, n_seg)
         v_shift = VISUAL_GAIN * y_arr + rng.normal(0.0, VISUAL_NUISANCE, n_seg)
-        a_iv, a_feat = _frames(rng, duration, ACOUSTIC_HZ, ACOUSTIC_DIM, bounds, a_shift, ACOUSTIC_SIGNAL_DIMS, a_off, a_scale)
+        a_iv, a_feat = _frames(rng, duration, ACOUSTIC_HZ, ACOUSTIC_DIM, bounds, a_shift, ACOUSTIC_SIGNAL_DIMS,
+                               a_off, a_scale)
         ninf = rng.random((a_feat.shape[0], len(NEG_INF_DIMS))) < NEG_INF_RATE
         for j, d in enumerate(NEG_INF_DIMS):
             a_feat[ninf[:, j], d] = -np.inf
-        v_iv, v_feat = _frames(rng, duration, VISUAL_HZ, VISUAL_DIM, bounds, v_shift, VISUAL_SIGNAL_DIMS, v_off, v_scale)
+        v_iv, v_feat = _frames(rng, duration, VISUAL_HZ, VISUAL_DIM, bounds, v_shift, VISUAL_SIGNAL_DIMS,
+                               v_off, v_scale)
 
         out.streams["words"][vid] = (np.asarray(tok_iv, dtype=np.float64), np.array(tokens, dtype="S")[:, None])
         out.streams["acoustic"][vid] = (a_iv, a_feat)

@@ -66,7 +66,8 @@ def _stream_once(url: str, tmp: Path, label: str, timeout_s: float, progress: bo
                     bar.update(len(chunk))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Retryable(
-                f"connection lost after {received} bytes, Content-Length {expected if expected is not None else 'not sent'} "
+                f"connection lost after {received} bytes, "
+                f"Content-Length {expected if expected is not None else 'not sent'} "
                 f"({exc.__class__.__name__})"
             ) from exc
         finally:

@@ -16,8 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-from cpsl.data.csd import CSDError, open_csd
-from cpsl.data.sources import DatasetSpec, RawDataError, ROLES
+from cpsl.csd import CSDError, open_csd
+from cpsl.data.sources import ROLES, DatasetSpec, RawDataError
 from cpsl.io_utils import atomic_path
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cpsl import paths as cpsl_paths
-from cpsl.data.csd import open_csd
+from cpsl.csd import open_csd
 from cpsl.data.download import download_file
 from cpsl.data.mirror import check_csd_file, fetch_from_mirror
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError, dataset_spec, standard_folds
@@ -99,7 +99,8 @@ def _invalidate(out_dir: Path) -> None:
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 
-def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: dict, folds: dict, spec: DatasetSpec) -> dict:
+def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: dict, folds: dict,
+                              spec: DatasetSpec) -> dict:
     write_json_atomic(out_dir / FOLDS_NAME, folds)
     manifest = {
         "dataset": dataset,

@@ -17,52 +17,33 @@ Writes, atomically, ``<run>/metrics.json``::
      "ablation": str, "seed": int, "dataset": str,
      "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...}}
 
-(metric names and conventions in cpsl.evaluate.metrics; undefined values are null) and
+(metric names and conventions in cpsl.metrics; undefined values are null) and
 ``<run>/predictions.csv`` with columns ``split, segment_id, label, prediction`` (valid rows, then test
 rows, in cache order). Runs on CUDA when available, else CPU.
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
-import csv
+import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cpsl import paths
-from cpsl.ablations import ABLATIONS, Switches, switches_for
+from cpsl import gpu_slots, paths, run_folder
+from cpsl.ablations import Switches, switches_for
 from cpsl.cache import check_token_ids, read_attrs, read_split
-from cpsl.evaluate.metrics import compute_metrics, json_safe
+from cpsl.errors import PipelineError
 from cpsl.evaluate.reliance import reliance_check
-from cpsl.io_utils import atomic_path, write_json_atomic
+from cpsl.io_utils import remove_stale_temporaries
+from cpsl.metrics import compute_metrics, json_safe
+from cpsl.runlock import run_folder_lock
 
 EVAL_SPLITS = ("valid", "test")
-META_KEYS = ("params", "ablation", "seed", "acoustic_dim", "visual_dim", "text_model")
 
 
 class EvaluateError(PipelineError, ValueError):
     """A missing or inconsistent checkpoint / cache; the message names the file."""
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    path = run_dir / "best.pt"
-    if not path.is_file():
-        raise EvaluateError(f"{run_dir}: no best.pt in this run folder (run 'cpsl train' for it first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; the message must name the file
-        raise EvaluateError(f"{path}: cannot be loaded with weights_only=True: {exc}") from exc
-    for key in ("model", "epoch", "meta"):
-        if key not in ckpt:
-            raise EvaluateError(f"{path}: missing key '{key}'")
-    missing = [k for k in META_KEYS if k not in ckpt["meta"]]
-    if missing:
-        raise EvaluateError(f"{path}: 'meta' lacks {missing}")
-    if ckpt["meta"]["ablation"] not in ABLATIONS:
-        raise EvaluateError(f"{path}: unknown ablation {ckpt['meta']['ablation']!r}")
-    return ckpt
 
 
 def _switches(meta: dict) -> Switches:
@@ -88,19 +69,12 @@ def _check_cache(data_path: Path, meta: dict) -> None:
     attrs = read_attrs(data_path)
     for key in ("acoustic_dim", "visual_dim"):
         if int(attrs[key]) != int(meta[key]):
-            raise EvaluateError(f"{data_path}: cache {key} is {attrs[key]} but the checkpoint was trained with {meta[key]}")
+            raise EvaluateError(f"{data_path}: cache {key} is {attrs[key]} but the checkpoint was trained with "
+                                f"{meta[key]}")
     trained_on = meta["params"].get("dataset")
     if trained_on is not None and attrs.get("dataset") != trained_on:
-        raise EvaluateError(f"{data_path}: cache of dataset {attrs.get('dataset')!r}, checkpoint trained on {trained_on!r}")
-
-
-def write_predictions(path: Path, rows: list[tuple[str, str, float, float]]) -> None:
-    with atomic_path(path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["split", "segment_id", "label", "prediction"])
-            # repr of the float32 value widened to float64: exact, so the report recomputes identical metrics
-            writer.writerows((s, seg, repr(float(lab)), repr(float(pred))) for s, seg, lab, pred in rows)
+        raise EvaluateError(f"{data_path}: cache of dataset {attrs.get('dataset')!r}, checkpoint trained on "
+                            f"{trained_on!r}")
 
 
 def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
@@ -108,12 +82,12 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     from cpsl.model.inference import inference_batch_size, run_inference
 
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir)
+    ckpt = run_folder.load_best(run_dir)
     meta = ckpt["meta"]
     dataset = params["dataset"]  # the DAG's dataset; _check_cache rejects a checkpoint of another one
     data_path = Path(data_path) if data_path is not None else paths.processed_path(dataset)
     _check_cache(data_path, meta)
-    model = rebuild_model(ckpt, run_dir / "best.pt")
+    model = rebuild_model(ckpt, run_dir / run_folder.BEST_FILE)
     # an unknown token id would fail deep inside the embedding lookup: name the split and segment instead
     check_token_ids(data_path, int(model.text_encoder.config.vocab_size), str(meta["text_model"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,12 +116,24 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     # the trainer records the selected epoch's validation metrics under "valid/<metric>"
     trained_mae = (ckpt.get("valid") or {}).get("valid/mae")
-    if trained_mae is not None and abs(float(trained_mae) - result["valid"]["mae"]) > 1e-3 * max(1.0, abs(float(trained_mae))):
+    tolerance = 1e-3 * max(1.0, abs(float(trained_mae or 0.0)))
+    if trained_mae is not None and abs(float(trained_mae) - result["valid"]["mae"]) > tolerance:
         # Not fatal (e.g. CPU vs GPU round-off), but a large gap means the checkpoint or the cache changed.
         print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "
               f"{float(trained_mae):.6f} recorded at training time", file=sys.stderr)
 
-    write_predictions(run_dir / "predictions.csv", rows)
+    run_folder.write_predictions(run_dir, rows)
     result = json_safe(result)
-    write_json_atomic(run_dir / "metrics.json", result)
+    run_folder.write_metrics(run_dir, result)
     return result
+
+
+def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
+    """``cpsl evaluate``: :func:`run_evaluate` as the only writer of the run folder's evaluate outputs (a lock;
+    temporaries a SIGKILLed evaluate left are removed), on a leased GPU so it does not land on a training
+    job's device."""
+    run_dir = Path(run_dir)
+    with run_folder_lock(run_dir, "evaluate") if run_dir.is_dir() else contextlib.nullcontext(), \
+            gpu_slots.job_devices(1, params["train"]["device"], "cpsl evaluate"):
+        remove_stale_temporaries(run_dir, run_folder.EVALUATE_OUTPUTS)
+        return run_evaluate(params, run_dir=run_dir, data_path=data_path)

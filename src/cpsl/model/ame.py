@@ -27,7 +27,8 @@ def _mlp(d_in: int, hidden: int, dropout: float) -> nn.Sequential:
 class AdaptiveModalityEncoder(nn.Module):
     """Eq. 1 for one modality: X_m (B,L,d_m) -> (mu, var, Z), each (B,L,h)."""
 
-    def __init__(self, input_dim: int, latent_dim: int = 256, dropout: float = 0.3, var_eps: float = 1e-6, sample: bool = True):
+    def __init__(self, input_dim: int, latent_dim: int = 256, dropout: float = 0.3, var_eps: float = 1e-6,
+                 sample: bool = True):
         super().__init__()
         self.f_mu = _mlp(input_dim, latent_dim, dropout)
         self.f_var = _mlp(input_dim, latent_dim, dropout)

@@ -45,7 +45,8 @@ class ReconstructionDecoder(nn.Module):
 class UnimodalHead(nn.Module):
     def __init__(self, latent_dim: int, dropout: float = 0.5):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(latent_dim, 1))
+        self.net = nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(latent_dim, 1))
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.net(masked_mean(z, mask)).squeeze(-1)

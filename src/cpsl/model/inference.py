@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from cpsl.model.losses import total_loss
-
-REQUIRED = ("input_ids", "attention_mask", "acoustic", "visual", "label")
+from cpsl.names import TENSOR_KEYS as REQUIRED
 
 
 @dataclass
@@ -49,7 +48,8 @@ def inference_batch_size(params: dict) -> int:
     return int(params["eval"]["batch_size"])
 
 
-def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None, switches=None) -> InferenceResult:
+def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None,
+                  switches=None) -> InferenceResult:
     if batch_size < 1:
         raise ValueError(f"run_inference: batch_size must be >= 1, got {batch_size}")
     if loss_params is not None and switches is None:
@@ -66,7 +66,8 @@ def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_
                 sl = slice(start, min(start + batch_size, n))
                 batch = {
                     "input_ids": torch.as_tensor(np.asarray(arrays["input_ids"][sl]), dtype=torch.long, device=device),
-                    "attention_mask": torch.as_tensor(np.asarray(arrays["attention_mask"][sl]), dtype=torch.long, device=device),
+                    "attention_mask": torch.as_tensor(np.asarray(arrays["attention_mask"][sl]), dtype=torch.long,
+                                                      device=device),
                     "acoustic": torch.as_tensor(np.asarray(arrays["acoustic"][sl]), dtype=torch.float32, device=device),
                     "visual": torch.as_tensor(np.asarray(arrays["visual"][sl]), dtype=torch.float32, device=device),
                 }

@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from cpsl.ablations import Switches
+from cpsl.names import LOSS_TERMS, MODALITIES
 
-MODALITIES = ("a", "v")
-TERMS = ("task", "recon", "uni", "div", "stat")
 # term -> (switch attribute, lambda key in params["loss"]); "task" is always on with weight 1
 _WEIGHTED = {"recon": ("recon", "recon"), "uni": ("uni", "uni"), "div": ("div", "div"), "stat": ("sl", "stat")}
 
@@ -134,4 +133,4 @@ def total_loss(out, label: torch.Tensor, loss_params: dict, switches: Switches) 
             with torch.no_grad():
                 losses[name] = _term(name, out, label, task)
     losses["total"] = total
-    return {k: losses[k] for k in ("total",) + TERMS}
+    return {k: losses[k] for k in LOSS_TERMS}

@@ -34,8 +34,7 @@ from cpsl.model.fusion import FusionBlock, ResidualInjection
 from cpsl.model.heads import ReconstructionDecoder, TaskHead, UnimodalHead
 from cpsl.model.normalize import MinMaxNormalizer
 from cpsl.model.text_encoder import load_text_encoder
-
-MODALITIES = ("a", "v")
+from cpsl.names import MODALITIES
 
 
 @dataclass
@@ -75,7 +74,8 @@ class CPSLModel(nn.Module):
         self.text_encoder = text_encoder
         dims = {"a": acoustic_dim, "v": visual_dim}
         self.ame = nn.ModuleDict(
-            {m: AdaptiveModalityEncoder(dims[m], intermediate_dim, encoder_dropout, var_eps, sample) for m in MODALITIES}
+            {m: AdaptiveModalityEncoder(dims[m], intermediate_dim, encoder_dropout, var_eps, sample)
+             for m in MODALITIES}
         )
         self.fusion = FusionBlock(intermediate_dim, fusion_dim, fusion)
         self.inject = ResidualInjection(fusion_dim, text_dim, beta)
@@ -90,7 +90,8 @@ class CPSLModel(nn.Module):
         """The AME encoders {"a","v"} whose gradients Eq. 5/6 scale."""
         return {m: self.ame[m] for m in MODALITIES}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, acoustic: torch.Tensor, visual: torch.Tensor) -> ModelOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, acoustic: torch.Tensor,
+                visual: torch.Tensor) -> ModelOutput:
         mask = attention_mask.bool()
         raw = {"a": acoustic, "v": visual}
         for m in MODALITIES:

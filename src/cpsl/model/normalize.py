@@ -36,7 +36,8 @@ def batch_min_max(x: torch.Tensor, mask: torch.Tensor, sync: bool | None = None)
     """Per-feature (min, max) of ``x`` (B, L, d) over positions where ``mask`` (B, L) is true; +inf/-inf
     for a feature with no valid position. ``sync=None`` all-reduces when torch.distributed is initialised."""
     if x.dim() != 3 or mask.shape != x.shape[:2]:
-        raise ValueError(f"min-max normalisation: expected x (B,L,d) and mask (B,L), got {tuple(x.shape)} and {tuple(mask.shape)}")
+        raise ValueError(f"min-max normalisation: expected x (B,L,d) and mask (B,L), got {tuple(x.shape)} and "
+                         f"{tuple(mask.shape)}")
     x = x.float()
     valid = mask.bool().unsqueeze(-1)
     inf = torch.tensor(float("inf"), device=x.device)
@@ -80,8 +81,8 @@ class MinMaxNormalizer(nn.Module):
         seen = torch.isfinite(lo) & torch.isfinite(hi)  # a feature with no valid position keeps its average
         first = self.num_batches_tracked == 0
         m = torch.where(first, torch.ones((), device=lo.device), torch.full((), self.momentum, device=lo.device))
-        self.running_min.copy_(torch.where(seen, torch.lerp(self.running_min, torch.where(seen, lo, 0), m), self.running_min))
-        self.running_max.copy_(torch.where(seen, torch.lerp(self.running_max, torch.where(seen, hi, 0), m), self.running_max))
+        for running, batch in ((self.running_min, lo), (self.running_max, hi)):
+            running.copy_(torch.where(seen, torch.lerp(running, torch.where(seen, batch, 0), m), running))
         self.num_batches_tracked.add_(1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, sync: bool | None = None) -> torch.Tensor:

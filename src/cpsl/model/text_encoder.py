@@ -10,10 +10,10 @@ Choices:
 from __future__ import annotations
 
 import torch
-from torch import nn
 import transformers
+from torch import nn
 
-from cpsl.config import resolve_model_path
+from cpsl.text_model import resolve_model_path
 
 
 def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config:

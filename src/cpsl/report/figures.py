@@ -14,7 +14,6 @@ with a "not recorded" note instead of failing.
 """
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from pathlib import Path
@@ -23,32 +22,20 @@ from typing import Sequence
 import numpy as np
 
 from cpsl.io_utils import atomic_path, write_text_atomic
+from cpsl.names import LOSS_TERMS
 
-LOSS_TERMS = (("total", "(a) Total loss"), ("task", "(b) Main regression loss"), ("recon", "(c) Reconstruction loss"),
-              ("uni", "(d) Unimodal loss"), ("div", "(e) Feature diversity (entropy H_2 = -L_div)"), ("stat", "(f) Statistical loss"))
+# panel titles of Figure 2, in the paper's order (cpsl.names.LOSS_TERMS)
+PANELS = {"total": "(a) Total loss", "task": "(b) Main regression loss", "recon": "(c) Reconstruction loss",
+          "uni": "(d) Unimodal loss", "div": "(e) Feature diversity (entropy H_2 = -L_div)",
+          "stat": "(f) Statistical loss"}
 MODULATION = (("gm/c_a", "c_a (acoustic)"), ("gm/c_v", "c_v (visual)"))
 IMBALANCE = "gm/imbalance"
 
 
-def read_history(path: Path) -> dict[str, np.ndarray]:
-    """history.csv -> column name -> float array (empty cells are NaN). Errors name the file."""
-    path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "epoch" not in reader.fieldnames:
-            raise ValueError(f"{path}: history.csv needs an 'epoch' column (got {reader.fieldnames})")
-        rows = list(reader)
-    cols: dict[str, np.ndarray] = {}
-    for name in reader.fieldnames:
-        vals = []
-        for i, row in enumerate(rows, start=2):
-            cell = (row.get(name) or "").strip()
-            try:
-                vals.append(float(cell) if cell else math.nan)
-            except ValueError:
-                raise ValueError(f"{path}: line {i}, column {name!r}: {cell!r} is not a number") from None
-        cols[name] = np.asarray(vals, dtype=np.float64)
-    return cols
+def columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """History rows (cpsl.run_folder.read_history) -> column name -> float array."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: np.asarray([row.get(name, math.nan) for row in rows], dtype=np.float64) for name in names}
 
 
 def mean_over_seeds(histories: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, dict, dict]:
@@ -109,7 +96,8 @@ def write_figures(histories: Sequence[dict[str, np.ndarray]], out_dir, title: st
     for split in ("train", "valid"):  # panel (e): the entropy that L_div = -H_2 maximises
         if f"{split}/div" in means:
             means[f"{split}/entropy"], stds[f"{split}/entropy"] = -means[f"{split}/div"], stds[f"{split}/div"]
-    for ax, (term, panel) in zip(axes.ravel(), LOSS_TERMS):
+    for ax, term in zip(axes.ravel(), LOSS_TERMS):
+        panel = PANELS[term]
         term = "entropy" if term == "div" else term
         drawn = _plot(ax, epochs, means, stds, f"train/{term}", "train")
         drawn |= _plot(ax, epochs, means, stds, f"valid/{term}", "valid", "--")

@@ -20,18 +20,16 @@ seeds like the metrics (``reliance``).
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
-import csv
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from cpsl import paths
+from cpsl import paths, run_folder
 from cpsl.ablations import ABLATIONS, canonical, labels_of
-from cpsl.evaluate.metrics import METRIC_KEYS, json_safe
+from cpsl.errors import PipelineError
 from cpsl.io_utils import write_json_atomic
+from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.run_identity import check_rows_consistent
@@ -46,17 +44,10 @@ class ReportError(PipelineError, ValueError):
     """A malformed or inconsistent run folder; the message names the file."""
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not valid JSON: {exc}") from exc
-
-
 def load_run(folder: Path, dataset: str | None = None) -> dict:
     """One evaluated run: ablation, seed, metrics per split, selected epoch. Validates metrics.json."""
-    path = folder / "metrics.json"
-    m = _load_json(path)
+    path = folder / run_folder.METRICS_FILE
+    m = run_folder.read_metrics(folder)
     for key in ("ablation", "seed", "test"):
         if key not in m:
             raise ReportError(f"{path}: missing key '{key}'")
@@ -82,7 +73,7 @@ def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[d
         raise ReportError(f"{results_dir}: results folder not found (run train and evaluate first)")
     runs, skipped = [], []
     for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (folder / "metrics.json").is_file():
+        if run_folder.has_metrics(folder):
             runs.append(load_run(folder, dataset))
         else:
             skipped.append(folder.name)
@@ -95,29 +86,6 @@ def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[d
     order = list(ABLATIONS)
     runs.sort(key=lambda r: (order.index(r["ablation"]), r["seed"]))
     return runs, skipped
-
-
-def read_test_predictions(folder: Path) -> dict[str, tuple[float, float]]:
-    """predictions.csv test rows -> segment_id -> (label, prediction)."""
-    path = folder / "predictions.csv"
-    if not path.is_file():
-        raise ReportError(f"{path}: missing (the paired bootstrap needs each run's test predictions)")
-    out: dict[str, tuple[float, float]] = {}
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        need = {"split", "segment_id", "label", "prediction"}
-        if not reader.fieldnames or not need <= set(reader.fieldnames):
-            raise ReportError(f"{path}: needs columns {sorted(need)}, has {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            if row["split"] != "test":
-                continue
-            try:
-                out[row["segment_id"]] = (float(row["label"]), float(row["prediction"]))
-            except ValueError:
-                raise ReportError(f"{path}: line {line}: label/prediction not numbers: {row}") from None
-    if not out:
-        raise ReportError(f"{path}: no test rows")
-    return out
 
 
 def _reliance(group: list[dict]) -> dict | None:
@@ -169,7 +137,7 @@ def _compare(runs: list[dict]) -> dict:
 
     def preds(run):
         if run["folder"] not in pred_cache:
-            pred_cache[run["folder"]] = read_test_predictions(run["folder"])
+            pred_cache[run["folder"]] = run_folder.read_predictions(run["folder"], "test")
         return pred_cache[run["folder"]]
 
     vs = {}
@@ -239,7 +207,8 @@ def build_summary(params: dict, runs: list[dict], skipped: list[str], results_di
             "units": "accuracies and F1 in percent; mae and corr raw",
         },
         "statistics": {
-            "per_ablation": "mean, std (ddof=1), ci95 = t interval of the mean over seeds (null with 1 seed), per-seed values",
+            "per_ablation": "mean, std (ddof=1), ci95 = t interval of the mean over seeds (null with 1 seed), "
+                            "per-seed values",
             "paired_t_test_over_seeds": "scipy.stats.ttest_rel over the seeds shared with the reference, >= 2 seeds",
             "paired_bootstrap_over_test_segments": f"{N_RESAMPLES} resamples of test segments (rng seed "
                                                    f"{BOOTSTRAP_SEED}); per resample the seed-averaged difference "
@@ -257,7 +226,7 @@ def build_summary(params: dict, runs: list[dict], skipped: list[str], results_di
 def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
     """Aggregate, test, tabulate and plot; return the summary dict (as written to summary.json)."""
     dataset = params["dataset"]
-    results_dir = Path(results_dir) if results_dir is not None else paths.run_dir(dataset, "A6", 0).parent
+    results_dir = Path(results_dir) if results_dir is not None else paths.results_dir(dataset)
     out_dir = Path(out_dir) if out_dir is not None else paths.reports_dir(dataset)
     # summary.json lives with the reports (paths.summary_path): the stage depends on the whole results
     # folder and may not write inside its own dependency.
@@ -270,11 +239,11 @@ def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
 
     tables.write_tables(summary, out_dir)
     fig_id = canonical(_figure_ablation(params, list(summary["ablations"])))
-    hist_paths = [r["folder"] / "history.csv" for r in runs if r["ablation"] == fig_id]
+    hist_paths = [r["folder"] / run_folder.HISTORY_FILE for r in runs if r["ablation"] == fig_id]
     missing = [str(p) for p in hist_paths if not p.is_file()]
     if missing:
         raise ReportError(f"{', '.join(missing)}: missing (Figures 2-3 are drawn from each run's history.csv)")
-    histories = [figures.read_history(p) for p in hist_paths]
+    histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
     figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ABLATIONS[fig_id][1]}), mean over seeds "
                                               f"{', '.join(map(str, seeds))}")

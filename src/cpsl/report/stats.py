@@ -16,7 +16,7 @@
 
 Every metric used here is a function of weighted sums over segments, so a resample is just a vector
 of counts ``w`` (how often each segment was drawn) and all resamples are a matrix product. The
-weighted formulas below reproduce :mod:`cpsl.evaluate.metrics` exactly when ``w`` is all ones (tested).
+weighted formulas below reproduce :mod:`cpsl.metrics` exactly when ``w`` is all ones (tested).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from cpsl.evaluate.metrics import f1_from_counts
+from cpsl.metrics import f1_from_counts
 
 BOOTSTRAP_METRICS: tuple[str, ...] = ("acc2_nonzero", "f1_nonzero", "acc2_haszero", "f1_haszero", "mae", "corr")
 
@@ -53,7 +53,8 @@ def describe(per_seed: Mapping[int, float | None], confidence: float = 0.95,
         "std": float(vals.std(ddof=1)) if n >= 2 else None,
         "ci95": None,
         "n": n,
-        "per_seed": {str(k): (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in per_seed.items()},
+        "per_seed": {str(k): (None if v is None or not math.isfinite(float(v)) else float(v))
+                     for k, v in per_seed.items()},
     }
     if n >= 2:
         half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * out["std"] / math.sqrt(n)
@@ -145,7 +146,8 @@ class _Weighted:
 
 def weighted_metrics(label, pred, weights) -> dict:
     """Metrics of :data:`BOOTSTRAP_METRICS` with per-segment integer/real weights (1-D or (B, N))."""
-    return _Weighted(np.asarray(label, np.float64), np.asarray(pred, np.float64)).metrics(np.asarray(weights, np.float64))
+    weighted = _Weighted(np.asarray(label, np.float64), np.asarray(pred, np.float64))
+    return weighted.metrics(np.asarray(weights, np.float64))
 
 
 def paired_bootstrap(label, reference: Mapping[int, np.ndarray], other: Mapping[int, np.ndarray],

@@ -1,77 +1,48 @@
-"""Everything a training run persists in its folder, and how it is read back.
+"""The resumable state of a training run (``state/last.pt``) and the DVCLive view of its history.
 
-    best.pt             {"model", "epoch", "valid": {metric: value}, "meta": {params, ablation, seed, switches,
-                        acoustic_dim, visual_dim, text_model}}: the epoch with the lowest validation MAE.
-    state/last.pt       the resumable state: model, optimizer, scheduler, position (epoch, step in epoch,
-                        global step), history so far, best so far, and per rank the RNG states and the partial
-                        sums of the epoch in progress. Written at the end of every epoch and on SIGTERM/SIGINT.
-    history.csv         one row per epoch, columns HISTORY_COLUMNS (the report stage reads this file).
-    dvclive/            the same per-epoch values as DVCLive metrics (plots for `dvc plots` / Studio).
-    train_summary.json  params, switches, best epoch and metrics, wall time, steps, conflicts, world size.
+``RunState`` is everything ``fit`` carries from epoch to epoch besides the model, optimizer and scheduler:
+the position (next epoch, step in it, global step), the history so far, the best epoch so far, conflict
+count, wall time and, per rank, the partial sums of the epoch in progress. ``save_state`` writes it with
+the model, optimizer, scheduler and every rank's RNG; ``resume`` reads it back or says why it cannot.
 
 Every .pt file loads with ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists and dicts
-(RNG states are stored as tensors and int lists, never as numpy or Python objects).
-All writes are atomic (temporary file renamed into place), so a kill never leaves a truncated checkpoint.
+(RNG states are stored as tensors and int lists, never as numpy or Python objects). All writes are atomic.
 
-A run is identified by a fingerprint of (params, ablation, seed, cache attributes and size): a state or
-summary with another fingerprint belongs to a different run and is never resumed or reused.
+A run is identified by a fingerprint of (params train reads, ablation, seed, cache attributes and size, and the
+code train runs: cpsl.deps): a state with another fingerprint belongs to a different run and is never resumed.
+A state is resumed only when the outputs it vouches for are still there: best.pt of its best epoch (an
+engine deletes a stage's outputs before rerunning it; resuming would then skip writing them).
+The other files of the run folder (names, readers, writers) belong to cpsl.run_folder.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
 import random
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cpsl.errors import PipelineError
-from cpsl.io_utils import atomic_path, write_json_atomic
-
-LOSS_TERMS = ("total", "task", "recon", "uni", "div", "stat")
-# epoch means of the modulation telemetry; mae_a/mae_v are the unimodal heads' training MAEs that drive Eq. 5
-TELEMETRY = ("c_a", "c_v", "g_a", "g_v", "mae_a", "mae_v", "imbalance")
-COUNTS = ("gm/conflicts", "gm/ge_steps")  # per epoch: Eq. 6 penalties applied, steps with GE noise
-HISTORY_COLUMNS = (
-    ("epoch",)
-    + tuple(f"train/{t}" for t in LOSS_TERMS)
-    + tuple(f"valid/{t}" for t in LOSS_TERMS)
-    + ("valid/mae", "valid/corr")
-    + tuple(f"gm/{t}" for t in TELEMETRY)
-    + COUNTS
-)
-
-BEST_FILE = "best.pt"
-STATE_FILE = "state/last.pt"
-HISTORY_FILE = "history.csv"
-SUMMARY_FILE = "train_summary.json"
-DVCLIVE_DIR = "dvclive"
+from cpsl import run_folder
+from cpsl.names import TELEMETRY  # noqa: F401 - loop.EpochSums reads ckpt.TELEMETRY
+from cpsl.run_folder import load_pt, save_pt
+from cpsl.train.distributed import DistContext, barrier, gather_objects
 
 
 # ----------------------------------------------------------------------------------------------- identity
-def run_fingerprint(params: dict, ablation: str, seed: int, cache_attrs: dict, cache_size: int) -> str:
+def run_fingerprint(params: dict, ablation: str, seed: int, cache_attrs: dict, cache_size: int,
+                    code: str = "") -> str:
     blob = json.dumps(
-        {"params": params, "ablation": ablation, "seed": seed, "cache": cache_attrs, "cache_size": cache_size},
+        {"params": params, "ablation": ablation, "seed": seed, "cache": cache_attrs, "cache_size": cache_size,
+         "code": code},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def finished_summary(run_dir: Path, fingerprint: str) -> dict | None:
-    """The summary of a finished run with this fingerprint (its best.pt present), else None."""
-    path = run_dir / SUMMARY_FILE
-    if not path.is_file() or not (run_dir / BEST_FILE).is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return summary if summary.get("fingerprint") == fingerprint else None
 
 
 # ----------------------------------------------------------------------------------------------- RNG
@@ -93,25 +64,12 @@ def capture_rng() -> dict:
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------- .pt files
-def save_pt(path: Path, obj: dict) -> None:
-    try:
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(obj, tmp)
-    except RuntimeError as exc:
-        # torch's zip writer reports a failed write (full disk, quota) as "basic_ios::clear" or
-        # "PytorchStreamWriter failed writing file"; the temporary is already gone, the old file kept
-        free = shutil.disk_usage(path.parent).free
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path}: could not be written ({reason}); is the disk full? {free / 1e6:.0f} MB free "
-                            f"now; free some space and rerun (the run resumes from its last saved state)") from exc
 
 
 def load_state(path: Path) -> dict | None:
@@ -132,64 +90,100 @@ def load_state(path: Path) -> dict | None:
     return state
 
 
-def text_model_size(resolved: str) -> tuple[int | None, int]:
-    """(vocabulary size, bytes of weights) of a text model folder or cached HF id; (None, 0) when unknown
-    (e.g. not downloaded yet: the model loader then gives its own error)."""
-    folder = Path(resolved)
-    try:
-        if folder.is_dir():
-            vocab = json.loads((folder / "config.json").read_text()).get("vocab_size")
-            weights = sum(p.stat().st_size for p in folder.iterdir()
-                          if p.suffix in (".safetensors", ".bin", ".pt", ".pth") and p.is_file())
-            return (int(vocab) if isinstance(vocab, int) else None), weights
-        from huggingface_hub import try_to_load_from_cache
-
-        config = try_to_load_from_cache(resolved, "config.json")
-        if not isinstance(config, str):
-            return None, 0
-        vocab = json.loads(Path(config).read_text()).get("vocab_size")
-        weights = 0
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(resolved, name)
-            if isinstance(found, str):
-                weights = max(weights, Path(found).stat().st_size)
-        return (int(vocab) if isinstance(vocab, int) else None), weights
-    except (OSError, ValueError):
-        return None, 0
-
-
-def load_pt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def cpu_state_dict(module: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def save_best(run_dir: Path, model: torch.nn.Module, epoch: int, valid: dict, meta: dict) -> None:
-    save_pt(run_dir / BEST_FILE, {"model": cpu_state_dict(model), "epoch": epoch, "valid": dict(valid), "meta": meta})
+@dataclass
+class RunState:
+    """What a run carries between epochs (see the module docstring); ``partial`` is this rank's
+    ``EpochSums.state()`` of the epoch in progress, None at an epoch boundary."""
+
+    fingerprint: str
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list = field(default_factory=list)
+    best: dict | None = None  # {"epoch": int, "valid": {"valid/<metric>": value}}
+    conflicts: int = 0
+    wall_s: float = 0.0
+    partial: dict | None = None
+
+    @property
+    def best_mae(self) -> float:
+        return self.best["valid"]["valid/mae"] if self.best else math.inf
 
 
-# ----------------------------------------------------------------------------------------------- history
-def write_history(run_dir: Path, rows: list[dict]) -> None:
-    with atomic_path(run_dir / HISTORY_FILE, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _fmt(row[k]) for k in HISTORY_COLUMNS})
+_SHARED = ("fingerprint", "epoch", "step_in_epoch", "global_step", "history", "best", "conflicts", "wall_s")
 
 
-def _fmt(value) -> str:
-    if isinstance(value, int):
-        return str(value)
-    return "nan" if math.isnan(value) else repr(float(value))
+def save_state(path: Path, state: RunState, model, optimizer, scheduler, ctx: DistContext) -> None:
+    """Write state/last.pt (rank 0), with every rank's RNG and partial sums. A collective: call on every rank."""
+    ranks = gather_objects({"rng": capture_rng(), "partial": state.partial}, ctx)
+    if ctx.is_main:
+        save_pt(path, {**{k: getattr(state, k) for k in _SHARED}, "world_size": ctx.world_size,
+                       "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "ranks": ranks})
 
 
-def read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return [{k: (int(v) if k in ("epoch",) + COUNTS else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(fh)]
+def resume(path: Path, run_dir: Path, fingerprint: str, model, optimizer, scheduler, ctx: DistContext,
+           log) -> RunState:
+    """The state to continue from: the saved one when it belongs to this run and its outputs are intact
+    (model, optimizer, scheduler and this rank's RNG restored), else a fresh one, after rank 0 removed
+    every file of the earlier run. A collective: call on every rank."""
+    saved = load_state(path)  # None (with a warning) when unreadable: a bad file must not block
+    best = _best_to_keep(saved, run_dir, fingerprint, ctx) if saved is not None else None
+    barrier(ctx)  # every rank has read the state and best.pt before rank 0 may delete them
+    if saved is not None and best is not _NOT_RESUMABLE:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["ranks"][ctx.rank]["rng"])
+        state = RunState(**{k: saved[k] for k in _SHARED}, partial=saved["ranks"][ctx.rank]["partial"])
+        state.best = best
+        if ctx.is_main:
+            if best is None:
+                (run_dir / run_folder.BEST_FILE).unlink(missing_ok=True)
+            run_folder.write_history(run_dir, state.history)  # an engine may have deleted it
+        log(f"resuming {run_dir} at epoch {state.epoch}, step {state.step_in_epoch} "
+            f"(global step {state.global_step})")
+        return state
+    if saved is not None:
+        log(f"{path} {_why_not(saved, fingerprint)}; starting this run from scratch")
+    if ctx.is_main:
+        run_folder.clear_train_outputs(run_dir)
+    return RunState(fingerprint)
+
+
+_NOT_RESUMABLE = object()
+
+
+def _why_not(saved: dict, fingerprint: str) -> str:
+    if saved["fingerprint"] != fingerprint:
+        return "belongs to a run with other params, data or code"
+    return (f"vouches for {run_folder.BEST_FILE} of epoch {saved['best']['epoch']}, which is missing or another "
+            f"one (deleted by a workflow engine before a rerun?)")
+
+
+def _best_to_keep(saved: dict, run_dir: Path, fingerprint: str, ctx: DistContext):
+    """The best-so-far record to resume with (None: no best.pt yet), or _NOT_RESUMABLE.
+
+    best.pt must be the one the state vouches for; or one written by the interrupted attempt at the epoch the
+    state restarts (killed between best.pt and the state): a checkpoint of this run, adopted as the best so far,
+    which the redone epoch replaces only if it does better (on CPU it does exactly as well)."""
+    if saved["fingerprint"] != fingerprint:
+        return _NOT_RESUMABLE
+    if saved["world_size"] != ctx.world_size:
+        raise RuntimeError(f"{run_dir / run_folder.STATE_FILE} was written by {saved['world_size']} processes, this "
+                           f"run has {ctx.world_size}: resume with the same world size, or delete "
+                           f"{run_dir / 'state'}")
+    recorded = run_folder.best_record(run_dir)
+    if recorded is not None and recorded["fingerprint"] == fingerprint:
+        if saved["best"] is not None and recorded["epoch"] == saved["best"]["epoch"]:
+            return saved["best"]
+        if recorded["epoch"] == saved["epoch"] and saved["step_in_epoch"] == 0:
+            return {"epoch": recorded["epoch"], "valid": recorded["valid"]}
+    return None if saved["best"] is None else _NOT_RESUMABLE
 
 
 class LiveLog:
@@ -199,7 +193,7 @@ class LiveLog:
     def __init__(self, run_dir: Path, history: list[dict]):
         from dvclive import Live  # imported here: dvclive pulls in dvc/git helpers, only rank 0 needs it
 
-        folder = run_dir / DVCLIVE_DIR
+        folder = run_dir / run_folder.DVCLIVE_DIR
         if folder.exists():
             shutil.rmtree(folder)
         self.live = Live(str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
@@ -208,7 +202,7 @@ class LiveLog:
 
     def log(self, row: dict) -> None:
         self.live.step = int(row["epoch"])
-        for key in HISTORY_COLUMNS[1:]:
+        for key in run_folder.HISTORY_COLUMNS[1:]:
             value = float(row[key])
             if math.isfinite(value):
                 self.live.log_metric(key, value)
@@ -216,7 +210,3 @@ class LiveLog:
 
     def close(self) -> None:
         self.live.end()
-
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)

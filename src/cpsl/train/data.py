@@ -20,8 +20,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from cpsl.cache import CacheError, read_split
-
-TENSOR_KEYS = ("input_ids", "attention_mask", "acoustic", "visual", "label")
+from cpsl.names import TENSOR_KEYS
 
 
 def load_tensors(path: str | Path, split: str) -> dict[str, torch.Tensor]:
@@ -64,7 +63,8 @@ class BatchPlan:
             yield order[step * self.batch_per_rank:(step + 1) * self.batch_per_rank]
 
 
-def gather_batch(tensors: dict[str, torch.Tensor], index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+def gather_batch(tensors: dict[str, torch.Tensor], index: torch.Tensor,
+                 device: torch.device) -> dict[str, torch.Tensor]:
     """Rows ``index`` of every tensor, moved to ``device``."""
     non_blocking = device.type == "cuda"
     return {key: value.index_select(0, index).to(device, non_blocking=non_blocking) for key, value in tensors.items()}

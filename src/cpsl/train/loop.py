@@ -25,7 +25,6 @@ Choices:
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import sys
 import time
@@ -37,23 +36,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from cpsl import deps, run_folder
 from cpsl.ablations import canonical, switches_for
-from cpsl.config import stage_slice
 from cpsl.cache import read_attrs, read_split
-from cpsl.evaluate.metrics import pearson
+from cpsl.config import stage_slice
 from cpsl.io_utils import write_json_atomic
+from cpsl.metrics import pearson
 from cpsl.model.inference import inference_batch_size, run_inference
 from cpsl.model.losses import total_loss
 from cpsl.model.modulation import modulate_gradients
 from cpsl.model.network import build_model
+from cpsl.names import LOSS_TERMS
 from cpsl.train import checkpoint as ckpt
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
-from cpsl.train.distributed import DistContext, all_reduce_sum, barrier, gather_objects
+from cpsl.train.distributed import DistContext, all_reduce_sum
 
 EXIT_OK = 0
 EXIT_COLLAPSE = 3
-COLLAPSE_FILE = "collapse.json"
-_TERMS = ckpt.LOSS_TERMS
+_TERMS = LOSS_TERMS
 # layout of the per-step all-reduced vector
 _ABS_A, _ABS_V, _COUNT, _STOP, _NONFINITE = 0, 1, 2, 3, 4  # _NONFINITE.. : one slot per loss term
 
@@ -102,9 +102,11 @@ class StopFlag:
 
 
 def run_fingerprint(spec: RunSpec) -> str:
-    # only the params training reads: listing another row in `ablations` must not retrain this one
+    # only the params training reads (listing another row in `ablations` must not retrain this one), and the
+    # code it runs: a state saved by other code is never resumed
     return ckpt.run_fingerprint(stage_slice(spec.params, "train"), canonical(spec.ablation), spec.seed,
-                                read_attrs(spec.data_path), spec.data_path.stat().st_size)
+                                read_attrs(spec.data_path), spec.data_path.stat().st_size,
+                                code=deps.code_hash("train"))
 
 
 def make_optimizer(model, tp: dict) -> torch.optim.Optimizer:
@@ -239,27 +241,28 @@ def _first_nonfinite_grad(model: torch.nn.Module) -> str:
     return "non-finite total gradient norm"
 
 
-def _fresh_start(run_dir: Path) -> None:
-    """Remove outputs of an earlier, different run so a stale best.pt can never pass for this run's."""
-    for name in (ckpt.BEST_FILE, ckpt.STATE_FILE, ckpt.HISTORY_FILE, ckpt.SUMMARY_FILE, COLLAPSE_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / ckpt.DVCLIVE_DIR, ignore_errors=True)
-
-
 def _log(ctx: DistContext, msg: str) -> None:
     if ctx.is_main:
         print(f"cpsl train: {msg}", file=sys.stderr, flush=True)
 
 
-def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
-    params, tp = spec.params, spec.params["train"]
-    switches = switches_for(spec.ablation)
-    run_dir, device = Path(spec.run_dir), ctx.device
-    if tp["batch_size"] % ctx.world_size:
-        raise ValueError(f"train.batch_size ({tp['batch_size']}) must be divisible by the world size ({ctx.world_size})")
-    wall_start = time.time()
+@dataclass
+class _Run:
+    """The objects of one run that every epoch uses (built once by ``_build``)."""
 
-    # ---- data and model -----------------------------------------------------------------------------
+    model: torch.nn.Module
+    net: torch.nn.Module  # LossStep, DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: BatchPlan
+    train: dict
+    valid: dict | None
+    meta: dict
+    use_bf16: bool
+
+
+def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
+    params, tp, device = spec.params, spec.params["train"], ctx.device
     attrs = read_attrs(spec.data_path)
     train = load_tensors(spec.data_path, "train")
     valid = read_split(spec.data_path, "valid") if ctx.is_main else None
@@ -277,115 +280,110 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
         optimizer, linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps)))
     meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed, "switches": switches.as_dict(),
             "acoustic_dim": int(attrs["acoustic_dim"]), "visual_dim": int(attrs["visual_dim"]),
-            "text_model": spec.text_model}
-    use_bf16 = bool(tp["bf16"]) and device.type == "cuda"
+            "text_model": spec.text_model, "fingerprint": fingerprint}
+    return _Run(model, net, optimizer, scheduler, plan, train, valid, meta,
+                use_bf16=bool(tp["bf16"]) and device.type == "cuda")
 
-    # ---- fresh start or resume ----------------------------------------------------------------------
+
+def _end_epoch(run: _Run, state: ckpt.RunState, row: dict, spec: RunSpec, switches, ctx: DistContext, live) -> None:
+    """Rank 0: validation, selection on the validation MAE (never test), best.pt, history.csv, DVCLive."""
+    row.update(validate(run.model, run.valid, spec, switches, ctx.device))
+    state.history.append(row)
+    if math.isfinite(row["valid/mae"]) and row["valid/mae"] < state.best_mae:
+        state.best = {"epoch": row["epoch"], "valid": {k: v for k, v in row.items() if k.startswith("valid/")}}
+        run_folder.save_best(spec.run_dir, ckpt.cpu_state_dict(run.model), row["epoch"], state.best["valid"],
+                             run.meta)
+    run_folder.write_history(spec.run_dir, state.history)
+    live.log(row)
+
+
+def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
+    params, tp = spec.params, spec.params["train"]
+    switches = switches_for(spec.ablation)
+    run_dir = spec.run_dir = Path(spec.run_dir)
+    if tp["batch_size"] % ctx.world_size:
+        raise ValueError(f"train.batch_size ({tp['batch_size']}) must be divisible by the world size "
+                         f"({ctx.world_size})")
+    wall_start = time.time()
     fingerprint = run_fingerprint(spec)
-    state_path = run_dir / ckpt.STATE_FILE
-    state = ckpt.load_state(state_path)  # None (with a warning) when unreadable: a bad file must not block
-    barrier(ctx)  # every rank has read the state before rank 0 may delete a stale one
-    if state is not None and state["fingerprint"] != fingerprint:
-        _log(ctx, f"{state_path} belongs to a run with other params/data; starting this run from scratch")
-        state = None
-    if state is not None and state["world_size"] != ctx.world_size:
-        raise RuntimeError(f"{state_path} was written by {state['world_size']} processes, this run has "
-                           f"{ctx.world_size}: resume with the same world size, or delete {state_path.parent}")
-    if state is None:
-        if ctx.is_main:
-            _fresh_start(run_dir)
+    run = _build(spec, ctx, switches, fingerprint)
+    state_path = run_dir / run_folder.STATE_FILE
+    state = ckpt.resume(state_path, run_dir, fingerprint, run.model, run.optimizer, run.scheduler, ctx,
+                        lambda msg: _log(ctx, msg))
+    wall_before = state.wall_s
+    if state.global_step == 0:
         torch.manual_seed(spec.seed * 100_003 + ctx.rank)  # per-rank dropout / AME noise
-        epoch, start_step, global_step, history, best, conflicts, wall_before = 0, 0, 0, [], None, 0, 0.0
-        partial = None
-    else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history, best, conflicts, wall_before = state["history"], state["best"], state["conflicts"], state["wall_s"]
-        ckpt.restore_rng(state["ranks"][ctx.rank]["rng"])
-        partial = state["ranks"][ctx.rank]["partial"]
-        _log(ctx, f"resuming {run_dir} at epoch {epoch}, step {start_step} (global step {global_step})")
-    live = ckpt.LiveLog(run_dir, history) if ctx.is_main else None
+    live = ckpt.LiveLog(run_dir, state.history) if ctx.is_main else None
 
-    def save_state(next_epoch: int, next_step: int, sums: EpochSums | None) -> None:
-        ranks = gather_objects({"rng": ckpt.capture_rng(), "partial": sums.state() if sums else None}, ctx)
-        if ctx.is_main:
-            ckpt.save_pt(state_path, {
-                "fingerprint": fingerprint, "world_size": ctx.world_size, "epoch": next_epoch,
-                "step_in_epoch": next_step, "global_step": global_step, "model": ckpt.cpu_state_dict(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ranks": ranks,
-                "history": history, "best": best, "conflicts": conflicts,
-                "wall_s": wall_before + time.time() - wall_start})
+    def save(epoch: int, step: int, sums: EpochSums | None) -> None:
+        state.epoch, state.step_in_epoch, state.partial = epoch, step, sums.state() if sums else None
+        state.wall_s = wall_before + time.time() - wall_start
+        ckpt.save_state(state_path, state, run.model, run.optimizer, run.scheduler, ctx)
 
-    # ---- epochs -------------------------------------------------------------------------------------
-    bar = tqdm(total=tp["epochs"], initial=epoch, desc=f"{spec.ablation} seed {spec.seed}", unit="epoch",
+    def interrupted(signum: int, where: str) -> FitResult:
+        _log(ctx, f"interrupted {where}: state saved to {state_path}; rerun the same command to resume")
+        return FitResult(128 + (signum or signal.SIGTERM), run.model, "interrupted")
+
+    bar = tqdm(total=tp["epochs"], initial=state.epoch, desc=f"{spec.ablation} seed {spec.seed}", unit="epoch",
                disable=not ctx.is_main, dynamic_ncols=True)
     try:
         with StopFlag() as stop:
-            for epoch in range(epoch, tp["epochs"]):
-                net.train()
-                sums = EpochSums(device, partial)
-                partial = None
-                steps = tqdm(plan.batches(epoch, start_step), total=plan.steps_per_epoch, initial=start_step,
+            for epoch in range(state.epoch, tp["epochs"]):
+                run.net.train()
+                sums = EpochSums(ctx.device, state.partial)
+                start_step = state.step_in_epoch
+                steps = tqdm(run.plan.batches(epoch, start_step), total=run.plan.steps_per_epoch, initial=start_step,
                              desc=f"epoch {epoch}", unit="step", leave=False, disable=not ctx.is_main,
                              dynamic_ncols=True)
                 for step, index in enumerate(steps, start=start_step):
-                    batch = gather_batch(train, index, device)
+                    batch = gather_batch(run.train, index, ctx.device)
                     losses, tele, stop_votes = train_step(
-                        net, model, batch, optimizer, scheduler, ctx, params=params, switches=switches,
-                        epoch=epoch, step=step, global_step=global_step, seed=spec.seed, use_bf16=use_bf16,
-                        stop_requested=stop.signum > 0)
-                    global_step += 1
+                        run.net, run.model, batch, run.optimizer, run.scheduler, ctx, params=params,
+                        switches=switches, epoch=epoch, step=step, global_step=state.global_step, seed=spec.seed,
+                        use_bf16=run.use_bf16, stop_requested=stop.signum > 0)
+                    state.global_step += 1
                     sums.add(losses, len(batch["label"]), tele)
-                    conflicts += int(tele["conflict_a"]) + int(tele["conflict_v"])
-
+                    state.conflicts += int(tele["conflict_a"]) + int(tele["conflict_v"])
                     # some rank got SIGTERM/SIGINT: every rank stops after this same step (at the end of an
                     # epoch, the epoch is finished first and its own state save covers it)
-                    if stop_votes and step + 1 < plan.steps_per_epoch:
-                        save_state(epoch, step + 1, sums)
-                        _log(ctx, f"interrupted: state saved to {state_path} (epoch {epoch}, step {step + 1}); "
-                                  f"rerun the same command to resume")
-                        return FitResult(128 + (stop.signum or signal.SIGTERM), model, "interrupted")
+                    if stop_votes and step + 1 < run.plan.steps_per_epoch:
+                        save(epoch, step + 1, sums)
+                        return interrupted(stop.signum, f"at epoch {epoch}, step {step + 1}")
                 steps.close()
-                start_step = 0
-
-                # ---- end of epoch: train means, validation, selection, files -----------------------
                 row = {"epoch": epoch, **sums.row(ctx)}
                 if ctx.is_main:
-                    row.update(validate(model, valid, spec, switches, device))
-                    history.append(row)
-                    mae_v = row["valid/mae"]
-                    if math.isfinite(mae_v) and (best is None or mae_v < best["valid"]["valid/mae"]):
-                        best = {"epoch": epoch, "valid": {k: v for k, v in row.items() if k.startswith("valid/")}}
-                        ckpt.save_best(run_dir, model, epoch, best["valid"], meta)
-                    ckpt.write_history(run_dir, history)
-                    live.log(row)
-                    bar.set_postfix(valid_mae=f"{mae_v:.4f}", best_epoch=best["epoch"] if best else None)
+                    _end_epoch(run, state, row, spec, switches, ctx, live)
+                    bar.set_postfix(valid_mae=f"{row['valid/mae']:.4f}",
+                                    best_epoch=state.best["epoch"] if state.best else None)
                 bar.update(1)
-                save_state(epoch + 1, 0, None)
+                save(epoch + 1, 0, None)
                 if stop_votes:
-                    _log(ctx, f"interrupted after epoch {epoch}: state saved to {state_path}; rerun to resume")
-                    return FitResult(128 + (stop.signum or signal.SIGTERM), model, "interrupted")
+                    return interrupted(stop.signum, f"after epoch {epoch}")
     except Collapse as exc:
-        _log(ctx, f"{exc}. Run stopped; the last good checkpoint is kept ({state_path if state_path.is_file() else 'none yet: it collapsed in the first epoch'}).")
+        kept = state_path if state_path.is_file() else "none yet: it collapsed in the first epoch"
+        _log(ctx, f"{exc}. Run stopped; the last good checkpoint is kept ({kept}).")
         if ctx.is_main:
-            write_json_atomic(run_dir / COLLAPSE_FILE, {**exc.report, "ablation": spec.ablation, "seed": spec.seed})
-        return FitResult(EXIT_COLLAPSE, model, str(exc))
+            write_json_atomic(run_dir / run_folder.COLLAPSE_FILE,
+                              {**exc.report, "ablation": spec.ablation, "seed": spec.seed})
+        return FitResult(EXIT_COLLAPSE, run.model, str(exc))
     finally:
         bar.close()
         if live is not None:
             live.close()
 
-    # ---- finished -----------------------------------------------------------------------------------
     if ctx.is_main:
-        if best is None:
-            raise RuntimeError(f"{run_dir}: no epoch had a finite validation MAE; no best.pt was written")
-        ckpt.write_summary(run_dir, {
-            "fingerprint": fingerprint, "params": params, "switches": switches.as_dict(), "ablation": spec.ablation,
-            "seed": spec.seed, "best_epoch": best["epoch"], "best_valid": best["valid"],
-            "wall_time_s": wall_before + time.time() - wall_start, "steps": global_step,
-            "steps_per_epoch": plan.steps_per_epoch, "conflicts_total": conflicts, "world_size": ctx.world_size,
-            "device": str(device), "bf16": use_bf16, "text_model": spec.text_model})
-        _log(ctx, f"done: best epoch {best['epoch']} valid MAE {best['valid']['valid/mae']:.4f} -> {run_dir}")
-    return FitResult(EXIT_OK, model, "finished")
+        _write_summary(spec, run, state, switches, ctx, wall_before + time.time() - wall_start)
+    return FitResult(EXIT_OK, run.model, "finished")
+
+
+def _write_summary(spec: RunSpec, run: _Run, state: ckpt.RunState, switches, ctx: DistContext, wall_s: float) -> None:
+    best = state.best
+    if best is None:
+        raise RuntimeError(f"{spec.run_dir}: no epoch had a finite validation MAE; no best.pt was written")
+    run_folder.write_summary(spec.run_dir, {
+        "fingerprint": state.fingerprint, "params": spec.params, "switches": switches.as_dict(),
+        "ablation": spec.ablation, "seed": spec.seed, "best_epoch": best["epoch"], "best_valid": best["valid"],
+        "wall_time_s": wall_s, "steps": state.global_step, "steps_per_epoch": run.plan.steps_per_epoch,
+        "conflicts_total": state.conflicts, "world_size": ctx.world_size, "device": str(ctx.device),
+        "bf16": run.use_bf16, "text_model": spec.text_model})
+    _log(ctx, f"done: best epoch {best['epoch']} valid MAE {best['valid']['valid/mae']:.4f} -> {spec.run_dir}")

@@ -4,8 +4,11 @@
   of this machine for its lifetime (cpsl.gpu_slots), so concurrent Snakemake jobs never share one by accident.
 - ``train.nproc > 1`` outside torchrun: re-launch this same command under
   ``python -m torch.distributed.run --standalone --nproc_per_node N`` and return its exit code.
-- A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache) is not retrained.
-- A run folder holding state/last.pt of the same run continues it (see cpsl.train.loop).
+- A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache, code; and every
+  declared output present) is not retrained. Anything less is trained: an engine deletes a stage's outputs
+  before rerunning it, and the rerun must write them all.
+- A run folder holding state/last.pt of the same run continues it, when the outputs that state vouches for
+  are intact (cpsl.train.checkpoint.resume); otherwise the run starts from scratch.
 
 - The run folder is locked (cpsl.runlock) by the writing process (rank 0) for the whole run, so a second
   writer fails at once naming the holder's PID; temporaries a SIGKILLed run left are removed under the lock.
@@ -25,17 +28,13 @@ import os
 import sys
 from pathlib import Path
 
-from cpsl import gpu_slots, paths
+from cpsl import gpu_slots, paths, run_folder
 from cpsl.ablations import canonical
 from cpsl.cache import check_token_ids
-from cpsl.config import resolve_model_path, text_model_for
 from cpsl.io_utils import check_free_space, remove_stale_temporaries
 from cpsl.runlock import run_folder_lock
-from cpsl.train import checkpoint as ckpt
+from cpsl.text_model import resolve_model_path, text_model_for, text_model_size
 from cpsl.train import distributed
-
-# the files a run writes atomically (their temporaries are `.<name>.*.tmp` next to them)
-_RUN_FILES = (ckpt.BEST_FILE, ckpt.STATE_FILE, ckpt.HISTORY_FILE, ckpt.SUMMARY_FILE, "collapse.json")
 
 
 def _cli_args(seed: int, ablation: str, data_path: Path, out_dir: Path, params_file: str, overrides) -> list[str]:
@@ -73,18 +72,18 @@ def _run_train(params, seed, ablation, data_path, out_dir, params_file, override
     writer = os.environ.get("RANK", "0") == "0"  # rank 0 alone writes the run folder
     with run_folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         if writer:
-            remove_stale_temporaries(out_dir, _RUN_FILES)
+            remove_stale_temporaries(out_dir, run_folder.TRAIN_FILES)
         return _train_locked(spec, resolved, writer, fit, run_fingerprint)
 
 
 def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint) -> int:
     params, out_dir, data_path = spec.params, spec.run_dir, spec.data_path
-    done = ckpt.finished_summary(out_dir, run_fingerprint(spec))
+    done = run_folder.finished_summary(out_dir, run_fingerprint(spec))
     if done is not None:
         print(f"cpsl train: {out_dir} is already trained with these params (best epoch {done['best_epoch']}); "
               f"nothing to do", file=sys.stderr)
         return 0
-    vocab_size, model_bytes = ckpt.text_model_size(resolved_model)
+    vocab_size, model_bytes = text_model_size(resolved_model)
     if vocab_size is not None:
         check_token_ids(data_path, vocab_size, spec.text_model)
     if writer:

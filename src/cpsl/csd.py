@@ -12,13 +12,13 @@ the file and the video.
 """
 from __future__ import annotations
 
-from cpsl.errors import PipelineError
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
 
+from cpsl.errors import PipelineError
 from cpsl.io_utils import atomic_path
 
 # The metadata fields mmsdk's deploy() insists on (it prompts for missing ones).
@@ -117,7 +117,8 @@ class ComputationalSequence:
             features = features[:, None]
         if features.shape[0] != intervals.shape[0]:
             raise CSDError(
-                f"{self.path}: video '{video_id}' has {intervals.shape[0]} intervals but {features.shape[0]} feature rows"
+                f"{self.path}: video '{video_id}' has {intervals.shape[0]} intervals but {features.shape[0]} "
+                f"feature rows"
             )
         if not np.all(np.isfinite(intervals)):
             raise CSDError(f"{self.path}: video '{video_id}' has non-finite interval times")

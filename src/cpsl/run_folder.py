@@ -1,0 +1,241 @@
+"""The run folder ``results/<dataset>/<ablation>-seed<k>/``: the one owner of its file names, their
+readers and their writers (train writes, evaluate and report read; docs/DESIGN.md has the layout).
+
+    best.pt             the validation-selected checkpoint: {"model", "epoch", "valid", "meta"}
+    history.csv         one row per epoch, columns HISTORY_COLUMNS
+    train_summary.json  params, switches, best epoch, timing; "fingerprint" identifies the run
+    dvclive/            the history as DVCLive metrics (written by cpsl.train.checkpoint.LiveLog)
+    state/last.pt       resumable training state (not a pipeline output; cpsl.train.checkpoint)
+    collapse.json       only when the collapse guard stopped the run
+    metrics.json        written by evaluate
+    predictions.csv     written by evaluate: split, segment_id, label, prediction
+
+Every write is atomic (cpsl.io_utils.atomic_path). torch is imported only by the .pt helpers, so the report
+stage reads this folder without loading it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+from cpsl.errors import PipelineError
+from cpsl.io_utils import atomic_path, write_json_atomic
+from cpsl.names import COUNTS, LOSS_TERMS, TELEMETRY
+
+BEST_FILE = "best.pt"
+STATE_FILE = "state/last.pt"
+HISTORY_FILE = "history.csv"
+SUMMARY_FILE = "train_summary.json"
+DVCLIVE_DIR = "dvclive"
+COLLAPSE_FILE = "collapse.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+# the outputs each stage declares to the engines (Snakefile, dvc.yaml): a stage is done only when all exist
+TRAIN_OUTPUTS = (BEST_FILE, HISTORY_FILE, SUMMARY_FILE, DVCLIVE_DIR)
+EVALUATE_OUTPUTS = (METRICS_FILE, PREDICTIONS_FILE)
+# files train writes atomically: a SIGKILLed run leaves `.<name>.*.tmp` next to them
+TRAIN_FILES = (BEST_FILE, STATE_FILE, HISTORY_FILE, SUMMARY_FILE, COLLAPSE_FILE)
+
+HISTORY_COLUMNS = (
+    ("epoch",)
+    + tuple(f"train/{t}" for t in LOSS_TERMS)
+    + tuple(f"valid/{t}" for t in LOSS_TERMS)
+    + ("valid/mae", "valid/corr")
+    + tuple(f"gm/{t}" for t in TELEMETRY)
+    + COUNTS
+)
+PREDICTION_COLUMNS = ("split", "segment_id", "label", "prediction")
+META_KEYS = ("params", "ablation", "seed", "acoustic_dim", "visual_dim", "text_model")
+
+
+class RunFolderError(PipelineError, ValueError):
+    """A missing or malformed file of a run folder; the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------- .pt files
+def save_pt(path: Path, obj: dict) -> None:
+    import torch
+
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:
+        # torch's zip writer reports a failed write (full disk, quota) as "basic_ios::clear" or
+        # "PytorchStreamWriter failed writing file"; the temporary is already gone, the old file kept
+        free = shutil.disk_usage(path.parent).free
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: could not be written ({reason}); is the disk full? {free / 1e6:.0f} MB free "
+                            f"now; free some space and rerun (the run resumes from its last saved state)") from exc
+
+
+def load_pt(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_best(run_dir: Path, state_dict: dict, epoch: int, valid: dict, meta: dict) -> None:
+    save_pt(Path(run_dir) / BEST_FILE, {"model": state_dict, "epoch": epoch, "valid": dict(valid), "meta": meta})
+
+
+def load_best(run_dir: Path) -> dict:
+    """best.pt, checked: loads with weights_only=True and has the keys evaluate needs."""
+    from cpsl.ablations import ABLATIONS
+
+    path = Path(run_dir) / BEST_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir}: no {BEST_FILE} in this run folder (run 'cpsl train' for it first)")
+    try:
+        best = load_pt(path)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; the message must name the file
+        raise RunFolderError(f"{path}: cannot be loaded with weights_only=True: {exc}") from exc
+    for key in ("model", "epoch", "meta"):
+        if key not in best:
+            raise RunFolderError(f"{path}: missing key '{key}'")
+    missing = [k for k in META_KEYS if k not in best["meta"]]
+    if missing:
+        raise RunFolderError(f"{path}: 'meta' lacks {missing}")
+    if best["meta"]["ablation"] not in ABLATIONS:
+        raise RunFolderError(f"{path}: unknown ablation {best['meta']['ablation']!r}")
+    return best
+
+
+def best_record(run_dir: Path) -> dict | None:
+    """{"epoch", "fingerprint", "valid"} recorded in best.pt, or None when it is absent or unreadable."""
+    import torch
+
+    try:  # mmap: only the small fields are read, not the weights
+        best = torch.load(Path(run_dir) / BEST_FILE, map_location="cpu", weights_only=True, mmap=True)
+        return {"epoch": int(best["epoch"]), "fingerprint": best["meta"].get("fingerprint"),
+                "valid": dict(best["valid"])}
+    except Exception:  # noqa: BLE001 - any unreadable best.pt means "no usable best.pt"
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- history
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    with atomic_path(Path(run_dir) / HISTORY_FILE, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _fmt(row[k]) for k in HISTORY_COLUMNS})
+
+
+def _fmt(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.csv -> one dict per epoch: ``epoch`` and the counts as int, every other column float (an empty
+    cell is NaN). Columns a run did not record are simply absent. Errors name the file, line and column."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "epoch" not in reader.fieldnames:
+            raise RunFolderError(f"{path}: history.csv needs an 'epoch' column (got {reader.fieldnames})")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row = {}
+            for name, cell in raw.items():
+                cell = (cell or "").strip()
+                try:
+                    value = float(cell) if cell else math.nan
+                except ValueError:
+                    raise RunFolderError(f"{path}: line {line}, column {name!r}: {cell!r} is not a number") from None
+                row[name] = int(value) if name in ("epoch",) + COUNTS and math.isfinite(value) else value
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+def write_predictions(run_dir: Path, rows: list[tuple[str, str, float, float]]) -> None:
+    with atomic_path(Path(run_dir) / PREDICTIONS_FILE, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(PREDICTION_COLUMNS)
+            # repr of the float32 value widened to float64: exact, so the report recomputes identical metrics
+            writer.writerows((s, seg, repr(float(lab)), repr(float(pred))) for s, seg, lab, pred in rows)
+
+
+def read_predictions(run_dir: Path, split: str = "test") -> dict[str, tuple[float, float]]:
+    """predictions.csv rows of ``split`` -> segment_id -> (label, prediction)."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing (the paired bootstrap needs each run's test predictions)")
+    out: dict[str, tuple[float, float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not set(PREDICTION_COLUMNS) <= set(reader.fieldnames):
+            raise RunFolderError(f"{path}: needs columns {sorted(PREDICTION_COLUMNS)}, has {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            if row["split"] != split:
+                continue
+            try:
+                out[row["segment_id"]] = (float(row["label"]), float(row["prediction"]))
+            except ValueError:
+                raise RunFolderError(f"{path}: line {line}: label/prediction not numbers: {row}") from None
+    if not out:
+        raise RunFolderError(f"{path}: no {split} rows")
+    return out
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    write_json_atomic(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path}: must be a JSON object")
+    return obj
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / METRICS_FILE)
+
+
+def has_metrics(run_dir: Path) -> bool:
+    return (Path(run_dir) / METRICS_FILE).is_file()
+
+
+# ----------------------------------------------------------------------------------------------- train summary
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """train_summary.json, or None when the run has none (not finished)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def finished_summary(run_dir: Path, fingerprint: str) -> dict | None:
+    """The summary of a finished run with this fingerprint whose every declared output (TRAIN_OUTPUTS) is
+    present, else None: an engine deletes outputs before rerunning a stage, and a run missing any of them
+    must be redone, never reported as done."""
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).exists() for name in TRAIN_OUTPUTS):
+        return None
+    try:
+        summary = read_summary(run_dir)
+    except RunFolderError:
+        return None
+    return summary if summary is not None and summary.get("fingerprint") == fingerprint else None
+
+
+def clear_train_outputs(run_dir: Path) -> None:
+    """Remove what an earlier, different run wrote, so a stale best.pt can never pass for this run's."""
+    run_dir = Path(run_dir)
+    for name in TRAIN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / DVCLIVE_DIR, ignore_errors=True)
