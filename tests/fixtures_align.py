@@ -138,3 +138,13 @@ def refresh_manifest(raw_dir: str | Path) -> None:
                     "url": None} for role, name in FILES.items()}
     manifest = {"dataset": "demo", "source": "demo", "files": files, "folds": "folds.json"}
     (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def small_align_params() -> dict:
+    """params.yaml on the demo (its offline MiniLM tokenizer) with 16 subword positions: quick align runs."""
+    from cpsl.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["dataset"] = "demo"
+    params["data"]["max_seq_len"] = 16
+    return params

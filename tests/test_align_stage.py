@@ -15,6 +15,7 @@ from fixtures_align import (
     add_edge_cases,
     make_videos,
     refresh_manifest,
+    small_align_params,
     write_raw,
 )
 
@@ -22,7 +23,6 @@ from cpsl.align.stage import AlignError, report_path_for, run_align
 from cpsl.align.subwords import load_tokenizer
 from cpsl.align.word_align import frame_means, reference_kept, replace_nonfinite, segment_members
 from cpsl.cache import read_attrs, read_split
-from cpsl.config import load_params
 from cpsl.csd import CSDError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def params():
-    p = load_params(ROOT / "params.yaml")
-    p["dataset"] = "demo"  # offline MiniLM tokenizer
-    p["data"]["max_seq_len"] = 16
-    return p
+    return small_align_params()
 
 
 def _videos():

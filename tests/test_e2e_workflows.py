@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from project_copy import copy_project
 
 from cpsl import deps, run_folder
 
@@ -40,13 +40,7 @@ pytestmark = pytest.mark.slow
 
 def make_repo(dest: Path) -> Path:
     """A git repo holding the pipeline definition, the code and a small-demo params.yaml."""
-    dest.mkdir(parents=True)
-    for name in ("Snakefile", "dvc.yaml", "workflow", "src", ".dvc", ".dvcignore", ".gitignore"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, dest / name)
+    copy_project(dest, ("Snakefile", "dvc.yaml", "workflow", "src", ".dvc", ".dvcignore", ".gitignore"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo"].update(videos=10, min_segments=3, max_segments=4)
     params["train"].update(epochs=2, seeds=[0], lr=1e-4)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_align import make_videos, write_raw
+from fixtures_align import make_videos, small_align_params, write_raw
 
 from cpsl.align.stage import run_align
 from cpsl.align.word_align import frame_means, segment_members
 from cpsl.cache import read_split
-from cpsl.config import load_params
 from cpsl.csd import CSDError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def params():
-    p = load_params(ROOT / "params.yaml")
-    p["dataset"] = "demo"  # offline MiniLM tokenizer
-    p["data"]["max_seq_len"] = 16
-    return p
+    return small_align_params()
 
 
 def _videos():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from project_copy import copy_project
 from slurm_cluster import SlurmCluster, missing_tools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def demo_project(dest: Path) -> Path:
-    dest.mkdir()
-    for name in ("Snakefile", "workflow", "src"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, dest / name)
+    copy_project(dest, ("Snakefile", "workflow", "src"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo"].update(videos=8, min_segments=3, max_segments=4)
     params["train"].update(epochs=1, seeds=[0])
