@@ -14,7 +14,8 @@ from cpsl.model.losses import total_loss
 from cpsl.model.network import build_model, word_positions
 from cpsl.model.text_encoder import tiny_deberta_config
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import LossStep, make_optimizer, train_step
+from cpsl.train.loop import make_optimizer
+from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
 
 DA, DV, VOCAB, L = 5, 4, 1200, 10
 
@@ -149,7 +150,7 @@ def test_special_tokens_and_padding_are_out_of_every_av_statistic():
 
 
 class _RecordingOptimizer:
-    """Stands in for AdamW inside train_step: records the gradients it would apply."""
+    """Stands in for AdamW inside the training step: records the gradients it would apply."""
 
     def __init__(self, model):
         self.model, self.grads = model, None
@@ -167,10 +168,11 @@ def _step_grads(params, ablation, batch, label):
     sched = type("S", (), {"step": lambda self: None})()
     ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     torch.manual_seed(11)  # the same AME noise in both runs
-    _, tele, _ = train_step(LossStep(model, params["loss"], switches_for(ablation)), model, {**batch, "label": label},
-                            opt, sched, ctx, params=params, switches=switches_for(ablation), epoch=0, step=0,
-                            global_step=0, seed=0, use_bf16=False)
-    return opt.grads, tele
+    switches = switches_for(ablation)
+    body = StepBody(LossStep(model, params["loss"], switches), model, params, switches, ctx, use_bf16=False)
+    out, _ = Stepper("eager", body, opt, sched, ctx, seed=0).step(
+        {**batch, "label": label}, EpochSums(ctx.device), epoch=0, step=0, global_step=0, stop_requested=False)
+    return opt.grads, out.tele.to_host()
 
 
 def test_train_step_scales_only_the_ame_encoder_gradients():

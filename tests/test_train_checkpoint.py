@@ -14,7 +14,8 @@ from cpsl.train import checkpoint as ckpt
 from cpsl.train import stage
 from cpsl.train.data import BatchPlan
 from cpsl.train.distributed import torchrun_command
-from cpsl.train.loop import linear_warmup_decay, noise_generator
+from cpsl.train.loop import linear_warmup_decay
+from cpsl.train.step import noise_generator
 
 
 def _draws():

@@ -12,6 +12,8 @@
    exactly 0 in one summation order and to ~1e-9 in another, and Adam turns that rounding into updates of
    ~0.1 lr, a real but meaningless difference.
 3. `cpsl train` with train.nproc 2 re-launches itself under torchrun (gloo) and writes a run with world size 2.
+4. The sync-free step (train.step auto on CPU) and the eager reference step give the same A6 run under DDP:
+   bit-identical weights on both ranks and the same history (losses, coefficients, telemetry).
 """
 from __future__ import annotations
 
@@ -61,7 +63,9 @@ def ddp_runs(tmp_path_factory):
     common = {"train.epochs": 3, "train.warmup_ratio": 0.0, "train.nproc": 2}
     a6 = small_params(text, ablations=["A6"], **common)
     c1 = small_params(text, ablations=["C1"], **common, **NO_DROPOUT)
-    jobs = [("a6", a6, "A6", str(cache), str(tmp / "run_a6")), ("c1", c1, "C1", str(cache), str(tmp / "run_c1"))]
+    a6_eager = small_params(text, ablations=["A6"], **common, **{"train.step": "eager"})
+    jobs = [("a6", a6, "A6", str(cache), str(tmp / "run_a6")), ("c1", c1, "C1", str(cache), str(tmp / "run_c1")),
+            ("a6eager", a6_eager, "A6", str(cache), str(tmp / "run_a6eager"))]
     mp.start_processes(ddp_worker, args=(2, free_port(), jobs, str(tmp)), nprocs=2, join=True, start_method="spawn")
 
     single = small_params(text, ablations=["C1"], **{**common, "train.nproc": 1}, **NO_DROPOUT)
@@ -87,6 +91,16 @@ def test_replicas_identical_with_gm_ge_cp_and_per_rank_noise(ddp_runs):
     assert summary["world_size"] == 2 and summary["conflicts_total"] == sum(r["gm/conflicts"] for r in history)
     best = torch.load(tmp / "run_a6" / "best.pt", weights_only=True)
     assert best["meta"]["switches"]["ge"] and best["meta"]["switches"]["cp"]
+
+
+def test_sync_free_and_eager_steps_give_the_same_ddp_run(ddp_runs):
+    tmp, _, _ = ddp_runs
+    assert json.loads((tmp / "run_a6" / "train_summary.json").read_text())["step_mode"] == "sync_free"
+    assert json.loads((tmp / "run_a6eager" / "train_summary.json").read_text())["step_mode"] == "eager"
+    for rank in (0, 1):
+        assert_same_tensors(load_model_states(tmp / f"a6-rank{rank}.pt"),
+                            load_model_states(tmp / f"a6eager-rank{rank}.pt"))
+    assert (tmp / "run_a6" / "history.csv").read_text() == (tmp / "run_a6eager" / "history.csv").read_text()
 
 
 def test_two_processes_of_4_match_one_process_of_8(ddp_runs):

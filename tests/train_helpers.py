@@ -118,6 +118,42 @@ def ddp_worker(rank: int, world_size: int, port: int, jobs: list, out_dir: str) 
         shutdown(ctx)
 
 
+def ddp_stop_worker(rank: int, world_size: int, port: int, params: dict, data_path: str, out_dir: str,
+                    kill_at) -> None:
+    """torch.multiprocessing entry point: one gloo rank of ``fit`` (A6) in out_dir/run; with ``kill_at`` =
+    (rank, step), that rank sends itself SIGTERM just before that step of epoch 0. Saves this rank's exit code and,
+    when finished, its final weights to out_dir."""
+    import os
+    import signal
+
+    from cpsl.train import step as step_module
+    from cpsl.train.distributed import init_from_env, shutdown
+    from cpsl.train.loop import RunSpec, fit
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if kill_at is not None and kill_at[0] == rank:
+        real_step = step_module.Stepper.step
+
+        def step(self, batch, sums, *, epoch, step, **kwargs):
+            if (epoch, step) == (0, kill_at[1]):
+                os.kill(os.getpid(), signal.SIGTERM)  # handled by fit's StopFlag: a vote in this step's all-reduce
+                kwargs["stop_requested"] = True
+            return real_step(self, batch, sums, epoch=epoch, step=step, **kwargs)
+
+        step_module.Stepper.step = step
+    ctx = init_from_env("cpu")
+    try:
+        result = fit(RunSpec(params, "A6", 0, Path(data_path), Path(out_dir) / "run", params["text"]["model"]), ctx)
+        torch.save({"exit_code": result.exit_code}, Path(out_dir) / f"exit-rank{rank}.pt")
+        if result.exit_code == 0:
+            torch.save({"model": {k: v.detach().clone() for k, v in result.model.state_dict().items()}},
+                       Path(out_dir) / f"final-rank{rank}.pt")
+    finally:
+        shutdown(ctx)
+
+
 def free_port() -> int:
     import socket
 

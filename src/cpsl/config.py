@@ -137,6 +137,7 @@ SCHEMA: dict = {
         "device": _choice("auto", "cpu", "cuda"),
         "bf16": _BOOL,
         "grad_clip": _num(0),
+        "step": _choice("auto", "eager", "sync_free", "cuda_graph"),
     },
     "eval": {"batch_size": _num(1, integer=True), "reliance_permutations": _num(0, 100, integer=True)},
 }

@@ -85,6 +85,8 @@ class CPSLModel(nn.Module):
         self.normalizers = nn.ModuleDict({m: MinMaxNormalizer(dims[m], eval_norm) for m in MODALITIES})
         self.dims = dims
         self.use_av = use_av
+        # drop all-padding trailing positions (below); the training step turns this off on a GPU (static shapes)
+        self.trim_padding = True
 
     def modality_encoders(self) -> dict[str, nn.Module]:
         """The AME encoders {"a","v"} whose gradients Eq. 5/6 scale."""
@@ -101,8 +103,9 @@ class CPSLModel(nn.Module):
                     f"attention_mask {tuple(mask.shape)}, got {tuple(raw[m].shape)}"
                 )
         # Drop trailing positions that are padding in every row: every op below is per-token or masked,
-        # so they change no valid output, and MSA segments are mostly far shorter than max_seq_len.
-        if mask.shape[1] and mask.any():
+        # so they change no valid output, and MSA segments are mostly far shorter than max_seq_len. It reads the
+        # mask on the host: on a GPU that is a synchronisation and a new shape per batch (no CUDA graph).
+        if self.trim_padding and mask.shape[1] and mask.any():
             keep = int(mask.any(0).nonzero().max()) + 1
             if keep < mask.shape[1]:
                 input_ids, attention_mask, mask = input_ids[:, :keep], attention_mask[:, :keep], mask[:, :keep]

@@ -5,7 +5,10 @@ Choices:
 - weights are always loaded as float32 (transformers 5 defaults to the checkpoint's dtype, which may be
   half precision); bf16 is the trainer's autocast decision, not the checkpoint's;
 - a pooler layer (e.g. BERT/MiniLM's) is removed: the model pools H itself (heads.py), and a pooler
-  that never receives a gradient would make DDP fail on unused parameters.
+  that never receives a gradient would make DDP fail on unused parameters;
+- DeBERTa-v2/v3's relative-position buckets are memoised per (lengths, buckets, device): transformers rebuilds
+  them on every forward and copies a host scalar to the device while doing so (``make_log_bucket_position``),
+  which is a synchronisation and cannot be captured in a CUDA graph. Same tensor, computed once.
 """
 from __future__ import annotations
 
@@ -36,6 +39,27 @@ def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config
     )
 
 
+def memoise_deberta_relative_positions() -> None:
+    """Replace transformers' DeBERTa-v2 ``build_relative_position`` by a memoised one (idempotent). The buckets
+    depend only on the two lengths, the bucket settings and the device; nothing writes into them."""
+    from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
+
+    original = deberta.build_relative_position
+    if getattr(original, "memoised_by_cpsl", False):
+        return
+    cache: dict = {}
+
+    def build_relative_position(query_layer, key_layer, bucket_size: int = -1, max_position: int = -1):
+        key = (query_layer.size(-2), key_layer.size(-2), bucket_size, max_position, query_layer.device,
+               key_layer.device)
+        if key not in cache:
+            cache[key] = original(query_layer, key_layer, bucket_size=bucket_size, max_position=max_position)
+        return cache[key]
+
+    build_relative_position.memoised_by_cpsl = True
+    deberta.build_relative_position = build_relative_position
+
+
 def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrained: bool = True) -> nn.Module:
     """Return the HF encoder for ``name_or_path`` (HF id, local folder or ``package:<module>``).
 
@@ -56,6 +80,8 @@ def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrai
                 f"text model {name_or_path!r} (resolved to {path!r}) could not be loaded offline: {exc}"
             ) from exc
     model = model.float()
+    if model.config.model_type == "deberta-v2":
+        memoise_deberta_relative_positions()
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from cpsl import run_folder
-from cpsl.names import TELEMETRY  # noqa: F401 - loop.EpochSums reads ckpt.TELEMETRY
 from cpsl.run_folder import load_pt, save_pt
 from cpsl.train.distributed import DistContext, barrier, gather_objects
 

@@ -55,16 +55,17 @@ class BatchPlan:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_per_rank)
 
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """Index batches of ``epoch`` from batch ``start_step`` on (a resumed run skips the ones done)."""
+    def batches(self, epoch: int, start_step: int = 0, device: torch.device | None = None) -> Iterator[torch.Tensor]:
+        """Index batches of ``epoch`` from batch ``start_step`` on (a resumed run skips the ones done), on
+        ``device`` (one copy per epoch, so that gathering a batch from device tensors needs no host copy)."""
         self.sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        order = torch.tensor(list(iter(self.sampler)), dtype=torch.long, device=device)
         for step in range(start_step, self.steps_per_epoch):
             yield order[step * self.batch_per_rank:(step + 1) * self.batch_per_rank]
 
 
 def gather_batch(tensors: dict[str, torch.Tensor], index: torch.Tensor,
                  device: torch.device) -> dict[str, torch.Tensor]:
-    """Rows ``index`` of every tensor, moved to ``device``."""
+    """Rows ``index`` of every tensor, moved to ``device`` (a no-op when they are there already)."""
     non_blocking = device.type == "cuda"
     return {key: value.index_select(0, index).to(device, non_blocking=non_blocking) for key, value in tensors.items()}

@@ -1,9 +1,12 @@
 """The training loop of one (ablation, seed) run: read it top to bottom in ``fit``.
 
-Per step: forward (bf16 autocast on CUDA when train.bf16), the Eq. 4 terms, backward (DDP averages the
-gradients), ONE all-reduce of the unimodal absolute errors / sample count / non-finite flags / stop requests,
-gradient modulation (Eq. 5-6, GE; only inside the gm window and per the switches), the collapse guard,
+Per step (cpsl.train.step): forward (bf16 autocast on CUDA when train.bf16), the Eq. 4 terms, backward (DDP
+averages the gradients), ONE all-reduce of the unimodal absolute errors / sample count / non-finite flags / stop
+requests, gradient modulation (Eq. 5-6, GE; only inside the gm window and per the switches), the collapse guard,
 gradient clipping (train.grad_clip, 0 = off) and the AdamW step with linear warmup then linear decay.
+``train.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
+once per epoch with the step replayed from a CUDA graph (cuda_graph); auto = cuda_graph on one CUDA process
+(where verified exact), else sync_free.
 Per epoch: the train means of every loss term (all-reduced over ranks), validation on rank 0 with
 ``run_inference`` (loss terms, MAE, Pearson corr), selection on the validation MAE (never the test set),
 best.pt on improvement, history.csv, DVCLive, and state/last.pt for resuming.
@@ -18,9 +21,10 @@ Choices:
   epoch in progress, so on CPU a killed-and-resumed run ends with bit-identical weights.
 - SIGTERM/SIGINT set a flag; the flag travels in the per-step all-reduce so that every rank stops after the
   same step; the state is then written and the process exits with 128 + signal number.
-- Collapse guard: a non-finite loss term (on any rank) or gradient stops the run before the optimizer step,
-  reports epoch, step and the term or parameter, writes collapse.json and exits with EXIT_COLLAPSE; the last
-  state/last.pt and best.pt (both from completed, finite epochs) are kept.
+- Collapse guard: a non-finite loss term (on any rank) or gradient stops the run (eager: before that optimizer
+  step; sync-free: at the end of that epoch, from the record kept on the device), reports epoch, step and the
+  term or parameter, writes collapse.json and exits with EXIT_COLLAPSE; the last state/last.pt and best.pt (both
+  from completed, finite epochs) are kept.
 """
 from __future__ import annotations
 
@@ -43,19 +47,17 @@ from cpsl.config import stage_slice
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import pearson
 from cpsl.model.inference import inference_batch_size, run_inference
-from cpsl.model.losses import total_loss
-from cpsl.model.modulation import modulate_gradients
 from cpsl.model.network import build_model
 from cpsl.names import LOSS_TERMS
 from cpsl.train import checkpoint as ckpt
+from cpsl.train.cuda_graphs import GraphedSteps
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
-from cpsl.train.distributed import DistContext, all_reduce_sum
+from cpsl.train.distributed import DistContext
+from cpsl.train.step import Collapse, EpochSums, LossStep, StepBody, Stepper
 
 EXIT_OK = 0
 EXIT_COLLAPSE = 3
 _TERMS = LOSS_TERMS
-# layout of the per-step all-reduced vector
-_ABS_A, _ABS_V, _COUNT, _STOP, _NONFINITE = 0, 1, 2, 3, 4  # _NONFINITE.. : one slot per loss term
 
 
 @dataclass
@@ -73,12 +75,6 @@ class FitResult:
     exit_code: int
     model: torch.nn.Module | None  # the bare model after the last step (None when nothing was trained)
     message: str = ""
-
-
-class Collapse(Exception):
-    def __init__(self, epoch: int, step: int, global_step: int, what: str):
-        self.report = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "what": what}
-        super().__init__(f"collapse guard: {what} at epoch {epoch}, step {step} (global step {global_step})")
 
 
 class StopFlag:
@@ -128,102 +124,6 @@ def linear_warmup_decay(total_steps: int, warmup_steps: int):
     return factor
 
 
-def noise_generator(seed: int, global_step: int, device: torch.device) -> torch.Generator:
-    """The GE noise source of one step: same seed on every rank, a new stream every step. (The CPU generator
-    keeps only 32 bits of its seed, so (seed, step) are packed into 32 bits: distinct below 10^6 steps.)"""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + global_step) % 2**32)
-
-
-class EpochSums:
-    """Running sums of the epoch in progress (this rank): loss terms weighted by batch size, telemetry.
-    The loss sums stay on the device (no host sync per step); ``state()`` is what a mid-epoch checkpoint keeps."""
-
-    def __init__(self, device: torch.device, state: dict | None = None):
-        state = state or {"loss": [0.0] * len(_TERMS), "samples": 0, "tele": [0.0] * len(ckpt.TELEMETRY),
-                          "tele_n": [0] * len(ckpt.TELEMETRY), "conflicts": 0, "ge_steps": 0}
-        self.loss = torch.tensor(state["loss"], dtype=torch.float64, device=device)
-        self.samples, self.conflicts = int(state["samples"]), int(state["conflicts"])
-        self.ge_steps = int(state.get("ge_steps", 0))
-        self.tele, self.tele_n = list(state["tele"]), list(state["tele_n"])
-
-    def state(self) -> dict:
-        return {"loss": self.loss.cpu().tolist(), "samples": self.samples, "tele": list(self.tele),
-                "tele_n": list(self.tele_n), "conflicts": self.conflicts, "ge_steps": self.ge_steps}
-
-    def add(self, losses: dict, n: int, tele: dict) -> None:
-        self.loss += torch.stack([losses[t].detach() for t in _TERMS]).double() * n
-        self.samples += n
-        for i, key in enumerate(ckpt.TELEMETRY):
-            if math.isfinite(tele[key]):  # g is nan (not measured) outside the modulation window
-                self.tele[i] += tele[key]
-                self.tele_n[i] += 1
-        self.conflicts += int(tele["conflict_a"]) + int(tele["conflict_v"])
-        self.ge_steps += int(tele["ge"])
-
-    def row(self, ctx: DistContext) -> dict:
-        """Epoch means; loss terms averaged over all ranks' samples (telemetry is identical on every rank)."""
-        sums = torch.cat([self.loss, self.loss.new_tensor([float(self.samples)])])
-        sums = all_reduce_sum(sums, ctx).cpu().tolist()
-        row = {f"train/{t}": sums[i] / max(sums[-1], 1.0) for i, t in enumerate(_TERMS)}
-        for i, key in enumerate(ckpt.TELEMETRY):
-            row[f"gm/{key}"] = self.tele[i] / self.tele_n[i] if self.tele_n[i] else math.nan
-        row["gm/conflicts"] = self.conflicts
-        row["gm/ge_steps"] = self.ge_steps
-        return row
-
-
-class LossStep(torch.nn.Module):
-    """Model forward + Eq. 4 in one module, returning only the loss terms and the detached unimodal
-    predictions. DDP wraps this, so the tensors it sees are exactly those the loss depends on: parameters
-    that only feed switched-off (detached) terms are then correctly found unused."""
-
-    def __init__(self, model: torch.nn.Module, loss_params: dict, switches):
-        super().__init__()
-        self.model, self.loss_params, self.switches = model, loss_params, switches
-
-    def forward(self, batch: dict):
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["acoustic"], batch["visual"])
-        losses = total_loss(out, batch["label"], self.loss_params, self.switches)
-        return losses, {m: out.uni[m].detach() for m in ("a", "v")}
-
-
-def train_step(net, model, batch: dict, optimizer, scheduler, ctx: DistContext, *, params: dict, switches,
-               epoch: int, step: int, global_step: int, seed: int, use_bf16: bool, stop_requested: bool = False):
-    """One optimisation step. Returns (loss terms, modulation telemetry, whether any rank asked to stop);
-    raises Collapse before the optimizer step when a loss term or gradient is non-finite."""
-    device, label = ctx.device, batch["label"]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        losses, uni = net(batch)
-    optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()  # under DDP the gradients are averaged over ranks when this returns
-
-    # one collective per step: unimodal absolute errors, sample count, stop requests, non-finite terms
-    stats = torch.cat([
-        torch.stack([(uni["a"].float() - label).abs().sum(), (uni["v"].float() - label).abs().sum(),
-                     torch.tensor(float(len(label)), device=device),
-                     torch.tensor(float(stop_requested), device=device)]),
-        (~torch.isfinite(torch.stack([losses[t].detach().float() for t in _TERMS]))).float(),
-    ])
-    stats = all_reduce_sum(stats, ctx).tolist()
-    bad_terms = [t for i, t in enumerate(_TERMS) if stats[_NONFINITE + i] > 0]
-    if bad_terms:
-        raise Collapse(epoch, step, global_step, f"non-finite loss term(s) {', '.join(bad_terms)}")
-    mae = {"a": stats[_ABS_A] / stats[_COUNT], "v": stats[_ABS_V] / stats[_COUNT]}
-
-    # Eq. 5-6 and GE on the encoder gradients (a no-op outside the gm window / with the switches off)
-    tele = modulate_gradients(model.modality_encoders(), mae, epoch, params["gm"], params["cp"], switches,
-                              noise_generator(seed, global_step, device))
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads)
-    if not math.isfinite(grad_norm.item()):
-        raise Collapse(epoch, step, global_step, _first_nonfinite_grad(model))
-    if params["train"]["grad_clip"] > 0:
-        torch.nn.utils.clip_grads_with_norm_(grads, params["train"]["grad_clip"], grad_norm)
-    optimizer.step()
-    scheduler.step()
-    return losses, tele, stats[_STOP] > 0
-
-
 def validate(model, arrays: dict, spec: RunSpec, switches, device) -> dict:
     result = run_inference(model, arrays, inference_batch_size(spec.params), device,
                            loss_params=spec.params["loss"], switches=switches)
@@ -232,13 +132,6 @@ def validate(model, arrays: dict, spec: RunSpec, switches, device) -> dict:
     out["valid/mae"] = float(np.mean(np.abs(result.prediction.astype(np.float64) - label)))
     out["valid/corr"] = float(pearson(result.prediction, label))
     return out
-
-
-def _first_nonfinite_grad(model: torch.nn.Module) -> str:
-    for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return f"non-finite gradient in parameter '{name}'"
-    return "non-finite total gradient norm"
 
 
 def _log(ctx: DistContext, msg: str) -> None:
@@ -259,12 +152,37 @@ class _Run:
     valid: dict | None
     meta: dict
     use_bf16: bool
+    stepper: Stepper
+
+
+def step_mode(configured: str, ctx: DistContext) -> str:
+    """train.step resolved for this process: auto = cuda_graph on one CUDA process, else sync_free."""
+    cuda_alone = ctx.device.type == "cuda" and not ctx.distributed
+    if configured == "auto":
+        return "cuda_graph" if cuda_alone else "sync_free"
+    if configured == "cuda_graph" and not cuda_alone:
+        raise ValueError(f"train.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
+                         f"{ctx.world_size} process(es)); use auto, sync_free or eager")
+    return configured
+
+
+def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: DistContext, seed: int,
+                 batch_per_rank: int, use_bf16: bool) -> Stepper:
+    """The training step of train.step for this process (graphs for full batches of ``batch_per_rank``)."""
+    mode = step_mode(params["train"]["step"], ctx)
+    body = StepBody(net, model, params, switches, ctx, use_bf16)
+    graphs = (GraphedSteps(body, batch_per_rank, strict=params["train"]["step"] == "cuda_graph",
+                           log=lambda msg: _log(ctx, msg)) if mode == "cuda_graph" else None)
+    return Stepper(mode, body, optimizer, scheduler, ctx, seed, graphs)
 
 
 def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     params, tp, device = spec.params, spec.params["train"], ctx.device
+    step_mode(tp["step"], ctx)  # refuse an impossible train.step before any work
     attrs = read_attrs(spec.data_path)
-    train = load_tensors(spec.data_path, "train")
+    # on a GPU the training split lives on the device (MOSI ~30 MB, MOSEI ~0.4 GB): batches are gathered there,
+    # with no host-to-device copy (and so no synchronisation) per step
+    train = {k: v.to(device) for k, v in load_tensors(spec.data_path, "train").items()}
     valid = read_split(spec.data_path, "valid") if ctx.is_main else None
     plan = BatchPlan(len(train["label"]), tp["batch_size"] // ctx.world_size, ctx.rank, ctx.world_size, spec.seed)
     total_steps = tp["epochs"] * plan.steps_per_epoch
@@ -278,11 +196,13 @@ def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     optimizer = make_optimizer(model, tp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps)))
+    use_bf16 = bool(tp["bf16"]) and device.type == "cuda"
+    stepper = make_stepper(net, model, optimizer, scheduler, params, switches, ctx, spec.seed, plan.batch_per_rank,
+                           use_bf16)
     meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed, "switches": switches.as_dict(),
             "acoustic_dim": int(attrs["acoustic_dim"]), "visual_dim": int(attrs["visual_dim"]),
             "text_model": spec.text_model, "fingerprint": fingerprint}
-    return _Run(model, net, optimizer, scheduler, plan, train, valid, meta,
-                use_bf16=bool(tp["bf16"]) and device.type == "cuda")
+    return _Run(model, net, optimizer, scheduler, plan, train, valid, meta, use_bf16, stepper)
 
 
 def _end_epoch(run: _Run, state: ckpt.RunState, row: dict, spec: RunSpec, switches, ctx: DistContext, live) -> None:
@@ -297,8 +217,17 @@ def _end_epoch(run: _Run, state: ckpt.RunState, row: dict, spec: RunSpec, switch
     live.log(row)
 
 
+def raise_if_collapsed(sums: EpochSums, epoch: int, start_step: int, start_global_step: int) -> None:
+    """The deferred collapse guard (sync-free steps): raise Collapse for the first non-finite step recorded on
+    the device since ``start_step`` of ``epoch`` (a host read: once per epoch and before a mid-epoch save)."""
+    found = sums.collapse()
+    if found is not None:
+        index, what = found
+        raise Collapse(epoch, start_step + index, start_global_step + index, what)
+
+
 def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
-    params, tp = spec.params, spec.params["train"]
+    tp = spec.params["train"]
     switches = switches_for(spec.ablation)
     run_dir = spec.run_dir = Path(spec.run_dir)
     if tp["batch_size"] % ctx.world_size:
@@ -332,25 +261,27 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
                 run.net.train()
                 sums = EpochSums(ctx.device, state.partial)
                 start_step = state.step_in_epoch
-                steps = tqdm(run.plan.batches(epoch, start_step), total=run.plan.steps_per_epoch, initial=start_step,
-                             desc=f"epoch {epoch}", unit="step", leave=False, disable=not ctx.is_main,
-                             dynamic_ncols=True)
+                steps = tqdm(run.plan.batches(epoch, start_step, ctx.device), total=run.plan.steps_per_epoch,
+                             initial=start_step, desc=f"epoch {epoch}", unit="step", leave=False,
+                             disable=not ctx.is_main, dynamic_ncols=True)
+                stop_votes = False
                 for step, index in enumerate(steps, start=start_step):
                     batch = gather_batch(run.train, index, ctx.device)
-                    losses, tele, stop_votes = train_step(
-                        run.net, run.model, batch, run.optimizer, run.scheduler, ctx, params=params,
-                        switches=switches, epoch=epoch, step=step, global_step=state.global_step, seed=spec.seed,
-                        use_bf16=run.use_bf16, stop_requested=stop.signum > 0)
+                    _, stop_votes = run.stepper.step(batch, sums, epoch=epoch, step=step,
+                                                     global_step=state.global_step, stop_requested=stop.signum > 0)
                     state.global_step += 1
-                    sums.add(losses, len(batch["label"]), tele)
-                    state.conflicts += int(tele["conflict_a"]) + int(tele["conflict_v"])
                     # some rank got SIGTERM/SIGINT: every rank stops after this same step (at the end of an
                     # epoch, the epoch is finished first and its own state save covers it)
                     if stop_votes and step + 1 < run.plan.steps_per_epoch:
+                        raise_if_collapsed(sums, epoch, start_step, state.global_step - (step + 1 - start_step))
                         save(epoch, step + 1, sums)
                         return interrupted(stop.signum, f"at epoch {epoch}, step {step + 1}")
                 steps.close()
+                stop_votes = run.stepper.end_of_epoch_votes() or stop_votes
+                raise_if_collapsed(sums, epoch, start_step,
+                                   state.global_step - (run.plan.steps_per_epoch - start_step))
                 row = {"epoch": epoch, **sums.row(ctx)}
+                state.conflicts += row["gm/conflicts"]
                 if ctx.is_main:
                     _end_epoch(run, state, row, spec, switches, ctx, live)
                     bar.set_postfix(valid_mae=f"{row['valid/mae']:.4f}",
@@ -385,5 +316,5 @@ def _write_summary(spec: RunSpec, run: _Run, state: ckpt.RunState, switches, ctx
         "ablation": spec.ablation, "seed": spec.seed, "best_epoch": best["epoch"], "best_valid": best["valid"],
         "wall_time_s": wall_s, "steps": state.global_step, "steps_per_epoch": run.plan.steps_per_epoch,
         "conflicts_total": state.conflicts, "world_size": ctx.world_size, "device": str(ctx.device),
-        "bf16": run.use_bf16, "text_model": spec.text_model})
+        "bf16": run.use_bf16, "text_model": spec.text_model, "step_mode": run.stepper.describe()})
     _log(ctx, f"done: best epoch {best['epoch']} valid MAE {best['valid']['valid/mae']:.4f} -> {spec.run_dir}")
