@@ -1,15 +1,20 @@
-"""GPU benchmark: the paper's backbone (deberta-v3-base architecture, random weights, no download) with the
-full model (A6) and the baseline (A0), MOSI-shaped batches, with and without bf16 autocast.
+"""GPU benchmark of the training step: eager vs the sync-free step vs the CUDA-graph step (train.step), for the
+full model (A6) and the baseline (A0), on the paper's backbone (deberta-v3-base architecture, random weights, no
+download) with MOSI-shaped batches (8 x 50, d_a 74, d_v 47).
 
-    python benchmarks/bench_gpu.py            # on a CUDA machine; < 3 min on an H100/H200
-    python benchmarks/bench_gpu.py --smoke    # tiny config, CPU, a few steps: checks the script runs
+    python benchmarks/bench_gpu.py            # on a CUDA machine; about 3 min on an H100/H200
+    python benchmarks/bench_gpu.py --bf16     # the same with bf16 autocast
+    python benchmarks/bench_gpu.py --smoke    # tiny config, CPU, eager and sync_free only: checks the script
 
-For each precision it builds A0 and A6 and runs the REAL training step (``cpsl.train.loop.train_step``) on an
-8 x 50 batch (d_a 74, d_v 47): warm-up steps, then timed steps (CUDA-synchronised) in alternating A0/A6 blocks,
-and reports steps/s, the median step time, the epoch time for MOSI's 1,284 training segments
-(ceil(1284 / 8) = 161 steps, validation excluded), the time of the modulate_gradients call alone, and peak GPU
-memory (A6 trained alone, fp32 and bf16). TF32 stays off as in ``cpsl train`` (one extra pair with TF32 on).
-Prints JSON.
+Every case runs the REAL step of ``cpsl train`` (``cpsl.train.loop.make_stepper``: forward, Eq. 4, backward,
+statistics, Eq. 5-6 + GE, norm, AdamW) on its own model, built from the same seed. After warm-up (which includes
+the capture and the exactness verification of the CUDA graphs) the cases are timed in alternating blocks of 5
+steps, so that drifting clocks hit all alike; CUDA-synchronised around each block, so a block's time includes
+all its queued work. Reports steps/s, the median per-step time of the blocks, the epoch time for MOSI's 1,284
+training segments (161 steps, validation excluded), the mode that really ran (a graph that failed its exactness
+check falls back: then it says so), and each case's peak GPU memory (model, AdamW state, graphs' pools and one
+step, measured while it was built and warmed up alone). Target: cuda_graph >= 3x eager steps/s for A6.
+TF32 stays off as in ``cpsl train``. Prints JSON.
 """
 from __future__ import annotations
 
@@ -50,112 +55,89 @@ def set_tf32(on: bool) -> None:
     torch.backends.cudnn.allow_tf32 = on
 
 
-def modulation_ms(trainer: Trainer, batch: dict, n: int = 10) -> float:
-    """Median time of the modulate_gradients call alone (after a real backward), synchronised."""
-    from cpsl.model.modulation import modulate_gradients
-    from cpsl.train.loop import noise_generator
-
-    times = []
-    for i in range(n):
-        losses, _ = trainer.net(batch)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        sync(trainer)
-        t0 = time.perf_counter()
-        modulate_gradients(trainer.model.modality_encoders(), {"a": 1.0, "v": 1.2}, 0, trainer.params["gm"],
-                           trainer.params["cp"], trainer.switches, noise_generator(0, i, trainer.ctx.device))
-        sync(trainer)
-        times.append(time.perf_counter() - t0)
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return 1000 * statistics.median(times)
-
-
-def sync(trainer: Trainer) -> None:
-    if trainer.ctx.device.type == "cuda":
+def sync(device: str) -> None:
+    if device == "cuda":
         torch.cuda.synchronize()
 
 
-def run_pair(params, config, device, bf16, tf32, warmup, steps, block=5) -> list[dict]:
-    """A0 and A6 at one precision, timed in alternating blocks so that drift hits both alike."""
-    if device == "cuda":  # the training loop leaves TF32 off (float32 as written); one extra pair measures it
-        set_tf32(tf32)
-    batch = random_batch(config.vocab_size, device, MOSI_SHAPE["batch"], MOSI_SHAPE["seq_len"],
-                         MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"])
-    trainers = {ab: Trainer(params, ab, config, device, MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"],
-                            bf16=bf16, pretrained=False) for ab in ("A0", "A6")}
-    peak = {}
-    for ab, trainer in trainers.items():
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        trainer.timed_steps(batch, warmup)
-        if device == "cuda":
-            peak[ab] = torch.cuda.max_memory_allocated() / 2**30  # both models resident: an upper bound
-    times = {ab: [] for ab in trainers}
-    while len(times["A6"]) < steps:
-        for ab, trainer in trainers.items():
-            times[ab] += trainer.timed_steps(batch, block)
-    steps_per_epoch = math.ceil(MOSI_TRAIN_SEGMENTS / MOSI_SHAPE["batch"])
-    out = []
-    for ab, trainer in trainers.items():
-        median = statistics.median(times[ab])
-        row = {"ablation": ab, "bf16": bf16, "tf32": tf32, "steps_per_s": 1.0 / median,
-               "median_step_ms": 1000 * median, "min_step_ms": 1000 * min(times[ab]),
-               "epoch_s_1284_segments": steps_per_epoch * median,
-               "modulate_gradients_ms": modulation_ms(trainer, batch),
-               "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6}
-        if device == "cuda":
-            row["peak_gpu_mem_GiB_both_models_resident"] = peak[ab]
-        out.append(row)
-    out.append({"overhead_A6_vs_A0": out[1]["median_step_ms"] / out[0]["median_step_ms"] - 1.0,
-                "bf16": bf16, "tf32": tf32})
-    del trainers
+def build_case(params, ablation, mode, config, device, bf16, warmup, batches) -> tuple[Trainer, float | None]:
+    """A warmed-up Trainer and its peak GPU memory (GiB) above what was allocated before it was built."""
     if device == "cuda":
-        torch.cuda.empty_cache()
-    return out
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    trainer = Trainer(params, ablation, config, device, MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"],
+                      bf16=bf16, pretrained=False, mode=mode)
+    for i in range(warmup):
+        trainer.step(batches[i % len(batches)])
+    sync(device)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device == "cuda" else None
+    return trainer, peak
 
 
-def single_model_peak_gib(params, config, bf16) -> float:
-    """Peak GPU memory of training A6 alone (model, AdamW state, activations of one step)."""
-    set_tf32(False)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    trainer = Trainer(params, "A6", config, "cuda", MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"], bf16=bf16,
-                      pretrained=False)
-    batch = random_batch(config.vocab_size, "cuda")
-    trainer.timed_steps(batch, 3)
-    out = (torch.cuda.max_memory_allocated() - base) / 2**30
-    del trainer
-    torch.cuda.empty_cache()
-    return out
+def time_block(trainer: Trainer, batches, start: int, n: int, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(n):
+        trainer.step(batches[(start + i) % len(batches)])
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def run(params, config, device, modes, bf16, warmup, steps, block=5) -> list[dict]:
+    # several full batches (as the training loop gathers them on the device); the last epoch batch is not timed
+    batches = [random_batch(config.vocab_size, device, MOSI_SHAPE["batch"], MOSI_SHAPE["seq_len"],
+                            MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"], seed=s) for s in range(8)]
+    rows = []
+    for ablation in ("A0", "A6"):
+        cases = {}
+        for mode in modes:
+            cases[mode] = build_case(params, ablation, mode, config, device, bf16, warmup, batches)
+        per_step = {mode: [] for mode in modes}
+        done = 0
+        while done < steps:
+            for mode, (trainer, _) in cases.items():
+                per_step[mode].append(time_block(trainer, batches, done, block, device))
+            done += block
+        steps_per_epoch = math.ceil(MOSI_TRAIN_SEGMENTS / MOSI_SHAPE["batch"])
+        eager_ms = 1000 * statistics.median(per_step["eager"])
+        for mode, (trainer, peak) in cases.items():
+            median = statistics.median(per_step[mode])
+            rows.append({"ablation": ablation, "step": mode, "ran_as": trainer.stepper.describe(), "bf16": bf16,
+                         "steps_per_s": 1.0 / median, "median_step_ms": 1000 * median,
+                         "min_step_ms": 1000 * min(per_step[mode]), "speedup_vs_eager": eager_ms / (1000 * median),
+                         "epoch_s_1284_segments": steps_per_epoch * median, "peak_gpu_mem_GiB": peak,
+                         "params_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6})
+        del cases
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny DeBERTa on the CPU, 2 steps: checks the script")
+    ap.add_argument("--smoke", action="store_true", help="tiny DeBERTa on the CPU, a few steps: checks the script")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (train.bf16)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=50)
     args = ap.parse_args()
 
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
     if args.smoke:
-        device, config, warmup, steps = "cpu", tiny_deberta_config(), 1, 4
+        device, config, warmup, steps, modes = "cpu", tiny_deberta_config(), 1, 5, ("eager", "sync_free")
         params["model"].update(intermediate_dim=8, fusion_dim=8)
     else:
         if not torch.cuda.is_available():
             sys.exit("bench_gpu: no CUDA device (use --smoke to check the script on a CPU)")
         device, config, warmup, steps = "cuda", deberta_v3_base_config(), args.warmup, args.steps
-    cases = run_pair(params, config, device, False, False, warmup, steps)
-    cases += run_pair(params, config, device, True, False, warmup, steps)
-    if device == "cuda":
-        cases += run_pair(params, config, device, False, True, warmup, steps)
-        cases.append({"peak_gpu_mem_GiB_A6_alone": {"fp32": single_model_peak_gib(params, config, False),
-                                                     "bf16": single_model_peak_gib(params, config, True)}})
+        modes = ("eager", "sync_free", "cuda_graph")
+        set_tf32(False)
+    rows = run(params, config, device, modes, args.bf16 and device == "cuda", warmup, steps)
     info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "transformers": transformers.__version__, "backbone": "deberta-v3-base architecture, random weights"
-            if not args.smoke else "tiny deberta (smoke)", **MOSI_SHAPE, "warmup": warmup, "timed_steps": steps,
-            }
-    print(json.dumps({**info, "cases": cases}, indent=2))
+            "transformers": transformers.__version__,
+            "backbone": "deberta-v3-base architecture, random weights" if not args.smoke else "tiny deberta (smoke)",
+            **MOSI_SHAPE, "warmup": warmup, "timed_steps": steps}
+    print(json.dumps({**info, "cases": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Grid throughput on one GPU: K concurrent MOSI-shaped train jobs sharing the device, for K = 1, 2, 4, 8.
 
-    python benchmarks/bench_grid_throughput.py                 # on a CUDA machine (about 5 min on an H100)
-    python benchmarks/bench_grid_throughput.py --set KEY=VALUE # e.g. a train.* param of a faster step
-    python benchmarks/bench_grid_throughput.py --smoke         # tiny DeBERTa on the CPU, K = 1, 2: checks the script
+    python benchmarks/bench_grid_throughput.py                         # on a CUDA machine (about 5 min on an H100)
+    python benchmarks/bench_grid_throughput.py --set train.step=eager  # the same without the issue-9 step
+    python benchmarks/bench_grid_throughput.py --smoke                 # tiny DeBERTa on the CPU, K = 1, 2
 
 Each job is its own process (as `CPSL_GPU_SLOTS=K snakemake --resources gpu=K` would start them) running the
-REAL training step (``cpsl.train.loop.train_step`` via benchmarks/bench_step_overhead.Trainer) of A6 on the
-deberta-v3-base architecture built from its config with random weights (nothing downloaded), over a random
-MOSI-shaped training set (1,284 segments x 50 tokens, d_a 74, d_v 47) in batches of 8, moved to the device batch
-by batch as the data loader does. Every job warms up, then all start timing together and run ``--steps`` steps.
+REAL training step (``cpsl.train.loop.make_stepper`` via benchmarks/bench_step_overhead.Trainer, in the mode
+of ``train.step``: auto = CUDA graphs) of A6 on the deberta-v3-base architecture built from its config with
+random weights (nothing downloaded), over a random MOSI-shaped training set (1,284 segments x 50 tokens, d_a 74,
+d_v 47) held on the device in batches of 8, as ``cpsl train`` holds it. Every job warms up, then all start
+timing together and run ``--steps`` steps.
 
 Throughput is EXTRAPOLATED from those steps: a finished run = 30 epochs x ceil(1284 / 8) = 161 steps = 4,830
 training steps; run-equivalents per hour = (K x steps / the window from the first timed step of any job to the
@@ -61,9 +62,9 @@ def worker(args) -> None:
         config = deberta_v3_base_config()
     device = args.device
     trainer = Trainer(params, args.ablation, config, device, MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"],
-                      bf16=args.bf16, pretrained=False)
+                      bf16=args.bf16, pretrained=False, mode=params["train"]["step"])
 
-    # The training set lives on the host like the cached .h5 rows; each step copies one batch over.
+    # The training set lives on the device, as in ``cpsl train``; batches are slices of it.
     g = torch.Generator().manual_seed(args.job)
     n, seq = args.segments, MOSI_SHAPE["seq_len"]
     lengths = torch.randint(seq // 2, seq + 1, (n,), generator=g)
@@ -73,13 +74,14 @@ def worker(args) -> None:
             "acoustic": torch.randn(n, seq, MOSI_SHAPE["acoustic_dim"], generator=g) * mask[..., None],
             "visual": torch.randn(n, seq, MOSI_SHAPE["visual_dim"], generator=g) * mask[..., None],
             "label": torch.empty(n).uniform_(-3, 3, generator=g)}
+    data = {k: v.to(device) for k, v in data.items()}
     batch_size = MOSI_SHAPE["batch"]
     starts = list(range(0, n, batch_size))
 
     def batches():
         while True:
             for perm_start in starts:
-                yield {k: v[perm_start:perm_start + batch_size].to(device, non_blocking=True) for k, v in data.items()}
+                yield {k: v[perm_start:perm_start + batch_size] for k, v in data.items()}
 
     it = batches()
     cuda = device == "cuda"
@@ -97,7 +99,7 @@ def worker(args) -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     out = {"job": args.job, "steps": args.steps, "seconds": elapsed, "steps_per_s": args.steps / elapsed,
-           "start": start, "end": start + elapsed}
+           "start": start, "end": start + elapsed, "ran_as": trainer.stepper.describe()}
     if cuda:
         out["peak_gpu_mem_GiB"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(out), flush=True)
@@ -141,6 +143,7 @@ def run_k(k: int, args, threads: int) -> dict:
            "steps_per_s_per_job_min": min(rates), "steps_per_s_sum_of_jobs": sum(rates),
            "window_s": wall, "steps_per_s_total": total, "runs_per_hour": total * 3600 / per_run,
            "gpu_hours_per_85_runs": 85 / (total * 3600 / per_run)}
+    row["ran_as"] = sorted({r["ran_as"] for r in results})
     if "peak_gpu_mem_GiB" in results[0]:
         row["peak_gpu_mem_GiB_per_job_max"] = max(r["peak_gpu_mem_GiB"] for r in results)
     return row

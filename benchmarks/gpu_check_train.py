@@ -4,10 +4,12 @@
     python benchmarks/gpu_check_train.py --cpu --stub-dvclive   # checks the script itself on a CPU
 
 CI has no GPU, so this is the one place the CUDA paths of ``fit`` (device placement, CUDA RNG state in
-state/last.pt, validation on the GPU, bf16 autocast) and ``run_evaluate`` run end to end. It trains A6 with a
-tiny DeBERTa on a small learnable synthetic cache (the fixtures of tests/train_helpers.py), resumes a finished
-run (must be a no-op), evaluates, and checks that the GPU run learns and that best.pt loads with
-weights_only=True. Prints JSON; exits non-zero on any failed check.
+state/last.pt, validation on the GPU, bf16 autocast, the CUDA-graph step) and ``run_evaluate`` run end to end.
+It trains A6 with a tiny DeBERTa on a small learnable synthetic cache (the fixtures of tests/train_helpers.py),
+resumes a finished run (must be a no-op), evaluates, and checks that the GPU run learns and that best.pt loads
+with weights_only=True. Each precision runs with train.step auto (CUDA graphs, verified exact at start) and with
+train.step eager: the check wants auto to have really run on graphs, and reports how far the two runs' weights and
+histories are apart (0 where the platform is deterministic). Prints JSON; exits non-zero on any failed check.
 
 The lent GPU image has no dvclive; when it is missing, a stand-in that writes nothing is installed for this
 script only (DVCLive output is covered by the CPU tests).
@@ -67,24 +69,36 @@ def main() -> int:
         text = tiny_text_model(tmp / "tiny")
         cache = make_cache(tmp / "cache.h5", n_train=96, n_valid=32, n_test=32, learnable=True)
         for bf16 in (False, True):
-            params = small_params(text, **{"train.device": device, "train.bf16": bf16, "train.epochs": 6,
-                                           "train.lr": 3e-3})
-            run = tmp / f"A6-bf16{int(bf16)}"
-            t0 = time.time()
-            code = run_train(params, seed=0, ablation="A6", data_path=cache, out_dir=run)
-            seconds = time.time() - t0
-            again = run_train(params, seed=0, ablation="A6", data_path=cache, out_dir=run)  # finished: no-op
-            best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-            metrics = run_evaluate(params, run_dir=run, data_path=cache)
-            test = metrics["test"] if isinstance(metrics, dict) and "test" in metrics else \
-                json.loads((run / "metrics.json").read_text())["test"]
-            entry = {"bf16": bf16, "exit": code, "rerun_exit": again, "seconds": round(seconds, 1),
-                     "best_epoch": best["epoch"], "valid": best["valid"], "test_corr": test.get("corr"),
-                     "test_mae": test.get("mae"),
-                     "peak_mem_MiB": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None}
-            entry["ok"] = code == 0 and again == 0 and (test.get("corr") or 0) > 0.3
-            ok &= entry["ok"]
-            report["runs"].append(entry)
+            finals = {}
+            for mode in ("auto", "eager"):
+                params = small_params(text, **{"train.device": device, "train.bf16": bf16, "train.epochs": 6,
+                                               "train.lr": 3e-3, "train.step": mode})
+                run = tmp / f"A6-bf16{int(bf16)}-{mode}"
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.time()
+                code = run_train(params, seed=0, ablation="A6", data_path=cache, out_dir=run)
+                seconds = time.time() - t0
+                again = run_train(params, seed=0, ablation="A6", data_path=cache, out_dir=run)  # finished: no-op
+                best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+                metrics = run_evaluate(params, run_dir=run, data_path=cache)
+                test = metrics["test"] if isinstance(metrics, dict) and "test" in metrics else \
+                    json.loads((run / "metrics.json").read_text())["test"]
+                summary = json.loads((run / "train_summary.json").read_text())
+                entry = {"bf16": bf16, "step": mode, "ran_as": summary["step_mode"], "exit": code,
+                         "rerun_exit": again, "seconds": round(seconds, 1), "best_epoch": best["epoch"],
+                         "valid": best["valid"], "test_corr": test.get("corr"), "test_mae": test.get("mae"),
+                         "peak_mem_MiB": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None}
+                entry["ok"] = code == 0 and again == 0 and (test.get("corr") or 0) > 0.3
+                if mode == "auto" and device == "cuda":
+                    entry["ok"] &= summary["step_mode"] == "cuda_graph"
+                ok &= entry["ok"]
+                report["runs"].append(entry)
+                finals[mode] = (best["model"], (run / "history.csv").read_text())
+            diffs = [(finals["auto"][0][k].double() - finals["eager"][0][k].double()).abs().max().item()
+                     for k in finals["auto"][0] if finals["auto"][0][k].is_floating_point()]
+            report["runs"].append({"bf16": bf16, "auto_vs_eager_best_weights_max_abs_diff": max(diffs),
+                                   "histories_identical": finals["auto"][1] == finals["eager"][1]})
     report["ok"] = ok
     print(json.dumps(report, indent=2, default=str))
     return 0 if ok else 1
