@@ -14,7 +14,7 @@
    (2-process gloo DDP: tests/test_train_ddp.py.)
 3. The stop votes of sync-free DDP are read one step late; two gloo processes where only rank 1 gets SIGTERM
    both stop after the same step, and the resumed run ends with the weights of an uninterrupted one.
-4. ``auto`` is sync_free on a CPU; ``cuda_graph`` without CUDA is refused, naming the param.
+4. ``auto`` is eager on a CPU; ``cuda_graph`` without CUDA is refused, naming the param.
 (CUDA graph capture itself needs a GPU: benchmarks/gpu_check_step.py.)
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ def test_stop_votes_are_read_one_step_late_and_flushed():
 def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step(setup, tmp_path):
     _, text, _ = setup
     cache = make_cache(tmp_path / "cache.h5", n_train=48, n_valid=8)  # 6 steps per epoch and rank
-    params = small_params(text, **{"train.epochs": 2, "train.nproc": 2})
+    params = small_params(text, **{"train.epochs": 2, "train.nproc": 2, "train.step": "sync_free"})
     plain, interrupted = tmp_path / "plain", tmp_path / "interrupted"
     # uninterrupted, then rank 1 alone gets SIGTERM before its step 2 of epoch 0, then the rerun resumes
     mp.start_processes(ddp_stop_worker, args=(2, free_port(), params, str(cache), str(plain), None), nprocs=2,
@@ -206,8 +206,8 @@ def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step(setup, tmp_path)
 
 def test_step_mode_resolution_and_validation(setup):
     _, text, _ = setup
-    assert step_mode("auto", CPU) == "sync_free"
-    assert step_mode("eager", CPU) == "eager"
+    assert step_mode("auto", CPU) == "eager"
+    assert step_mode("sync_free", CPU) == "sync_free"
     with pytest.raises(ValueError, match="train.step: cuda_graph needs one process on a CUDA device"):
         step_mode("cuda_graph", CPU)
     params = copy.deepcopy(small_params(text))

@@ -12,7 +12,7 @@
    exactly 0 in one summation order and to ~1e-9 in another, and Adam turns that rounding into updates of
    ~0.1 lr, a real but meaningless difference.
 3. `cpsl train` with train.nproc 2 re-launches itself under torchrun (gloo) and writes a run with world size 2.
-4. The sync-free step (train.step auto on CPU) and the eager reference step give the same A6 run under DDP:
+4. The sync-free step and the eager reference step (train.step auto on CPU) give the same A6 run under DDP:
    bit-identical weights on both ranks and the same history (losses, coefficients, telemetry).
 """
 from __future__ import annotations
@@ -61,9 +61,9 @@ def ddp_runs(tmp_path_factory):
     cache = make_cache(tmp / "cache.h5", n_train=16, n_valid=8)
     # 3 epochs x 2 steps; the gm window covers all of them
     common = {"train.epochs": 3, "train.warmup_ratio": 0.0, "train.nproc": 2}
-    a6 = small_params(text, ablations=["A6"], **common)
+    a6 = small_params(text, ablations=["A6"], **common, **{"train.step": "sync_free"})
     c1 = small_params(text, ablations=["C1"], **common, **NO_DROPOUT)
-    a6_eager = small_params(text, ablations=["A6"], **common, **{"train.step": "eager"})
+    a6_eager = small_params(text, ablations=["A6"], **common)  # train.step auto: eager on the CPU
     jobs = [("a6", a6, "A6", str(cache), str(tmp / "run_a6")), ("c1", c1, "C1", str(cache), str(tmp / "run_c1")),
             ("a6eager", a6_eager, "A6", str(cache), str(tmp / "run_a6eager"))]
     mp.start_processes(ddp_worker, args=(2, free_port(), jobs, str(tmp)), nprocs=2, join=True, start_method="spawn")

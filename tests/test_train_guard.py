@@ -50,7 +50,7 @@ def test_nan_label_in_the_cache_is_refused_before_the_first_epoch(setup, tmp_pat
     assert not (run / "best.pt").exists() and not (run / "state" / "last.pt").exists()
 
 
-# eager raises before the bad step's optimizer update; sync_free (the default on CPU) records the step on the device
+# eager (the default on CPU) raises before the bad step's optimizer update; sync_free records the step on the device
 # and stops at the end of its epoch: the same report, the same kept files
 MODES = pytest.mark.parametrize("mode", ["eager", "sync_free"])
 

@@ -6,7 +6,7 @@ requests, gradient modulation (Eq. 5-6, GE; only inside the gm window and per th
 gradient clipping (train.grad_clip, 0 = off) and the AdamW step with linear warmup then linear decay.
 ``train.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
 once per epoch with the step replayed from a CUDA graph (cuda_graph); auto = cuda_graph on one CUDA process
-(where verified exact), else sync_free.
+(where verified exact), sync_free under DDP on CUDA, eager on the CPU (where reading a value costs nothing).
 Per epoch: the train means of every loss term (all-reduced over ranks), validation on rank 0 with
 ``run_inference`` (loss terms, MAE, Pearson corr), selection on the validation MAE (never the test set),
 best.pt on improvement, history.csv, DVCLive, and state/last.pt for resuming.
@@ -156,9 +156,12 @@ class _Run:
 
 
 def step_mode(configured: str, ctx: DistContext) -> str:
-    """train.step resolved for this process: auto = cuda_graph on one CUDA process, else sync_free."""
+    """train.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
+    eager on the CPU (a host read costs nothing there, and eager stops a collapsing run at once)."""
     cuda_alone = ctx.device.type == "cuda" and not ctx.distributed
     if configured == "auto":
+        if ctx.device.type != "cuda":
+            return "eager"
         return "cuda_graph" if cuda_alone else "sync_free"
     if configured == "cuda_graph" and not cuda_alone:
         raise ValueError(f"train.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
