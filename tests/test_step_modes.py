@@ -7,7 +7,8 @@
    graph capture): after a first call (the capture's warm-up), every copy from the CPU onto the device is
    recorded; the only ones are the GE noise, drawn here by a CPU generator because the meta device has none (on a
    GPU the generator is on the device). This is what found transformers' DeBERTa copying a host scalar on every
-   forward (now memoised: cpsl.model.text_encoder).
+   forward (now memoised: cpsl.model.text_encoder) and our min-max normaliser creating its +inf with
+   ``torch.tensor(..., device=...)`` (now ``torch.full``).
 2. Same numbers: eager and sync-free steps from the same state give bit-identical losses, statistics, Eq. 5-6
    coefficients and telemetry at every step, the same epoch rows and bit-identical weights, for A0, A6 and C1,
    with the modulation window open and closed; the whole ``fit`` gives the same history and weights.
@@ -103,11 +104,28 @@ def test_the_sync_free_body_reads_nothing_back(setup, ablation, monkeypatch):
 
 
 class CopiesToDevice(TorchDispatchMode):
-    """Records the shape of every tensor copied from the CPU onto another device."""
+    """Records the shape of every tensor copied from the host onto another device: copies dispatched as ops, and
+    ``torch.tensor`` / ``torch.as_tensor`` of host data onto a device (which bypass the dispatch modes)."""
 
     def __enter__(self):
         self.shapes = []
+        self._originals = torch.tensor, torch.as_tensor
+
+        def watch(original):
+            def create(data, *args, device=None, **kwargs):
+                out = original(data, *args, device=device, **kwargs)
+                on_host = not isinstance(data, torch.Tensor) or data.device.type == "cpu"
+                if on_host and out.device.type != "cpu":
+                    self.shapes.append(tuple(out.shape))
+                return out
+            return create
+
+        torch.tensor, torch.as_tensor = (watch(f) for f in self._originals)
         return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.tensor, torch.as_tensor = self._originals
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -40,7 +40,7 @@ def batch_min_max(x: torch.Tensor, mask: torch.Tensor, sync: bool | None = None)
                          f"{tuple(mask.shape)}")
     x = x.float()
     valid = mask.bool().unsqueeze(-1)
-    inf = torch.tensor(float("inf"), device=x.device)
+    inf = torch.full((), float("inf"), device=x.device)  # a fill kernel: no host-to-device copy (CUDA graphs)
     lo = torch.where(valid, x, inf).amin(dim=(0, 1))
     hi = torch.where(valid, x, -inf).amax(dim=(0, 1))
     if _distributed() if sync is None else sync:
