@@ -22,7 +22,7 @@ How it stays exact:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -51,7 +51,7 @@ class _Snapshot:
     buffers: list
     cuda_rng: torch.Tensor
     cpu_rng: torch.Tensor
-    device: torch.device = field(repr=False, default=None)
+    device: torch.device
 
     @classmethod
     def take(cls, model: torch.nn.Module, device: torch.device) -> "_Snapshot":
