@@ -164,7 +164,7 @@ class GraphedSteps:
     def _verified_replay(self, entry: _Entry, batch: dict, epoch: int, noise_seed: int) -> StepOutputs:
         """Replay once, checked against the uncaptured body run twice from the same state. Where the two uncaptured
         runs agree bit for bit (a deterministic platform: every CPU op, most GPU kernels), the replay must too;
-        where they do not (atomics, e.g. the backward of DeBERTa's torch.gather), the replay must lie within 8x
+        where they do not (CUDA kernels that accumulate with atomics), the replay must lie within 8x
         their own difference on every tensor. Flags must always agree."""
         model = self.body.model
         before = _Snapshot.take(model, self.device)
