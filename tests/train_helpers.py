@@ -96,24 +96,34 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:5]}"
 
 
-def ddp_worker(rank: int, world_size: int, port: int, jobs: list, out_dir: str) -> None:
-    """torch.multiprocessing entry point: join a gloo group, run each (name, params, ablation, data, run_dir)
-    job with the real training loop, save this rank's final weights to out_dir/<name>-rank<r>.pt."""
+def _join_gloo(rank: int, world_size: int, port: int):
+    """Inside a spawned process: join a local gloo group as ``rank`` (torch on one thread); returns the DistContext."""
     import os
 
-    from cpsl.train.distributed import init_from_env, shutdown
-    from cpsl.train.loop import RunSpec, fit
+    from cpsl.train.distributed import init_from_env
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    ctx = init_from_env("cpu")
+    return init_from_env("cpu")
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}}, path)
+
+
+def ddp_worker(rank: int, world_size: int, port: int, jobs: list, out_dir: str) -> None:
+    """torch.multiprocessing entry point: join a gloo group, run each (name, params, ablation, data, run_dir)
+    job with the real training loop, save this rank's final weights to out_dir/<name>-rank<r>.pt."""
+    from cpsl.train.distributed import shutdown
+    from cpsl.train.loop import RunSpec, fit
+
+    ctx = _join_gloo(rank, world_size, port)
     try:
         for name, params, ablation, data_path, run_dir in jobs:
             result = fit(RunSpec(params, ablation, 0, Path(data_path), Path(run_dir), params["text"]["model"]), ctx)
             assert result.exit_code == 0, result.message
-            torch.save({"model": {k: v.detach().clone() for k, v in result.model.state_dict().items()}},
-                       Path(out_dir) / f"{name}-rank{rank}.pt")
+            _save_weights(result.model, Path(out_dir) / f"{name}-rank{rank}.pt")
     finally:
         shutdown(ctx)
 
@@ -127,12 +137,9 @@ def ddp_stop_worker(rank: int, world_size: int, port: int, params: dict, data_pa
     import signal
 
     from cpsl.train import step as step_module
-    from cpsl.train.distributed import init_from_env, shutdown
+    from cpsl.train.distributed import shutdown
     from cpsl.train.loop import RunSpec, fit
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     if kill_at is not None and kill_at[0] == rank:
         real_step = step_module.Stepper.step
 
@@ -143,13 +150,12 @@ def ddp_stop_worker(rank: int, world_size: int, port: int, params: dict, data_pa
             return real_step(self, batch, sums, epoch=epoch, step=step, **kwargs)
 
         step_module.Stepper.step = step
-    ctx = init_from_env("cpu")
+    ctx = _join_gloo(rank, world_size, port)
     try:
         result = fit(RunSpec(params, "A6", 0, Path(data_path), Path(out_dir) / "run", params["text"]["model"]), ctx)
         torch.save({"exit_code": result.exit_code}, Path(out_dir) / f"exit-rank{rank}.pt")
         if result.exit_code == 0:
-            torch.save({"model": {k: v.detach().clone() for k, v in result.model.state_dict().items()}},
-                       Path(out_dir) / f"final-rank{rank}.pt")
+            _save_weights(result.model, Path(out_dir) / f"final-rank{rank}.pt")
     finally:
         shutdown(ctx)
 
