@@ -15,7 +15,10 @@
    (2-process gloo DDP: tests/test_train_ddp.py.)
 3. The stop votes of sync-free DDP are read one step late; two gloo processes where only rank 1 gets SIGTERM
    both stop after the same step, and the resumed run ends with the weights of an uninterrupted one.
-4. ``auto`` is eager on a CPU; ``cuda_graph`` without CUDA is refused, naming the param.
+4. ``train.grad_clip`` clips the gradients the optimizer applies, in every mode (cuda_graph:
+   tests/test_cuda_graph_logic.py; DDP: tests/test_train_ddp.py): global norm at the threshold, direction unchanged,
+   nothing changed below it.
+5. ``auto`` is eager on a CPU; ``cuda_graph`` without CUDA is refused, naming the param.
 (CUDA graph capture itself needs a GPU: benchmarks/gpu_check_step.py.)
 """
 from __future__ import annotations
@@ -31,9 +34,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import (
     D_A,
     D_V,
+    GradRecorder,
+    NoSchedule,
+    assert_clipped,
     assert_same_tensors,
     ddp_stop_worker,
     free_port,
+    global_norm,
     load_model_states,
     make_cache,
     one_thread,
@@ -232,3 +239,27 @@ def test_step_mode_resolution_and_validation(setup):
     params["train"]["step"] = "graphs"
     with pytest.raises(ParamsError, match="train.step"):
         validate_params(params, "test params")
+
+
+def _applied_grads(mode, text, batch, clip):
+    """The gradients the optimizer is handed after one A6 step (modulation window open) with train.grad_clip."""
+    params = small_params(text, **{"train.grad_clip": clip})
+    body = _body(params, "A6", text, CPU)
+    recorder = GradRecorder(body.model.parameters())
+    torch.manual_seed(123)
+    Stepper(mode, body, recorder, NoSchedule(), CPU, seed=0).step(batch, EpochSums(CPU.device), epoch=0, step=0,
+                                                                 global_step=0, stop_requested=False)
+    return recorder.seen[0]
+
+
+@pytest.mark.parametrize("mode", ["eager", "sync_free"])
+def test_grad_clip_clips_what_the_optimizer_applies(setup, mode):
+    _, text, cache = setup
+    batch = {k: v[:8] for k, v in load_tensors(cache, "train").items()}
+    unclipped = _applied_grads(mode, text, batch, 0.0)
+    norm = global_norm(unclipped)
+    for clip in (norm / 10, norm / 2):
+        assert_clipped(_applied_grads(mode, text, batch, clip), unclipped, clip)
+    # below the threshold: exactly the unclipped gradients
+    for a, b in zip(_applied_grads(mode, text, batch, 2 * norm), unclipped):
+        assert (a is None and b is None) or torch.equal(a, b)

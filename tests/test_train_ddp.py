@@ -14,6 +14,8 @@
 3. `cpsl train` with train.nproc 2 re-launches itself under torchrun (gloo) and writes a run with world size 2.
 4. The sync-free step and the eager reference step (train.step auto on CPU) give the same A6 run under DDP:
    bit-identical weights on both ranks and the same history (losses, coefficients, telemetry).
+5. ``train.grad_clip`` clips the DDP-averaged gradients, in eager and sync-free: on both ranks the optimizer gets
+   the same gradients, scaled to the threshold, in the unclipped direction.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from train_helpers import (
     D_A,
     D_V,
     REPO,
+    assert_clipped,
     assert_same_tensors,
+    ddp_clip_worker,
     ddp_worker,
     free_port,
     load_model_states,
@@ -130,3 +134,19 @@ def test_cpsl_train_with_nproc_2_relaunches_itself_under_torchrun(ddp_runs):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2  # 16 samples / global batch 8
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 0
+
+
+def test_grad_clip_clips_under_ddp(ddp_runs):
+    tmp, _, _ = ddp_runs
+    out = tmp / "clip"
+    out.mkdir()
+    params = small_params(str(tmp / "text"), ablations=["A6"], **{"train.nproc": 2, "train.grad_clip": 0.05})
+    mp.start_processes(ddp_clip_worker, args=(2, free_port(), params, str(tmp / "cache.h5"), str(out)), nprocs=2,
+                       join=True, start_method="spawn")
+    for mode in ("eager", "sync_free"):
+        grads = {(clip, rank): torch.load(out / f"clip-{mode}-{clip}-rank{rank}.pt", weights_only=True)
+                 for clip in (0.05, 0.0) for rank in (0, 1)}
+        for clip in (0.05, 0.0):  # DDP: both ranks apply the same gradients
+            for a, b in zip(grads[clip, 0], grads[clip, 1]):
+                assert (a is None and b is None) or torch.equal(a, b)
+        assert_clipped(grads[0.05, 0], grads[0.0, 0], 0.05)

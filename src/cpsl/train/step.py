@@ -132,14 +132,15 @@ class StepBody:
                                   stats[ABS_V].double() / count, epoch, self.params["gm"], self.params["cp"],
                                   self.switches, generator)
 
-        with_grad = [(n, p.grad) for n, p in self.named_params if p.grad is not None]
+        with_grad = [(n, p) for n, p in self.named_params if p.grad is not None]
         self.grad_names = [n for n, _ in with_grad]
-        grads = [g for _, g in with_grad]
-        per_tensor, total = grad_norms(grads)
+        per_tensor, total = grad_norms([p.grad for _, p in with_grad])
         bad = torch.cat([stats[NONFINITE:] > 0, ~torch.isfinite(total)[None]])
         clip = self.params["train"]["grad_clip"]
         if clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(grads, clip, total)
+            # the PARAMETERS: clip_grads_with_norm_ scales each argument's .grad (a gradient tensor has none, so
+            # passing the gradients themselves scaled nothing); the norm is the device tensor, no host read
+            torch.nn.utils.clip_grads_with_norm_([p for _, p in with_grad], clip, total)
         return StepOutputs(loss_vector, stats, bad, ~torch.isfinite(per_tensor), tele)
 
 
