@@ -235,10 +235,11 @@ def test_step_mode_resolution_and_validation(setup):
     assert step_mode("sync_free", CPU) == "sync_free"
     with pytest.raises(ValueError, match="train.step: cuda_graph needs one process on a CUDA device"):
         step_mode("cuda_graph", CPU)
-    params = copy.deepcopy(small_params(text))
-    params["train"]["step"] = "graphs"
-    with pytest.raises(ParamsError, match="train.step"):
-        validate_params(params, "test params")
+    for key, bad in (("step", "graphs"), ("optimizer_impl", "apex"), ("cuda_graph_scope", "all")):
+        params = copy.deepcopy(small_params(text))
+        params["train"][key] = bad
+        with pytest.raises(ParamsError, match=f"'train.{key}' must be one of"):
+            validate_params(params, "test params")
 
 
 def _applied_grads(mode, text, batch, clip):
@@ -263,3 +264,38 @@ def test_grad_clip_clips_what_the_optimizer_applies(setup, mode):
     # below the threshold: exactly the unclipped gradients
     for a, b in zip(_applied_grads(mode, text, batch, 2 * norm), unclipped):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_fused_adamw_gives_the_foreach_update_within_float_tolerance(setup):
+    """train.optimizer_impl: the fused AdamW (fewer kernels on a GPU; on the CPU here) follows foreach's
+    trajectory: after 9 steps the weights agree to float32 rounding, while they moved by orders of magnitude more."""
+    _, text, cache = setup
+    data = load_tensors(cache, "train")
+    g = torch.Generator().manual_seed(0)
+    batches = [{k: v[idx] for k, v in data.items()} for idx in (torch.randperm(24, generator=g)[:8] for _ in range(9))]
+    runs = {impl: _run_steps("sync_free", small_params(text, **{"train.optimizer_impl": impl, "train.lr": 1e-3}),
+                             "A6", text, batches, 3) for impl in ("foreach", "fused")}
+    torch.manual_seed(0)
+    initial = build_model(small_params(text), switches_for("A6"), D_A, D_V, text).state_dict()
+    moved = max((runs["foreach"][2][k] - initial[k]).abs().max().item() for k in initial
+                if initial[k].is_floating_point())
+    apart = max((runs["foreach"][2][k] - runs["fused"][2][k]).abs().max().item() for k in initial
+                if initial[k].is_floating_point())
+    assert moved > 1e-3 and apart < 1e-5, (moved, apart)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_capturable_adamw_keeps_its_learning_rates_on_the_device_and_the_schedule_updates_them(setup):
+    """train.cuda_graph_scope step: a graph replaying AdamW reads the rate from a tensor; the scheduler must
+    update that tensor in place (a new float or a new tensor would leave the graph on the captured rate)."""
+    _, text, _ = setup
+    body = _body(small_params(text, **{"train.lr": 1e-5, "train.lr_new_modules": 1e-3}), "A6", text, CPU)
+    optimizer = make_optimizer(body.model, body.params["train"], capturable_on=torch.device("cpu"))
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert all(isinstance(r, torch.Tensor) for r in rates) and all(g["capturable"] for g in optimizer.param_groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(10, 4))
+    for step in range(1, 6):
+        scheduler.step()
+        assert [group["lr"] is r for group, r in zip(optimizer.param_groups, rates)] == [True, True]
+        factor = linear_warmup_decay(10, 4)(step)
+        assert [float(r) for r in rates] == pytest.approx([1e-5 * factor, 1e-3 * factor])

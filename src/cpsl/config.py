@@ -138,6 +138,9 @@ SCHEMA: dict = {
         "bf16": _BOOL,
         "grad_clip": _num(0),
         "step": _choice("auto", "eager", "sync_free", "cuda_graph"),
+        # execution settings (how a run executes, not what it computes)
+        "optimizer_impl": _choice("foreach", "fused"),
+        "cuda_graph_scope": _choice("body", "step"),
     },
     "eval": {"batch_size": _num(1, integer=True), "reliance_permutations": _num(0, 100, integer=True)},
 }

@@ -105,15 +105,25 @@ def run_fingerprint(spec: RunSpec) -> str:
                                 code=deps.code_hash("train"))
 
 
-def make_optimizer(model, tp: dict) -> torch.optim.Optimizer:
+def make_optimizer(model, tp: dict, capturable_on: torch.device | None = None) -> torch.optim.Optimizer:
     """AdamW; the text encoder at train.lr, every new module (AME, fusion, heads) at train.lr_new_modules
-    (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor."""
+    (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor.
+    ``train.optimizer_impl``: ``foreach`` (a few dozen multi-tensor kernels per step) or ``fused`` (one fused kernel
+    per parameter group and dtype); the same update up to float rounding. ``capturable_on`` (a CUDA device, for
+    ``train.cuda_graph_scope: step``): a capturable AdamW whose learning rates are tensors on that device, which
+    the scheduler updates in place, so that a CUDA graph replaying the step reads the current rate."""
     new_lr = tp["lr"] if tp["lr_new_modules"] is None else tp["lr_new_modules"]
     text = list(model.text_encoder.parameters())
     text_ids = {id(p) for p in text}
     new = [p for p in model.parameters() if id(p) not in text_ids]
-    groups = [{"params": text, "lr": tp["lr"]}, {"params": new, "lr": new_lr}]
-    return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], foreach=True)
+    capturable = capturable_on is not None
+
+    def rate(value: float):
+        return torch.tensor(float(value), device=capturable_on) if capturable else value
+
+    groups = [{"params": text, "lr": rate(tp["lr"])}, {"params": new, "lr": rate(new_lr)}]
+    impl = {"fused": True} if tp["optimizer_impl"] == "fused" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], capturable=capturable, **impl)
 
 
 def linear_warmup_decay(total_steps: int, warmup_steps: int):
@@ -169,13 +179,21 @@ def step_mode(configured: str, ctx: DistContext) -> str:
     return configured
 
 
+def optimizer_in_graph(params: dict, ctx: DistContext) -> bool:
+    """Whether this process captures the AdamW step in its CUDA graphs (train.cuda_graph_scope: step)."""
+    return step_mode(params["train"]["step"], ctx) == "cuda_graph" and params["train"]["cuda_graph_scope"] == "step"
+
+
 def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: DistContext, seed: int,
                  batch_per_rank: int, use_bf16: bool) -> Stepper:
-    """The training step of train.step for this process (graphs for full batches of ``batch_per_rank``)."""
+    """The training step of train.step for this process (graphs for full batches of ``batch_per_rank``; with
+    train.cuda_graph_scope step they include ``optimizer``, which must then be capturable on a GPU)."""
     mode = step_mode(params["train"]["step"], ctx)
     body = StepBody(net, model, params, switches, ctx, use_bf16)
     graphs = (GraphedSteps(body, batch_per_rank, strict=params["train"]["step"] == "cuda_graph",
-                           log=lambda msg: _log(ctx, msg)) if mode == "cuda_graph" else None)
+                           log=lambda msg: _log(ctx, msg),
+                           optimizer=optimizer if optimizer_in_graph(params, ctx) else None)
+              if mode == "cuda_graph" else None)
     return Stepper(mode, body, optimizer, scheduler, ctx, seed, graphs)
 
 
@@ -196,7 +214,7 @@ def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     # find_unused_parameters: a switched-off part (e.g. the variance head in C1) gets no gradient
     net = (DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True) if ctx.distributed else step_fn)
-    optimizer = make_optimizer(model, tp)
+    optimizer = make_optimizer(model, tp, device if optimizer_in_graph(params, ctx) else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps)))
     use_bf16 = bool(tp["bf16"]) and device.type == "cuda"

@@ -13,8 +13,8 @@ the AdamW step with its schedule. They differ only in when the host looks at the
   (state/last.pt and best.pt of the last completed finite epoch; the collapsed epoch is never saved).
   Under DDP the stop votes of SIGTERM/SIGINT are read one step late, so every rank stops after the same step
   without waiting for the step in flight.
-- ``cuda_graph``: ``sync_free`` with the body captured in a CUDA graph per static case (cpsl.train.cuda_graphs);
-  one process on CUDA only.
+- ``cuda_graph``: ``sync_free`` with the body (``train.cuda_graph_scope: step``: and the AdamW step) captured in a
+  CUDA graph per static case (cpsl.train.cuda_graphs); one process on CUDA only.
 
 Given the same state, all three produce the same losses, coefficients, telemetry and weights (tests/test_step_modes.py).
 """
@@ -268,6 +268,7 @@ class Stepper:
     def step(self, batch: dict, sums: EpochSums, *, epoch: int, step: int, global_step: int,
              stop_requested: bool) -> tuple[StepOutputs, bool]:
         n = len(batch["label"])
+        optimizer_done = False
         if self.mode == "eager":
             out = self.body(batch, epoch, noise_generator(self.seed, global_step, self.ctx.device), stop_requested)
             stats, bad = out.stats.tolist(), out.bad.tolist()  # the per-step host reads of the reference step
@@ -278,13 +279,15 @@ class Stepper:
         else:
             if self.graphs is not None and self.graphs.can_run(batch, epoch):
                 out = self.graphs.run(batch, epoch, noise_seed(self.seed, global_step))
+                optimizer_done = self.graphs.includes_optimizer  # train.cuda_graph_scope: step
             else:  # a shape or case without a graph (the short last batch of an epoch) runs uncaptured
                 out = self.body(batch, epoch, noise_generator(self.seed, global_step, self.ctx.device),
                                 stop_requested)
             stop_votes = (self.votes.push_and_read_previous(out.stats[STOP]) if self.ctx.distributed
                           else stop_requested)
         sums.add(out, n, self.body.grad_names)
-        self.optimizer.step()
+        if not optimizer_done:
+            self.optimizer.step()
         self.scheduler.step()
         return out, stop_votes
 
