@@ -196,7 +196,9 @@ class GraphedSteps:
             self._restore(before)
             what = "capture"
             graph = torch.cuda.CUDAGraph()
-            graph.register_generator_state(self.generator)
+            register = getattr(graph, "register_generator_state", None)  # newer PyTorch registers lazily
+            if register is not None:
+                register(self.generator)
             self.generator.manual_seed(0)
             outputs = self._record(graph, lambda: self._step(static, epoch, self.generator))
         except Exception as exc:
