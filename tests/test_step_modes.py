@@ -299,3 +299,9 @@ def test_capturable_adamw_keeps_its_learning_rates_on_the_device_and_the_schedul
         assert [group["lr"] is r for group, r in zip(optimizer.param_groups, rates)] == [True, True]
         factor = linear_warmup_decay(10, 4)(step)
         assert [float(r) for r in rates] == pytest.approx([1e-5 * factor, 1e-3 * factor])
+    # a resume (checkpoints are read onto the CPU; a float rate from an older state) gives tensors again
+    saved = optimizer.state_dict()
+    saved["param_groups"][0]["lr"] = 2e-5
+    optimizer.load_state_dict(saved)
+    assert [type(g["lr"]) for g in optimizer.param_groups] == [torch.Tensor, torch.Tensor]
+    assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(2e-5)

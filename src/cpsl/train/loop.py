@@ -123,7 +123,20 @@ def make_optimizer(model, tp: dict, capturable_on: torch.device | None = None) -
 
     groups = [{"params": text, "lr": rate(tp["lr"])}, {"params": new, "lr": rate(new_lr)}]
     impl = {"fused": True} if tp["optimizer_impl"] == "fused" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], capturable=capturable, **impl)
+    optimizer = torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], capturable=capturable,
+                                  **impl)
+    if capturable:
+        optimizer.register_load_state_dict_post_hook(lambda opt: _rates_on(opt, capturable_on))
+    return optimizer
+
+
+def _rates_on(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """After a resume: the loaded learning rates (read onto the CPU, or saved as floats) back as tensors on the
+    device, which the graph then captures and the scheduler updates in place."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if not (isinstance(lr, torch.Tensor) and lr.device == torch.device(device)):
+            group["lr"] = torch.as_tensor(float(lr), device=device)
 
 
 def linear_warmup_decay(total_steps: int, warmup_steps: int):
