@@ -30,8 +30,8 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 start=$SECONDS
 : > "$out/exits.txt"
-timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" 2>&1
-timeout 30 "$PY" -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__)" \
+timeout -k 2 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv" 2>&1
+timeout -k 2 30 "$PY" -c "import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__)" \
     > "$out/versions.txt" 2>&1
 
 step() {  # NAME LIMIT_S COMMAND...: run one step within what is left of the budget
