@@ -1,4 +1,4 @@
-"""GPU benchmark of the training step: eager vs the sync-free step vs the CUDA-graph step (train.step), for the
+"""GPU benchmark of the training step: eager vs the sync-free step vs the CUDA-graph step (execution.step), for the
 full model (A6) and the baseline (A0), on the paper's backbone (deberta-v3-base architecture, random weights, no
 download) with MOSI-shaped batches (8 x 50, d_a 74, d_v 47).
 

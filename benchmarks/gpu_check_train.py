@@ -7,8 +7,8 @@ CI has no GPU, so this is the one place the CUDA paths of ``fit`` (device placem
 state/last.pt, validation on the GPU, bf16 autocast, the CUDA-graph step) and ``run_evaluate`` run end to end.
 It trains A6 with a tiny DeBERTa on a small learnable synthetic cache (the fixtures of tests/train_helpers.py),
 resumes a finished run (must be a no-op), evaluates, and checks that the GPU run learns and that best.pt loads
-with weights_only=True. Each precision runs with train.step auto (CUDA graphs, verified exact at start) and with
-train.step eager: the check wants auto to have really run on graphs, and reports how far the two runs' weights and
+with weights_only=True. Each precision runs with execution.step auto (CUDA graphs, verified exact at start) and with
+execution.step eager: the check wants auto to have really run on graphs, and reports how far the two runs' weights and
 histories are apart (0 where the platform is deterministic). Prints JSON; exits non-zero on any failed check.
 
 The lent GPU image has no dvclive; when it is missing, a stand-in that writes nothing is installed for this
@@ -71,8 +71,8 @@ def main() -> int:
         for bf16 in (False, True):
             finals = {}
             for mode in ("auto", "eager"):
-                params = small_params(text, **{"train.device": device, "train.bf16": bf16, "train.epochs": 6,
-                                               "train.lr": 3e-3, "train.step": mode})
+                params = small_params(text, **{"execution.device": device, "train.bf16": bf16, "train.epochs": 6,
+                                               "train.lr": 3e-3, "execution.step": mode})
                 run = tmp / f"A6-bf16{int(bf16)}-{mode}"
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()

@@ -4,7 +4,7 @@
 # Every result is its own JSON file in ${OUT:-gpu_results}/, written as soon as that step ends, so a session cut
 # short keeps what it finished. Steps run in order of importance and are skipped once ${BUDGET_S:-600} seconds
 # have passed (about 10 minutes on an H100/H200 for all of them):
-#   gpu_check_train   the real train/evaluate stages on CUDA, fp32 and bf16, train.step auto (graphs) vs eager
+#   gpu_check_train   the real train/evaluate stages on CUDA, fp32 and bf16, execution.step auto (graphs) vs eager
 #   bench_gpu         eager vs sync_free vs cuda_graph, A0 and A6, fp32: steps/s, speed-up, peak memory
 #   grid_K_<mode>     K concurrent A6 jobs on the GPU (K = 1, 4, 8, 2), auto (graphs) and eager
 set -uo pipefail
@@ -30,5 +30,5 @@ run bench_gpu 240 python benchmarks/bench_gpu.py --steps 50
 for k in 1 4 8 2; do
     run "grid_${k}_auto" 120 python benchmarks/bench_grid_throughput.py --jobs "$k" --steps 150 --warmup 10
     run "grid_${k}_eager" 120 python benchmarks/bench_grid_throughput.py --jobs "$k" --steps 150 --warmup 10 \
-        --set train.step=eager
+        --set execution.step=eager
 done

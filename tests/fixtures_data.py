@@ -21,7 +21,7 @@ def make_params(dataset: str = "demo", mirror: str | None = None, **demo) -> dic
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
     params["dataset"] = dataset
     params["data"]["mirror"] = mirror
-    params["data"]["download"] = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0}
+    params["execution"]["download"] = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0}
     params["demo"].update(TINY_DEMO)
     params["demo"].update(demo)
     return validate_params(params, "test params")

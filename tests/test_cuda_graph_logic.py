@@ -162,7 +162,7 @@ def test_a_replay_that_differs_is_caught(setup, stand_in):
     _assert_same_run(eager, fallen_back)
     assert "differs from the uncaptured step in gradient of" in fallen_back[3].disabled_reason
     assert any("CUDA graphs off" in m for m in messages)
-    with pytest.raises(GraphNotExact, match="train.step cuda_graph: replay 1 differs"):
+    with pytest.raises(GraphNotExact, match="execution.step cuda_graph: replay 1 differs"):
         _train(text, batches, "cuda_graph", strict=True)
 
 

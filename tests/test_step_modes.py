@@ -1,4 +1,4 @@
-"""The three ways of running a training step (train.step; cpsl.train.step) agree, and the new one reads nothing back.
+"""The three ways of running a training step (execution.step; cpsl.train.step) agree; the new one reads nothing back.
 
 1. No host reads: the sync-free step body (forward, Eq. 4, backward, statistics, Eq. 5-6 + GE, norms, flags,
    clipping) and the device-side epoch sums run on the ``meta`` device, where every read of a value
@@ -182,7 +182,7 @@ def test_fit_gives_the_same_run_in_both_modes(setup, tmp_path):
     _, text, cache = setup
     out = {}
     for mode in ("eager", "sync_free"):
-        params = small_params(text, **{"train.epochs": 2, "train.step": mode})
+        params = small_params(text, **{"train.epochs": 2, "execution.step": mode})
         result = fit(RunSpec(params, "A6", 0, cache, tmp_path / mode, text), CPU)
         assert result.exit_code == 0
         out[mode] = ((tmp_path / mode / "history.csv").read_text(),
@@ -202,7 +202,7 @@ def test_stop_votes_are_read_one_step_late_and_flushed():
 def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step(setup, tmp_path):
     _, text, _ = setup
     cache = make_cache(tmp_path / "cache.h5", n_train=48, n_valid=8)  # 6 steps per epoch and rank
-    params = small_params(text, **{"train.epochs": 2, "train.nproc": 2, "train.step": "sync_free"})
+    params = small_params(text, **{"train.epochs": 2, "execution.nproc": 2, "execution.step": "sync_free"})
     plain, interrupted = tmp_path / "plain", tmp_path / "interrupted"
     # uninterrupted, then rank 1 alone gets SIGTERM before its step 2 of epoch 0, then the rerun resumes
     mp.start_processes(ddp_stop_worker, args=(2, free_port(), params, str(cache), str(plain), None), nprocs=2,
@@ -226,9 +226,9 @@ def test_step_mode_resolution_and_validation(setup):
     _, text, _ = setup
     assert step_mode("auto", CPU) == "eager"
     assert step_mode("sync_free", CPU) == "sync_free"
-    with pytest.raises(ValueError, match="train.step: cuda_graph needs one process on a CUDA device"):
+    with pytest.raises(ValueError, match="execution.step: cuda_graph needs one process on a CUDA device"):
         step_mode("cuda_graph", CPU)
     params = copy.deepcopy(small_params(text))
-    params["train"]["step"] = "graphs"
-    with pytest.raises(ParamsError, match="train.step"):
+    params["execution"]["step"] = "graphs"
+    with pytest.raises(ParamsError, match="execution.step"):
         validate_params(params, "test params")

@@ -98,7 +98,7 @@ def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, mo
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage.distributed, "relaunch",
                         lambda n, args, pass_fds=(): launched.update(n=n, args=args) or 7)
-    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "train": {"nproc": 2, "device": "cpu"}}
+    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "execution": {"nproc": 2, "device": "cpu"}}
     code = stage.run_train(params, seed=1, data_path=tmp_path / "c.h5", out_dir=tmp_path / "run",
                            params_file="p.yaml", overrides=["cp.eta=0.3"])
     assert code == 7 and launched["n"] == 2

@@ -162,7 +162,7 @@ def test_dvc_exp_run_without_lock_keeps_the_raw_folder(tmp_path):
 
 
 def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
-    """`--resources gpu=N` / the SLURM executor see the GPUs a job needs: train.nproc for train, one for
+    """`--resources gpu=N` / the SLURM executor see the GPUs a job needs: execution.nproc for train, one for
     evaluate, none for the data and report stages."""
     smk, _ = pipelines
     for job in smk:
@@ -174,7 +174,7 @@ def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
     for name in ("Snakefile", "workflow", "src"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"]["nproc"] = 4
+    params["execution"]["nproc"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}
 

@@ -132,7 +132,7 @@ def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: d
 
 
 def _prepare_download(params: Mapping, out_dir: Path, spec: DatasetSpec) -> dict:
-    cfg = params["data"]["download"]
+    cfg = params["execution"]["download"]
     files = {}
     for role in ROLES:
         f = spec.file(role)

@@ -1,4 +1,4 @@
-"""CUDA graphs of the training step's body (``train.step: cuda_graph``, and ``auto`` on one CUDA process).
+"""CUDA graphs of the training step's body (``execution.step: cuda_graph``, and ``auto`` on one CUDA process).
 
 At batch 8 x 50 the eager step of DeBERTa-v3-base is bound by kernel launches and host work, not by the GPU
 (benchmarks/RESULTS.md). A CUDA graph replays the whole ``StepBody`` (forward, Eq. 4, backward, the statistics,
@@ -101,7 +101,7 @@ class GraphedSteps:
             raise
         except Exception as exc:  # capture is not possible here: continue uncaptured (auto) or fail (cuda_graph)
             if self.strict:
-                raise RuntimeError(f"train.step cuda_graph: capturing the step failed: {exc}") from exc
+                raise RuntimeError(f"execution.step cuda_graph: capturing the step failed: {exc}") from exc
             self._disable(f"capture failed ({type(exc).__name__}: {exc})")
             return self.body(batch, epoch, seeded_generator(noise_seed, self.device))
 
@@ -187,7 +187,7 @@ class GraphedSteps:
             return out
         reason = f"replay {entry.verified + 1} differs from the uncaptured step in {failure}"
         if self.strict:
-            raise GraphNotExact(f"train.step cuda_graph: {reason}")
+            raise GraphNotExact(f"execution.step cuda_graph: {reason}")
         self._disable(reason)
         ref1[2].restore(model)
         for (_, p), grad in zip(self.body.named_params, ref1[1]):

@@ -4,7 +4,7 @@ Per step (cpsl.train.step): forward (bf16 autocast on CUDA when train.bf16), the
 averages the gradients), ONE all-reduce of the unimodal absolute errors / sample count / non-finite flags / stop
 requests, gradient modulation (Eq. 5-6, GE; only inside the gm window and per the switches), the collapse guard,
 gradient clipping (train.grad_clip, 0 = off) and the AdamW step with linear warmup then linear decay.
-``train.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
+``execution.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
 once per epoch with the step replayed from a CUDA graph (cuda_graph); auto = cuda_graph on one CUDA process
 (where verified exact), sync_free under DDP on CUDA, eager on the CPU (where reading a value costs nothing).
 Per epoch: the train means of every loss term (all-reduced over ranks), validation on rank 0 with
@@ -156,7 +156,7 @@ class _Run:
 
 
 def step_mode(configured: str, ctx: DistContext) -> str:
-    """train.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
+    """execution.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
     eager on the CPU (a host read costs nothing there, and eager stops a collapsing run at once)."""
     cuda_alone = ctx.device.type == "cuda" and not ctx.distributed
     if configured == "auto":
@@ -164,24 +164,24 @@ def step_mode(configured: str, ctx: DistContext) -> str:
             return "eager"
         return "cuda_graph" if cuda_alone else "sync_free"
     if configured == "cuda_graph" and not cuda_alone:
-        raise ValueError(f"train.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
+        raise ValueError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
                          f"{ctx.world_size} process(es)); use auto, sync_free or eager")
     return configured
 
 
 def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: DistContext, seed: int,
                  batch_per_rank: int, use_bf16: bool) -> Stepper:
-    """The training step of train.step for this process (graphs for full batches of ``batch_per_rank``)."""
-    mode = step_mode(params["train"]["step"], ctx)
+    """The training step of execution.step for this process (graphs for full batches of ``batch_per_rank``)."""
+    mode = step_mode(params["execution"]["step"], ctx)
     body = StepBody(net, model, params, switches, ctx, use_bf16)
-    graphs = (GraphedSteps(body, batch_per_rank, strict=params["train"]["step"] == "cuda_graph",
+    graphs = (GraphedSteps(body, batch_per_rank, strict=params["execution"]["step"] == "cuda_graph",
                            log=lambda msg: _log(ctx, msg)) if mode == "cuda_graph" else None)
     return Stepper(mode, body, optimizer, scheduler, ctx, seed, graphs)
 
 
 def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     params, tp, device = spec.params, spec.params["train"], ctx.device
-    step_mode(tp["step"], ctx)  # refuse an impossible train.step before any work
+    step_mode(params["execution"]["step"], ctx)  # refuse an impossible execution.step before any work
     attrs = read_attrs(spec.data_path)
     # on a GPU the training split lives on the device (MOSI ~30 MB, MOSEI ~0.4 GB): batches are gathered there,
     # with no host-to-device copy (and so no synchronisation) per step

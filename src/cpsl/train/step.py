@@ -1,4 +1,4 @@
-"""One optimisation step of ``fit``, in the three ways ``train.step`` names.
+"""One optimisation step of ``fit``, in the three ways ``execution.step`` names.
 
 Every way runs the same ``StepBody`` (forward with the Eq. 4 terms, backward, ONE all-reduce of the batch
 statistics, Eq. 5-6 + GE on the encoder gradients, the gradient norm with its non-finite flags, clipping) and then
@@ -259,7 +259,7 @@ class Stepper:
 
     def __init__(self, mode: str, body: StepBody, optimizer, scheduler, ctx: DistContext, seed: int, graphs=None):
         if mode not in ("eager", "sync_free", "cuda_graph"):
-            raise ValueError(f"train.step: unknown mode {mode!r}")
+            raise ValueError(f"execution.step: unknown mode {mode!r}")
         self.mode, self.body, self.optimizer, self.scheduler, self.ctx = mode, body, optimizer, scheduler, ctx
         self.seed, self.graphs = seed, graphs
         self.votes = _StopVotes(ctx.device)
