@@ -41,6 +41,19 @@ def write_fake_mirror(folder: Path, dataset: str = "mosi") -> dict:
     return out
 
 
+def force_copy(monkeypatch) -> None:
+    """Make cpsl.data.mirror.place_file find neither reflinks nor hard links (a mirror on another file system)."""
+    import errno
+
+    import cpsl.data.mirror as mirror_mod
+
+    def cross_device(src, dest):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(mirror_mod, "_reflink", cross_device)
+    monkeypatch.setattr(mirror_mod, "_hard_link", cross_device)
+
+
 def free_port() -> int:
     """A loopback port with nothing listening on it (bound then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

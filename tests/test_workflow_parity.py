@@ -140,7 +140,8 @@ def test_both_engines_keep_the_raw_folder_when_prepare_reruns():
     # running it, and Snakemake deletes a job's outputs before rerunning it: the raw downloads must survive
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     outs = dvc["stages"]["prepare"]["outs"]
-    assert outs == [{"data/raw/${dataset}": {"persist": True}}]
+    # cache: false: DVC keeps no second copy of the raw data and never moves/chmods it (issue 17)
+    assert outs == [{"data/raw/${dataset}": {"persist": True, "cache": False}}]
     rule = (REPO / "workflow" / "rules" / "data.smk").read_text().split("rule prepare:")[1].split("\nrule ")[0]
     assert "update(directory(str(paths.raw_dir(DATASET))))" in rule
 
