@@ -42,7 +42,7 @@ from cpsl.data.prepare import run_prepare
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_align import VOCAB, _metadata  # noqa: E402 - the align benchmark's words and .csd metadata
+from bench_align import _metadata, words_and_segments  # noqa: E402 - the align benchmark's generator
 
 MOSEI_VIDEOS, MOSEI_SEGMENTS, MOSEI_SECONDS = 3228, 23593, 65.4 * 3600
 ACOUSTIC_DIM, ACOUSTIC_HZ, VISUAL_DIM, VISUAL_HZ = 74, 100, 35, 30
@@ -93,18 +93,7 @@ class _Video:
 
     def __init__(self, index: int, seed: int, seconds: float, segments: int):
         rng = np.random.default_rng([seed, index])
-        seg_len = seconds / segments * 0.85  # the rest: silence between segments
-        t, w_iv, words, s_iv = 0.5, [], [], []
-        for _ in range(segments):
-            start, end = t, t + rng.uniform(0.5, 1.5) * seg_len
-            while t < end:
-                d = rng.uniform(0.05, 0.35) if rng.random() < 0.15 else rng.uniform(0.2, 0.6)
-                w_iv.append((t, t + d))
-                words.append(b"sp" if d < 0.2 else VOCAB[rng.integers(len(VOCAB))])
-                t += d
-            s_iv.append((start, t))
-            t += rng.uniform(0.5, 1.5) * seconds / segments * 0.15
-        self.duration = t + 1.0
+        w_iv, words, s_iv, self.duration = words_and_segments(rng, segments, seconds / segments)
         self.words = (np.array(w_iv), np.array(words, dtype="S")[:, None])
         self.labels = (np.array(s_iv), rng.uniform(-3, 3, size=(len(s_iv), 1)))
         self.rng = rng
