@@ -241,3 +241,24 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     names = _listing(out)
     assert not any(n.endswith(".tmp") or n.startswith(".demo-build") for n in names)
     assert "notes.txt" in names
+
+
+def test_placement_is_the_cheapest_this_file_system_allows(tmp_path):
+    """reflink where FICLONE works (checked on this file system), else a hard link; a copy only when neither
+    works (forced: test_copy_failing_midway_leaves_no_partial_file). Verified by hand on a loop-mounted XFS
+    (reflink=1): reflink x4, own inodes, and a write to a raw file left the mirror unchanged."""
+    probe_src, probe = tmp_path / "probe-src", tmp_path / "probe"
+    probe_src.write_bytes(b"x" * 4096)
+    try:
+        mirror_mod._reflink(probe_src, probe)
+        expected = mirror_mod.REFLINK
+    except OSError:
+        expected = mirror_mod.HARD_LINK
+    src = write_fake_mirror(tmp_path / "mirror", "mosi")
+    out = tmp_path / "raw"
+    manifest = prepare_mod.run_prepare(make_params("mosi", mirror=str(tmp_path / "mirror")), out)
+    assert {manifest["files"][role]["placed"] for role in ROLES} == {expected}
+    for role in ROLES:
+        linked = os.path.samefile(src[role], out / src[role].name)
+        assert linked == (expected == mirror_mod.HARD_LINK)
+        assert sha256_file(out / src[role].name) == manifest["files"][role]["sha256"] == sha256_file(src[role])
