@@ -6,8 +6,9 @@
     nice -n 10 python benchmarks/bench_prepare.py --mosei [--fraction 1.0] [--code TREE] [--workdir DIR]
         a MOSEI-size synthetic mirror in the CMU format, then `dvc repro prepare`, `dvc repro align`, a no-op
         `dvc repro` and a re-verifying `cpsl prepare`, in a throw-away DVC project made from the source tree
-        TREE (default: this checkout; pass an export of an older commit to measure "before"). Reports wall
-        times, prepare's own placement and hashing times (from its output), and the disk growth: the bytes of
+        TREE (default: this checkout; pass an export of an older commit to measure "before"), then `cpsl
+        prepare` alone into an emptied raw folder. Reports wall times, prepare's own placement and hashing
+        times (from its output), and the disk growth of the two `dvc repro` steps: the bytes of
         the new inodes in the project (raw folder, processed cache, DVC cache, manifest), each inode once, the
         mirror's own inodes excluded. Keeps free disk space above 20 GB or refuses to start.
 
@@ -249,6 +250,13 @@ def mosei_benchmark(args) -> dict:
             growth = _new_bytes(project, known)
             result[name] = {"wall_s": round(wall, 1), "growth_bytes": growth, **_from_output(out)}
             print(json.dumps({name: result[name]}), flush=True)
+        # prepare alone, from an empty raw folder (what `dvc repro prepare` ran, without DVC's hashing after it)
+        shutil.rmtree(project / "data/raw/mosei")
+        for records in (project / "data/raw").glob(".mosei.*"):
+            records.unlink()
+        wall, out = _timed(["cpsl", "prepare"], project, env)
+        result["cpsl prepare (empty raw folder)"] = {"wall_s": round(wall, 1), **_from_output(out)}
+        print(json.dumps({"cpsl prepare (empty raw folder)": result["cpsl prepare (empty raw folder)"]}), flush=True)
         result["sizes"] = {
             "raw_folder_apparent": sum(p.stat().st_size for p in (project / "data/raw/mosei").iterdir()),
             "processed_h5": (project / "data/processed/mosei.h5").stat().st_size,
