@@ -1,4 +1,4 @@
-"""GPU benchmark of ONE training-step case: ablation x train.step x precision x AdamW kernels x graph scope, on the
+"""GPU benchmark of ONE training-step case: ablation x execution.step x precision x AdamW kernels x graph scope, on the
 paper's backbone (deberta-v3-base architecture, random weights, no download) with MOSI-shaped batches
 (8 x 50, d_a 74, d_v 47). One case per process, so that a case that fails (a CUDA graph capture that fails
 leaves the process unusable) or is killed loses nothing but itself; ``benchmarks/gpu_session.sh`` runs the cases
@@ -74,7 +74,7 @@ def time_block(trainer: Trainer, batches, start: int, n: int, device: str) -> fl
 
 def case_params(args) -> dict:
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
-    params["train"].update(step=args.step, optimizer_impl=args.optimizer, cuda_graph_scope=args.scope)
+    params["execution"].update(step=args.step, optimizer_impl=args.optimizer, cuda_graph_scope=args.scope)
     if args.smoke:
         params["model"].update(intermediate_dim=8, fusion_dim=8)
     return params
@@ -113,10 +113,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ablation", default="A6")
     ap.add_argument("--step", default="auto", choices=("auto", "eager", "sync_free", "cuda_graph"),
-                    help="train.step (auto = cuda_graph on one GPU, verified; reports what really ran)")
+                    help="execution.step (auto = cuda_graph on one GPU, verified; reports what really ran)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 = train.bf16 autocast")
-    ap.add_argument("--optimizer", default="foreach", choices=("foreach", "fused"), help="train.optimizer_impl")
-    ap.add_argument("--scope", default="body", choices=("body", "step"), help="train.cuda_graph_scope")
+    ap.add_argument("--optimizer", default="foreach", choices=("foreach", "fused"), help="execution.optimizer_impl")
+    ap.add_argument("--scope", default="body", choices=("body", "step"), help="execution.cuda_graph_scope")
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps (a graph: capture + 2 checked replays)")
     ap.add_argument("--steps", type=int, default=40, help="timed steps (blocks of 5)")
     ap.add_argument("--smoke", action="store_true", help="tiny DeBERTa on the CPU, a few steps: checks the script")

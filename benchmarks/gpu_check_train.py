@@ -7,7 +7,7 @@ CI has no GPU, so this is the one place the CUDA paths of ``fit`` (device placem
 state/last.pt, validation on the GPU, bf16 autocast, the CUDA-graph step) and ``run_evaluate`` run end to end.
 It trains A6 with a tiny DeBERTa on a small learnable synthetic cache (the fixtures of tests/train_helpers.py),
 resumes a finished run (must be a no-op), evaluates, and checks that the GPU run learns and that best.pt loads
-with weights_only=True. Each precision runs with train.step eager and with train.step auto (CUDA graphs,
+with weights_only=True. Each precision runs with execution.step eager and with execution.step auto (CUDA graphs,
 verified at start; clipping on, train.grad_clip 1.0): the check wants auto to have really run on graphs, and
 reports how far the two runs' weights and histories are apart (0 where the platform is deterministic). A run that
 raises (e.g. a failed capture) is reported in its entry and the other runs go on. Prints JSON; exits non-zero
@@ -68,7 +68,7 @@ def _one_run(params: dict, run: Path, cache: Path, device: str) -> tuple[dict, t
     test = metrics["test"] if isinstance(metrics, dict) and "test" in metrics else \
         json.loads((run / "metrics.json").read_text())["test"]
     summary = json.loads((run / "train_summary.json").read_text())
-    mode, bf16 = params["train"]["step"], params["train"]["bf16"]
+    mode, bf16 = params["execution"]["step"], params["train"]["bf16"]
     entry = {"bf16": bf16, "step": mode, "ran_as": summary["step_mode"], "exit": code,
              "rerun_exit": again, "seconds": round(seconds, 1), "best_epoch": best["epoch"],
              "valid": best["valid"], "test_corr": test.get("corr"), "test_mae": test.get("mae"),
@@ -98,8 +98,8 @@ def main() -> int:
         # eager first: a failed capture in an auto run (which stops that run) comes after the eager figures
         for mode in ("eager", "auto"):
             for bf16 in (False, True):
-                params = small_params(text, **{"train.device": device, "train.bf16": bf16, "train.epochs": 6,
-                                               "train.lr": 3e-3, "train.step": mode, "train.grad_clip": 1.0})
+                params = small_params(text, **{"execution.device": device, "train.bf16": bf16, "train.epochs": 6,
+                                               "train.lr": 3e-3, "execution.step": mode, "train.grad_clip": 1.0})
                 try:
                     entry, finals[bf16, mode] = _one_run(params, tmp / f"A6-bf16{int(bf16)}-{mode}", cache, device)
                 except Exception as exc:  # reported, not fatal: the other runs' results still come back

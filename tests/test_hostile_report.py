@@ -44,7 +44,9 @@ def test_seeds_trained_with_different_params_are_refused_naming_the_folders(tmp_
 
 def test_per_run_keys_may_differ_within_a_row(tmp_path, base_params):
     one_at_a_time = copy.deepcopy(base_params)
-    one_at_a_time["train"]["seeds"], one_at_a_time["ablations"], one_at_a_time["eval"]["batch_size"] = [1], ["A6"], 7
+    one_at_a_time["train"]["seeds"], one_at_a_time["ablations"] = [1], ["A6"]
+    # how a run was executed (issue 17: processes, device, step mode, eval chunk) never splits a row
+    one_at_a_time["execution"].update(nproc=2, device="cpu", step="eager", eval_batch_size=7)
     root = _results(tmp_path, base_params, {0: base_params, 1: one_at_a_time})
     summary = run_report(base_params, results_dir=root, out_dir=tmp_path / "reports")
     assert summary["ablations"]["A6"]["seeds"] == [0, 1]

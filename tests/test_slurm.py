@@ -96,7 +96,7 @@ def test_demo_grid_through_snakemake_slurm_executor(tmp_path):
             assert job["JobState"] == "COMPLETED", job
             gpu = job.get("TresPerJob", "")
             if rule in ("train", "evaluate"):
-                assert gpu == "gres:gpu:1", (rule, job)  # --gpus=train.nproc (1) from the rule's resource
+                assert gpu == "gres:gpu:1", (rule, job)  # --gpus=execution.nproc (1) from the rule's resource
             else:
                 assert "gpu" not in gpu and "gpu" not in job.get("TresPerNode", ""), (rule, job)
     train = by_rule["train"][0]

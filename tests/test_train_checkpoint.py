@@ -7,13 +7,15 @@ import random
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from cpsl import run_folder
+from cpsl.errors import PipelineError
 from cpsl.train import checkpoint as ckpt
 from cpsl.train import stage
 from cpsl.train.data import BatchPlan
-from cpsl.train.distributed import torchrun_command
+from cpsl.train.distributed import DistContext, torchrun_command
 from cpsl.train.loop import linear_warmup_decay
 from cpsl.train.step import noise_generator
 
@@ -98,7 +100,7 @@ def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, mo
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage.distributed, "relaunch",
                         lambda n, args, pass_fds=(): launched.update(n=n, args=args) or 7)
-    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "train": {"nproc": 2, "device": "cpu"}}
+    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "execution": {"nproc": 2, "device": "cpu"}}
     code = stage.run_train(params, seed=1, data_path=tmp_path / "c.h5", out_dir=tmp_path / "run",
                            params_file="p.yaml", overrides=["cp.eta=0.3"])
     assert code == 7 and launched["n"] == 2
@@ -117,3 +119,14 @@ def test_best_checkpoint_loads_weights_only_with_its_meta(tmp_path):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["meta"] == meta and torch.equal(best["model"]["weight"], model.weight)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file
+
+
+def test_a_state_saved_by_another_number_of_processes_is_one_clear_error(tmp_path):
+    """execution.nproc is no param (changing it reruns nothing), but an interrupted run can only continue with
+    the world size that saved its per-rank RNG and sampler position: one line naming both, exit 1, not a
+    traceback."""
+    saved = {"fingerprint": "f", "world_size": 2, "best": None, "epoch": 1, "step_in_epoch": 3}
+    one = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    with pytest.raises(PipelineError, match=r"written by 2 processes, this run has 1: resume with the same world "
+                                            r"size \(execution.nproc 2\)"):
+        ckpt._best_to_keep(saved, tmp_path, "f", one)

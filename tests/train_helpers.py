@@ -71,7 +71,7 @@ def small_params(text_model: str, **overrides) -> dict:
     settings = {
         "dataset": "mosi", "text.model": text_model, "model.intermediate_dim": 8, "model.fusion_dim": 8,
         "train.epochs": 2, "train.batch_size": 8, "train.lr": 1e-3, "train.warmup_ratio": 0.1,
-        "train.device": "cpu", "train.nproc": 1, "eval.batch_size": 8,
+        "execution.device": "cpu", "execution.nproc": 1, "execution.eval_batch_size": 8,
     }
     settings.update(overrides)
     for key, value in settings.items():
@@ -214,7 +214,7 @@ def assert_clipped(clipped: list, unclipped: list, clip: float) -> None:
 
 def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_path: str, out_dir: str) -> None:
     """torch.multiprocessing entry point: one step of A6 under gloo DDP (this rank's half of one batch), from the
-    same initial state, for train.step eager and sync_free and train.grad_clip as given in ``params`` and 0; saves
+    same initial state, for execution.step eager and sync_free and train.grad_clip as given in ``params`` and 0; saves
     the gradients the optimizer would apply to out_dir/clip-<mode>-<clip>-rank<r>.pt."""
     import copy
 

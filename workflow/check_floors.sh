@@ -3,7 +3,7 @@
 # environment (--system-site-packages: torch and everything else are reused) gets the FLOOR release of transformers
 # (the `transformers>=X` of pyproject.toml, with whatever tokenizers / huggingface-hub pip picks for it), then a
 # focused subset of the tests runs in it: the text encoder (load, relative-position cache), the tokenizers incl.
-# DeBERTa-v2's built from a sentencepiece model, training steps in every train.step mode, fit, evaluate.
+# DeBERTa-v2's built from a sentencepiece model, training steps in every execution.step mode, fit, evaluate.
 # A skipped test fails the check (a skip would hide a floor that does not work). About 1-2 minutes.
 # torch is NOT lowered here: only the installed torch (2.13.0, CPU) can be installed on this machine; its floor in
 # pyproject.toml is read off the APIs the code calls (see the comment there).

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="raw folder (default data/raw/<dataset>)")
     p.add_argument("--out", help="output .h5 (default data/processed/<dataset>.h5)")
 
-    p = sub.add_parser("train", help="train one (ablation, seed) run; spawns torchrun when train.nproc > 1")
+    p = sub.add_parser("train", help="train one (ablation, seed) run; spawns torchrun when execution.nproc > 1")
     _common(p)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--ablation", help="Table 2 ID (default: params 'ablation')")

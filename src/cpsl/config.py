@@ -75,17 +75,15 @@ def _seed_list(v) -> bool:
             and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v))
 
 
+# The params section of execution settings (see SCHEMA).
+EXECUTION = "execution"
+
 SCHEMA: dict = {
     "dataset": _choice("demo", "mosi", "mosei"),
     "ablations": Spec((list,), _ablation_list, "a non-empty list of distinct IDs among " + ", ".join(ABLATIONS)),
     "data": {
         "mirror": Spec((str,), lambda v: bool(v.strip()), "a folder path or null", nullable=True),
         "max_seq_len": _num(4, 512, integer=True),
-        "download": {
-            "retries": _num(1, 100, integer=True),
-            "backoff_s": _num(0, 600),
-            "timeout_s": _num(0, 3600, lo_open=True),
-        },
     },
     "demo": {
         "seed": _num(0, integer=True),
@@ -133,16 +131,35 @@ SCHEMA: dict = {
         "warmup_ratio": _num(0, 1, hi_open=True),
         "batch_size": _num(1, integer=True),
         "seeds": Spec((list,), _seed_list, "a non-empty list of distinct integers in [0, 4294967295]"),
-        "nproc": _num(1, 1024, integer=True),
-        "device": _choice("auto", "cpu", "cuda"),
         "bf16": _BOOL,
         "grad_clip": _num(0),
-        "step": _choice("auto", "eager", "sync_free", "cuda_graph"),
-        # execution settings (how a run executes, not what it computes)
-        "optimizer_impl": _choice("foreach", "fused"),
-        "cuda_graph_scope": _choice("body", "step"),
     },
-    "eval": {"batch_size": _num(1, integer=True), "reliance_permutations": _num(0, 100, integer=True)},
+    "eval": {"reliance_permutations": _num(0, 100, integer=True)},
+    # HOW a stage runs, never WHAT it computes: no stage declares this section as a param (STAGE_PARAMS), so
+    # changing it reruns nothing; runs record it (train_summary.json, metrics.json) and the run fingerprint and
+    # the report's consistency check (cpsl.run_identity) leave it out.
+    EXECUTION: {
+        "device": _choice("auto", "cpu", "cuda"),
+        "nproc": _num(1, 1024, integer=True),
+        "step": _choice("auto", "eager", "sync_free", "cuda_graph"),
+        "optimizer_impl": _choice("foreach", "fused"),  # AdamW kernels: the same update up to float rounding
+        "cuda_graph_scope": _choice("body", "step"),     # step: capturable AdamW inside the graph too
+        "eval_batch_size": _num(1, integer=True),
+        "download": {
+            "retries": _num(1, 100, integer=True),
+            "backoff_s": _num(0, 600),
+            "timeout_s": _num(0, 3600, lo_open=True),
+        },
+    },
+}
+
+# Keys that moved into the execution section (issue 17): an old params file fails naming the new place.
+MOVED_KEYS = {
+    "data.download": "execution.download",
+    "train.nproc": "execution.nproc",
+    "train.device": "execution.device",
+    "train.step": "execution.step",
+    "eval.batch_size": "execution.eval_batch_size",
 }
 
 
@@ -178,6 +195,24 @@ def _validate(node: Any, schema: Any, path: str, source: str) -> None:
         raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {node!r}")
 
 
+def _refuse_moved_keys(params: Mapping, source: str) -> None:
+    """An old params file (or ``-S train.nproc=2``) fails naming where each moved key lives now, before the
+    missing execution section or the unknown key is reported without that hint."""
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        node = params
+        for key in old.split("."):
+            node = node.get(key, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is not _ABSENT:
+            moved.append(f"'{old}' moved to '{new}'")
+    if moved:
+        raise ParamsError(f"{source}: unknown key: {'; '.join(moved)} (the execution section holds what changes "
+                          f"how a stage runs, never its results; see the README's Params)")
+
+
+_ABSENT = object()
+
+
 def _cross_checks(p: dict, source: str) -> None:
     from cpsl.ablations import ALIASES
 
@@ -190,10 +225,10 @@ def _cross_checks(p: dict, source: str) -> None:
         raise ParamsError(f"{source}: 'demo.min_segments' ({p['demo']['min_segments']}) exceeds 'demo.max_segments'")
     if p["gm"]["start_epoch"] > p["gm"]["end_epoch"]:
         raise ParamsError(f"{source}: 'gm.start_epoch' ({p['gm']['start_epoch']}) exceeds 'gm.end_epoch'")
-    if p["train"]["batch_size"] % p["train"]["nproc"]:
+    if p["train"]["batch_size"] % p[EXECUTION]["nproc"]:
         raise ParamsError(
             f"{source}: 'train.batch_size' ({p['train']['batch_size']}) is the global batch and must be "
-            f"divisible by 'train.nproc' ({p['train']['nproc']})"
+            f"divisible by 'execution.nproc' ({p[EXECUTION]['nproc']})"
         )
 
 
@@ -201,6 +236,7 @@ def validate_params(params: Mapping, source: str = "params") -> dict:
     """Validate a params mapping against :data:`SCHEMA`; return a deep copy. With ``dataset: demo`` the
     returned ``train`` section has ``demo.train`` applied (validated like any train value)."""
     params = copy.deepcopy(dict(params))
+    _refuse_moved_keys(params, source)
     _validate(params, SCHEMA, "", source)
     if params["dataset"] == "demo" and params["demo"]["train"]:
         params["train"].update(params["demo"]["train"])
@@ -285,10 +321,10 @@ def apply_overrides(params: Mapping, overrides: list[str], source: str = "params
 
 
 # Params each stage depends on (dotted prefixes). The Snakefile and dvc.yaml declare exactly these,
-# so that changing e.g. cp.eta reruns training and what follows, never a data stage.
+# so that changing e.g. cp.eta reruns training and what follows, never a data stage. The execution section is
+# in no list: how a stage runs never makes its outputs out of date.
 STAGE_PARAMS: dict[str, list[str]] = {
-    "prepare": ["dataset", "data.mirror", "data.download", "demo.seed", "demo.videos", "demo.min_segments",
-                "demo.max_segments"],
+    "prepare": ["dataset", "data.mirror", "demo.seed", "demo.videos", "demo.min_segments", "demo.max_segments"],
     "align": ["dataset", "data.max_seq_len", "text.model", "demo.text_model"],
     "train": ["dataset", "text.model", "demo.text_model", "demo.train", "model", "loss", "gm", "cp", "train"],
     "evaluate": ["dataset", "eval", "train.batch_size"],

@@ -171,7 +171,7 @@ def job_devices(n: int, device_preference: str, what: str = "cpsl"):
         yield None
         return
     count = device_count()
-    if count == 0:  # a CPU machine: train.device auto falls back to the CPU, cuda fails later with its message
+    if count == 0:  # a CPU machine: execution.device auto falls back to the CPU, cuda fails later with its message
         yield None
         return
     held = lease(n, count=count)

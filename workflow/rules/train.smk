@@ -17,7 +17,7 @@ rule train:
     params:
         slice=params_slice("train"),
     resources:
-        gpu=config["train"]["nproc"],
+        gpu=config["execution"]["nproc"],
     shell:
         "cpsl train --ablation {wildcards.ablation} --seed {wildcards.seed}"
 

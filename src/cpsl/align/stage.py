@@ -49,7 +49,8 @@ from cpsl.align.word_align import (
 from cpsl.cache import SPLITS, write_cache
 from cpsl.csd import ComputationalSequence, CSDError
 from cpsl.errors import PipelineError
-from cpsl.io_utils import remove_stale_temporaries, sha256_file, write_json_atomic
+from cpsl.file_hashes import HashRecords, records_path
+from cpsl.io_utils import remove_stale_temporaries, write_json_atomic
 from cpsl.text_model import text_model_for
 
 ROLES = ("words", "acoustic", "visual", "labels")
@@ -274,10 +275,12 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
     tokenizer = load_tokenizer(text_model)  # before the heavy work: a bad model name fails fast
 
     # Hash the raw files in background threads (hashlib releases the GIL) while aligning: the hash of
-    # MOSI's ~1 GB of frames would otherwise cost as much as the alignment itself. Nothing is written
-    # before every digest has matched.
+    # MOSI's ~1 GB of frames would otherwise cost as much as the alignment itself. A file whose stat record
+    # (prepare's) still matches is not read again (cpsl.file_hashes). Nothing is written before every digest
+    # has matched.
+    records = HashRecords(records_path(raw_dir))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = {role: pool.submit(sha256_file, raw_dir / manifest["files"][role]["name"]) for role in ROLES}
+        digests = {role: pool.submit(records.sha256, raw_dir / manifest["files"][role]["name"]) for role in ROLES}
         try:
             aligned = _align_all(raw_dir, manifest, fold_of)
         except (AlignError, CSDError):
@@ -316,6 +319,7 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json_atomic(report_path_for(out_path), report)
+    records.save()  # after the outputs: a killed align leaves them as they were
     print(format_report(report))
     return report
 

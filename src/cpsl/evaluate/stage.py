@@ -4,9 +4,9 @@ Reads ``<run>/best.pt`` (``torch.load(weights_only=True)``: tensors and plain va
 rebuilds the model from the checkpoint's own ``meta`` (its params, ablation and feature sizes, so a later
 edit of params.yaml cannot silently change the architecture) with ``pretrained=False`` - the text
 model's config is read from its local folder / the HF cache and no weights are downloaded, since the
-state dict carries all of them (the min-max running statistics too). Only the ``eval`` section comes from the
-current params: ``eval.batch_size`` cannot change the predictions beyond float round-off with the default
-``model.eval_norm: running``; with ``batch`` the checkpoint's own ``train.batch_size`` is used.
+state dict carries all of them (the min-max running statistics too). Only the ``eval`` and ``execution`` sections
+come from the current params: ``execution.eval_batch_size`` cannot change the predictions beyond float round-off
+with the default ``model.eval_norm: running``; with ``batch`` the checkpoint's own ``train.batch_size`` is used.
 
 Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
 stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
@@ -14,7 +14,7 @@ stream permuted across test segments (``eval.reliance_permutations`` draws); the
 Writes, atomically, ``<run>/metrics.json``::
 
     {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
-     "ablation": str, "seed": int, "dataset": str,
+     "ablation": str, "seed": int, "dataset": str, "execution": {how this evaluation ran},
      "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...}}
 
 (metric names and conventions in cpsl.metrics; undefined values are null) and
@@ -95,8 +95,11 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     result: dict = {"ablation": meta["ablation"], "seed": int(meta["seed"]), "dataset": dataset,
                     "selected_epoch": int(ckpt["epoch"])}
-    # the checkpoint's own normalisation mode and training batch; this call's eval section
-    batch_size = inference_batch_size({**meta["params"], "eval": params["eval"]})
+    # the checkpoint's own normalisation mode and training batch; this call's execution section
+    batch_size = inference_batch_size({**meta["params"], "execution": params["execution"]})
+    # how this evaluation ran (no param: it changes no prediction beyond float round-off)
+    result["execution"] = {"device": params["execution"]["device"], "ran_on": str(device),
+                           "eval_batch_size": params["execution"]["eval_batch_size"], "batch_size_used": batch_size}
 
     def predict(arrays: dict) -> np.ndarray:
         return np.asarray(run_inference(model, arrays, batch_size, device).prediction, dtype=np.float32).reshape(-1)
@@ -134,6 +137,6 @@ def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
     job's device."""
     run_dir = Path(run_dir)
     with run_folder_lock(run_dir, "evaluate") if run_dir.is_dir() else contextlib.nullcontext(), \
-            gpu_slots.job_devices(1, params["train"]["device"], "cpsl evaluate"):
+            gpu_slots.job_devices(1, params["execution"]["device"], "cpsl evaluate"):
         remove_stale_temporaries(run_dir, run_folder.EVALUATE_OUTPUTS)
         return run_evaluate(params, run_dir=run_dir, data_path=data_path)

@@ -41,11 +41,11 @@ def _check(arrays: dict) -> int:
 
 
 def inference_batch_size(params: dict) -> int:
-    """``eval.batch_size`` with running statistics; ``train.batch_size`` for the literal per-batch mode,
+    """``execution.eval_batch_size`` with running statistics; ``train.batch_size`` for the literal per-batch mode,
     whose normalisation statistics must come from batches of the size the model was trained with."""
     if params["model"]["eval_norm"] == "batch":
         return int(params["train"]["batch_size"])
-    return int(params["eval"]["batch_size"])
+    return int(params["execution"]["eval_batch_size"])
 
 
 def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None,

@@ -12,6 +12,8 @@ Choices:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import transformers
 from torch import nn
@@ -68,6 +70,20 @@ def memoise_deberta_relative_positions() -> None:
     deberta.build_relative_position = build_relative_position
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers 5 draws a progress bar for reading a local checkpoint's ~100 tensors (milliseconds) in every
+    train log: noise, switched off for the load only."""
+    hf_logging = transformers.utils.logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _float32() -> dict:
     """from_pretrained's dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before (4.40 rejects
     ``dtype``). Below the floor (pyproject.toml), but it costs one line and keeps the loader usable there."""
@@ -87,7 +103,8 @@ def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrai
         path = resolve_model_path(name_or_path)
         try:
             if pretrained:
-                model = transformers.AutoModel.from_pretrained(path, **_float32())
+                with _quiet_loading():
+                    model = transformers.AutoModel.from_pretrained(path, **_float32())
             else:
                 model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
         except OSError as exc:

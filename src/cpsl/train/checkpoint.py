@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cpsl import run_folder
+from cpsl.errors import PipelineError
 from cpsl.run_folder import load_pt, save_pt
 from cpsl.train.distributed import DistContext, barrier, gather_objects
 
@@ -173,9 +174,11 @@ def _best_to_keep(saved: dict, run_dir: Path, fingerprint: str, ctx: DistContext
     if saved["fingerprint"] != fingerprint:
         return _NOT_RESUMABLE
     if saved["world_size"] != ctx.world_size:
-        raise RuntimeError(f"{run_dir / run_folder.STATE_FILE} was written by {saved['world_size']} processes, this "
-                           f"run has {ctx.world_size}: resume with the same world size, or delete "
-                           f"{run_dir / 'state'}")
+        # execution.nproc is no param (it reruns nothing), but an interrupted run's per-rank RNG and sampler
+        # position only make sense with the world size that saved them
+        raise PipelineError(f"{run_dir / run_folder.STATE_FILE} was written by {saved['world_size']} processes, "
+                            f"this run has {ctx.world_size}: resume with the same world size (execution.nproc "
+                            f"{saved['world_size']}), or delete {run_dir / 'state'} to start it again")
     recorded = run_folder.best_record(run_dir)
     if recorded is not None and recorded["fingerprint"] == fingerprint:
         if saved["best"] is not None and recorded["epoch"] == saved["best"]["epoch"]:

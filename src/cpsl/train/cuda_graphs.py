@@ -1,8 +1,8 @@
-"""CUDA graphs of the training step (``train.step: cuda_graph``, and ``auto`` on one CUDA process).
+"""CUDA graphs of the training step (``execution.step: cuda_graph``, and ``auto`` on one CUDA process).
 
 At batch 8 x 50 the eager step of DeBERTa-v3-base is bound by kernel launches and host work, not by the GPU
 (benchmarks/RESULTS.md). A CUDA graph replays the whole ``StepBody`` (forward, Eq. 4, backward, the statistics,
-Eq. 5-6 + GE, the gradient norm and flags, clipping) with one launch. ``train.cuda_graph_scope`` says whether the
+Eq. 5-6 + GE, the gradient norm and flags, clipping) with one launch. ``execution.cuda_graph_scope`` says whether the
 AdamW step is in the graph too: ``body`` (default) keeps it outside, exactly as in the other modes; ``step``
 captures it as well, with a capturable AdamW whose learning rates are device tensors that the scheduler updates in
 place (cpsl.train.loop.make_optimizer), so that a replay reads the current rate.
@@ -26,7 +26,7 @@ How it stays exact:
   is left in an unknown state); an explicit ``cuda_graph`` raises ``GraphNotExact``.
 - Failures: a warm-up, capture or replay that raises restores the current stream (a capture that fails part-way
   can leave its capture stream current) and the state above, then stops the run with one line naming
-  ``train.step: sync_free`` as the way on (``CaptureFailed``, exit 1), in ``auto`` as in ``cuda_graph``: after a
+  ``execution.step: sync_free`` as the way on (``CaptureFailed``, exit 1), in ``auto`` as in ``cuda_graph``: after a
   failed capture the caching allocator may still be in capture state (known PyTorch issues), so continuing in
   the same process could crash later or silently differ from eager.
 """
@@ -125,9 +125,9 @@ def _outputs_list(out: StepOutputs) -> list[torch.Tensor]:
 
 
 def _failure_line(what: str, exc: BaseException) -> str:
-    return (f"train.step: {what} of the training step's CUDA graph failed ({type(exc).__name__}: "
+    return (f"execution.step: {what} of the training step's CUDA graph failed ({type(exc).__name__}: "
             f"{' '.join(str(exc).split())}); the run stops, because after a failed capture the CUDA state cannot be "
-            f"trusted. Set train.step: sync_free (no graphs, same numbers) and rerun")
+            f"trusted. Set execution.step: sync_free (no graphs, same numbers) and rerun")
 
 
 class GraphedSteps:
@@ -283,7 +283,7 @@ class GraphedSteps:
             return out
         reason = f"replay {entry.verified + 1} differs from the uncaptured step in {failure}"
         if self.strict:
-            raise GraphNotExact(f"train.step cuda_graph: {reason}")
+            raise GraphNotExact(f"execution.step cuda_graph: {reason}")
         self._disable(reason)
         # continue from the first uncaptured run's results and state (the graph captured cleanly: the allocator
         # and streams are as after any replay)

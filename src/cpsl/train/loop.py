@@ -4,7 +4,7 @@ Per step (cpsl.train.step): forward (bf16 autocast on CUDA when train.bf16), the
 averages the gradients), ONE all-reduce of the unimodal absolute errors / sample count / non-finite flags / stop
 requests, gradient modulation (Eq. 5-6, GE; only inside the gm window and per the switches), the collapse guard,
 gradient clipping (train.grad_clip, 0 = off) and the AdamW step with linear warmup then linear decay.
-``train.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
+``execution.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
 once per epoch with the step replayed from a CUDA graph (cuda_graph); auto = cuda_graph on one CUDA process
 (where verified exact), sync_free under DDP on CUDA, eager on the CPU (where reading a value costs nothing).
 Per epoch: the train means of every loss term (all-reduced over ranks), validation on rank 0 with
@@ -105,13 +105,14 @@ def run_fingerprint(spec: RunSpec) -> str:
                                 code=deps.code_hash("train"))
 
 
-def make_optimizer(model, tp: dict, capturable_on: torch.device | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model, tp: dict, impl: str = "foreach",
+                   capturable_on: torch.device | None = None) -> torch.optim.Optimizer:
     """AdamW; the text encoder at train.lr, every new module (AME, fusion, heads) at train.lr_new_modules
     (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor.
-    ``train.optimizer_impl``: ``foreach`` (a few dozen multi-tensor kernels per step) or ``fused`` (one fused kernel
-    per parameter group and dtype); the same update up to float rounding. ``capturable_on`` (a CUDA device, for
-    ``train.cuda_graph_scope: step``): a capturable AdamW whose learning rates are tensors on that device, which
-    the scheduler updates in place, so that a CUDA graph replaying the step reads the current rate."""
+    ``impl`` (execution.optimizer_impl): ``foreach`` (a few dozen multi-tensor kernels per step) or ``fused`` (one
+    fused kernel per parameter group and dtype); the same update up to float rounding. ``capturable_on`` (a CUDA
+    device, for ``execution.cuda_graph_scope: step``): a capturable AdamW whose learning rates are tensors on that
+    device, which the scheduler updates in place, so that a CUDA graph replaying the step reads the current rate."""
     new_lr = tp["lr"] if tp["lr_new_modules"] is None else tp["lr_new_modules"]
     text = list(model.text_encoder.parameters())
     text_ids = {id(p) for p in text}
@@ -122,9 +123,9 @@ def make_optimizer(model, tp: dict, capturable_on: torch.device | None = None) -
         return torch.tensor(float(value), device=capturable_on) if capturable else value
 
     groups = [{"params": text, "lr": rate(tp["lr"])}, {"params": new, "lr": rate(new_lr)}]
-    impl = {"fused": True} if tp["optimizer_impl"] == "fused" else {"foreach": True}
+    kernels = {"fused": True} if impl == "fused" else {"foreach": True}
     optimizer = torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], capturable=capturable,
-                                  **impl)
+                                  **kernels)
     if capturable:
         optimizer.register_load_state_dict_post_hook(lambda opt: _rates_on(opt, capturable_on))
     return optimizer
@@ -179,7 +180,7 @@ class _Run:
 
 
 def step_mode(configured: str, ctx: DistContext) -> str:
-    """train.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
+    """execution.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
     eager on the CPU (a host read costs nothing there, and eager stops a collapsing run at once)."""
     cuda_alone = ctx.device.type == "cuda" and not ctx.distributed
     if configured == "auto":
@@ -187,23 +188,24 @@ def step_mode(configured: str, ctx: DistContext) -> str:
             return "eager"
         return "cuda_graph" if cuda_alone else "sync_free"
     if configured == "cuda_graph" and not cuda_alone:
-        raise ValueError(f"train.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
+        raise ValueError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
                          f"{ctx.world_size} process(es)); use auto, sync_free or eager")
     return configured
 
 
 def optimizer_in_graph(params: dict, ctx: DistContext) -> bool:
-    """Whether this process captures the AdamW step in its CUDA graphs (train.cuda_graph_scope: step)."""
-    return step_mode(params["train"]["step"], ctx) == "cuda_graph" and params["train"]["cuda_graph_scope"] == "step"
+    """Whether this process captures the AdamW step in its CUDA graphs (execution.cuda_graph_scope: step)."""
+    ex = params["execution"]
+    return step_mode(ex["step"], ctx) == "cuda_graph" and ex["cuda_graph_scope"] == "step"
 
 
 def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: DistContext, seed: int,
                  batch_per_rank: int, use_bf16: bool) -> Stepper:
-    """The training step of train.step for this process (graphs for full batches of ``batch_per_rank``; with
-    train.cuda_graph_scope step they include ``optimizer``, which must then be capturable on a GPU)."""
-    mode = step_mode(params["train"]["step"], ctx)
+    """The training step of execution.step for this process (graphs for full batches of ``batch_per_rank``; with
+    execution.cuda_graph_scope step they include ``optimizer``, which must then be capturable on a GPU)."""
+    mode = step_mode(params["execution"]["step"], ctx)
     body = StepBody(net, model, params, switches, ctx, use_bf16)
-    graphs = (GraphedSteps(body, batch_per_rank, strict=params["train"]["step"] == "cuda_graph",
+    graphs = (GraphedSteps(body, batch_per_rank, strict=params["execution"]["step"] == "cuda_graph",
                            log=lambda msg: _log(ctx, msg),
                            optimizer=optimizer if optimizer_in_graph(params, ctx) else None)
               if mode == "cuda_graph" else None)
@@ -212,7 +214,7 @@ def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: 
 
 def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     params, tp, device = spec.params, spec.params["train"], ctx.device
-    step_mode(tp["step"], ctx)  # refuse an impossible train.step before any work
+    step_mode(params["execution"]["step"], ctx)  # refuse an impossible execution.step before any work
     attrs = read_attrs(spec.data_path)
     # on a GPU the training split lives on the device (MOSI ~30 MB, MOSEI ~0.4 GB): batches are gathered there,
     # with no host-to-device copy (and so no synchronisation) per step
@@ -227,7 +229,8 @@ def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     # find_unused_parameters: a switched-off part (e.g. the variance head in C1) gets no gradient
     net = (DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True) if ctx.distributed else step_fn)
-    optimizer = make_optimizer(model, tp, device if optimizer_in_graph(params, ctx) else None)
+    optimizer = make_optimizer(model, tp, params["execution"]["optimizer_impl"],
+                               device if optimizer_in_graph(params, ctx) else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps)))
     use_bf16 = bool(tp["bf16"]) and device.type == "cuda"

@@ -1,8 +1,8 @@
 """The ``train`` stage: `cpsl train --seed K [--ablation ID] [--data X.h5] [--out DIR]`.
 
-- GPUs: unless a scheduler set ``CUDA_VISIBLE_DEVICES`` (SLURM does), the job leases ``train.nproc`` free devices
+- GPUs: unless a scheduler set ``CUDA_VISIBLE_DEVICES`` (SLURM does), the job leases ``execution.nproc`` free devices
   of this machine for its lifetime (cpsl.gpu_slots), so concurrent Snakemake jobs never share one by accident.
-- ``train.nproc > 1`` outside torchrun: re-launch this same command under
+- ``execution.nproc > 1`` outside torchrun: re-launch this same command under
   ``python -m torch.distributed.run --standalone --nproc_per_node N`` and return its exit code.
 - A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache, code; and every
   declared output present) is not retrained. Anything less is trained: an engine deletes a stage's outputs
@@ -51,8 +51,8 @@ def run_train(params: dict, seed: int, ablation: str | None = None, data_path=No
     ablation = canonical(ablation or params["ablations"][0])
     data_path = Path(data_path) if data_path else paths.processed_path(params["dataset"])
     out_dir = Path(out_dir) if out_dir else paths.run_dir(params["dataset"], ablation, seed)
-    nproc = params["train"]["nproc"]
-    with gpu_slots.job_devices(nproc, params["train"]["device"], "cpsl train") as held:
+    nproc = params["execution"]["nproc"]
+    with gpu_slots.job_devices(nproc, params["execution"]["device"], "cpsl train") as held:
         return _run_train(params, seed, ablation, data_path, out_dir, params_file, overrides, nproc, held)
 
 
@@ -91,7 +91,7 @@ def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint)
         # epochs need the same room for the temporaries that replace them: fail now, not after an epoch
         check_free_space(out_dir, 4 * model_bytes, "a checkpoint and a training state")
 
-    ctx = distributed.init_from_env(params["train"]["device"])
+    ctx = distributed.init_from_env(params["execution"]["device"])
     try:
         return fit(spec, ctx).exit_code
     finally:

@@ -1,4 +1,4 @@
-"""One optimisation step of ``fit``, in the three ways ``train.step`` names.
+"""One optimisation step of ``fit``, in the three ways ``execution.step`` names.
 
 Every way runs the same ``StepBody`` (forward with the Eq. 4 terms, backward, ONE all-reduce of the batch
 statistics, Eq. 5-6 + GE on the encoder gradients, the gradient norm with its non-finite flags, clipping) and then
@@ -13,7 +13,7 @@ the AdamW step with its schedule. They differ only in when the host looks at the
   (state/last.pt and best.pt of the last completed finite epoch; the collapsed epoch is never saved).
   Under DDP the stop votes of SIGTERM/SIGINT are read one step late, so every rank stops after the same step
   without waiting for the step in flight.
-- ``cuda_graph``: ``sync_free`` with the body (``train.cuda_graph_scope: step``: and the AdamW step) captured in a
+- ``cuda_graph``: ``sync_free`` with the body (``execution.cuda_graph_scope: step``: and the AdamW step) captured in a
   CUDA graph per static case (cpsl.train.cuda_graphs); one process on CUDA only.
 
 Given the same state, all three produce the same losses, coefficients, telemetry and weights (tests/test_step_modes.py).
@@ -260,7 +260,7 @@ class Stepper:
 
     def __init__(self, mode: str, body: StepBody, optimizer, scheduler, ctx: DistContext, seed: int, graphs=None):
         if mode not in ("eager", "sync_free", "cuda_graph"):
-            raise ValueError(f"train.step: unknown mode {mode!r}")
+            raise ValueError(f"execution.step: unknown mode {mode!r}")
         self.mode, self.body, self.optimizer, self.scheduler, self.ctx = mode, body, optimizer, scheduler, ctx
         self.seed, self.graphs = seed, graphs
         self.votes = _StopVotes(ctx.device)
@@ -279,7 +279,7 @@ class Stepper:
         else:
             if self.graphs is not None and self.graphs.can_run(batch, epoch):
                 out = self.graphs.run(batch, epoch, noise_seed(self.seed, global_step))
-                optimizer_done = self.graphs.includes_optimizer  # train.cuda_graph_scope: step
+                optimizer_done = self.graphs.includes_optimizer  # execution.cuda_graph_scope: step
             else:  # a shape or case without a graph (the short last batch of an epoch) runs uncaptured
                 out = self.body(batch, epoch, noise_generator(self.seed, global_step, self.ctx.device),
                                 stop_requested)
