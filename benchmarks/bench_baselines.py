@@ -25,7 +25,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ from cpsl.train.recipes import recipe_for
 from cpsl.train.step import EpochSums
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step_overhead import MOSI_SHAPE, random_batch  # noqa: E402 - the shared MOSI-shaped batch
+from bench_step_overhead import MOSI_SHAPE, Trainer, random_batch  # noqa: E402 - the shared batch and timer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,21 +73,13 @@ class RowTrainer:
         self.sums = EpochSums(self.ctx.device, recipe=self.recipe)
         self.batch, self.global_step = train, 0
 
-    def timed_steps(self, n: int) -> list[float]:
-        cuda = self.ctx.device.type == "cuda"
-        times = []
-        for _ in range(n):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            self.net.train()
-            self.stepper.step(self.batch, self.sums, epoch=0, step=self.global_step, global_step=self.global_step,
-                              stop_requested=False)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            self.global_step += 1
-        return times
+    def step(self, batch: dict) -> None:
+        self.net.train()
+        self.stepper.step(batch, self.sums, epoch=0, step=self.global_step, global_step=self.global_step,
+                          stop_requested=False)
+        self.global_step += 1
+
+    timed_steps = Trainer.timed_steps  # (batch, n) -> seconds per step, synchronised on CUDA
 
 
 def _rss_mb() -> tuple[float, float]:
@@ -120,7 +111,7 @@ def memory_of(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer = RowTrainer(params, args.memory_of, text_model, args.device, args.modes.split(",")[0], batch,
                          pretrained=args.text_model != "tiny" and not args.random_weights)
-    trainer.timed_steps(max(3, args.warmup))
+    trainer.timed_steps(trainer.batch, max(3, args.warmup))
     _, peak = _rss_mb()
     out = {"row": args.memory_of, "peak_rss_mb": round(peak, 1), "rss_growth_mb": round(peak - before, 1)}
     if args.device == "cuda":
@@ -155,11 +146,11 @@ def main() -> None:
     for mode in args.modes.split(","):
         trainers = {row: RowTrainer(params, row, text_model, args.device, mode, batch, pretrained) for row in wanted}
         for trainer in trainers.values():
-            trainer.timed_steps(args.warmup)
+            trainer.timed_steps(trainer.batch, args.warmup)
         times = {row: [] for row in trainers}
         while len(times[wanted[-1]]) < args.steps:
             for row, trainer in trainers.items():
-                times[row] += trainer.timed_steps(args.block)
+                times[row] += trainer.timed_steps(trainer.batch, args.block)
         for row, trainer in trainers.items():
             results.setdefault(row, {})[mode] = {
                 "median_step_s": statistics.median(times[row]), "min_step_s": min(times[row]),
