@@ -5,8 +5,8 @@ training-set indices), DDP, the three ``train.step`` modes, the collapse guard, 
 steps, checkpoints and resume, validation on rank 0, selection on the validation MAE, history.csv and DVCLive. What
 differs between rows is asked of the row's recipe, at fixed points; every method has a default, so a baseline that
 trains one loss with one optimizer (MAG) overrides almost nothing. A row gets its recipe from cpsl.train.recipes
-(``recipe_for``): XX and the gradient modulation of Eq. 5-6 + GE) or
-its baseline's.
+(``recipe_for``): the CP+SL rows' (cpsl.train.step.CPSLRecipe: Eq. 4 and the gradient modulation of Eq. 5-6 +
+GE) or its baseline's.
 
 When the loop calls what (``R`` is the recipe, ``net`` the DDP-wrapped ``R.loss_module()``):
 
