@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from cpsl.ablations import ABLATIONS, ALIASES
+from cpsl.ablations import ABLATIONS, ALIASES, labels_of  # noqa: F401 - labels_of: every row's, re-exported
 from cpsl.baselines.registry import BASELINES, DATASETS
 from cpsl.baselines.spec import BaselineSpec
 
@@ -54,11 +54,6 @@ def canonical(row_id: str) -> str:
     """The ID a row is trained (and its run folder named) under: B1 -> A1, C3 -> A2, C4 -> A5, others themselves."""
     row(row_id)  # unknown IDs fail here, naming the known ones
     return ALIASES.get(row_id, row_id)
-
-
-def labels_of(trained_id: str) -> list[str]:
-    """Every row ID reported from the runs of ``trained_id`` (itself first, then its aliases)."""
-    return [trained_id] + [a for a, c in ALIASES.items() if c == trained_id]
 
 
 def is_baseline(row_id: str) -> bool:
