@@ -14,7 +14,7 @@ prior r(B) = N(0, I); the relevance term is a prediction loss of the next modali
     L_ITHP = L_IB0 + lambda L_IB1                                                                    (``ib``)
     L = L_task + alpha * 2 / (beta + gamma) * L_ITHP,   L_task = MSE(prediction, label)             (``total``)
 
-How ITHP is combined with DeBERTa (official code, deberta_ITHP.py; the paper only says "ITHP-DeBERTa"): X0 is
+How ITHP is combined with DeBERTa ("ITHP-DeBERTa"; as the official code's deberta_ITHP.py does it): X0 is
 the encoder's last hidden state, ITHP runs on every token, and its output B1 is expanded back to the text
 width and added to the text states before the head:
 
@@ -40,8 +40,8 @@ Choices the paper leaves open, taken from the official code (joshuaxiao98/ITHP),
 - ``loss_positions``: "all" (official): KL and prediction terms average over all L positions, [CLS], [SEP]
   and padding included; "words": over word positions only.
 - New layers are initialised as transformers' ``init_weights`` does in the official model: normal(0,
-  config.initializer_range) weights, zero biases. The dropout before the final linear layer is the text
-  encoder's ``hidden_dropout_prob`` (the official classifier's), the pooler a dense + tanh on [CLS].
+  config.initializer_range) weights, zero biases. The head is BERT's pooler (dense + tanh on [CLS]) -> Dropout
+  (the text encoder's ``hidden_dropout_prob``, as the official classifier's) -> Linear (PoolerRegressionHead).
 - Deviation: the text encoder gets the attention mask (the official code calls DeBERTa without one, so its
   states attend to padding).
 - Deviation: in eval mode B0 = mu0 and B1 = mu1 (no sampling): the official code samples at test time, which
@@ -55,9 +55,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cpsl.model.heads import pool
+from cpsl.model.heads import PoolerRegressionHead
 from cpsl.model.losses import _masked_token_mean, regression_loss
-from cpsl.model.network import word_positions
+from cpsl.model.network import trimmed_length, word_positions
 from cpsl.model.normalize import minmax_normalize
 
 TARGET_SCALINGS = ("batch_global", "batch_per_feature")
@@ -158,15 +158,16 @@ class ITHPModel(nn.Module):
         self.expand = nn.Linear(b1_dim, text_dim)
         self.norm = nn.LayerNorm(text_dim)
         self.dropout = nn.Dropout(float(_hp(hp, "output_dropout")))
-        self.pooler = nn.Linear(text_dim, text_dim)
-        self.classifier_dropout = nn.Dropout(float(getattr(config, "hidden_dropout_prob", 0.1)))
-        self.classifier = nn.Linear(text_dim, 1)
+        self.head = PoolerRegressionHead(text_dim, float(getattr(config, "hidden_dropout_prob", 0.1)), "cls")
         self.beta_shift = float(_hp(hp, "beta_shift"))
         self.target_scaling = _hp(hp, "target_scaling", TARGET_SCALINGS)
         self.loss_positions = _hp(hp, "loss_positions", LOSS_POSITIONS)
         self.dims = {"acoustic": acoustic_dim, "visual": visual_dim}
+        # drop trailing all-padding positions (a host read; the training step turns this off on a GPU): only with
+        # loss_positions "words", where padding is in no term ("all" averages over every position, as the code)
+        self.trim_padding = True
         std = float(getattr(config, "initializer_range", 0.02))
-        for layer in (self.level0, self.level1, self.expand, self.pooler, self.classifier):
+        for layer in (self.level0, self.level1, self.expand, self.head):
             for module in layer.modules():
                 if isinstance(module, nn.Linear):
                     nn.init.normal_(module.weight, 0.0, std)
@@ -179,12 +180,15 @@ class ITHPModel(nn.Module):
             if x.dim() != 3 or x.shape[:2] != mask.shape or x.shape[-1] != self.dims[name]:
                 raise ValueError(f"ITHPModel: {name} must be (B,L,{self.dims[name]}) matching attention_mask "
                                  f"{tuple(mask.shape)}, got {tuple(x.shape)}")
+        keep = trimmed_length(mask) if self.trim_padding and self.loss_positions == "words" else None
+        if keep is not None:  # per-token or masked ops only: valid outputs change by float round-off at most
+            input_ids, attention_mask, mask = input_ids[:, :keep], attention_mask[:, :keep], mask[:, :keep]
+            acoustic, visual = acoustic[:, :keep], visual[:, :keep]
         x0 = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mu0, logvar0, b0, acoustic_hat = self.level0(x0, self.training)
         mu1, logvar1, b1, visual_hat = self.level1(b0, self.training)
         h = self.dropout(self.norm(x0 + self.beta_shift * self.expand(b1)))
-        pooled = torch.tanh(self.pooler(pool(h, mask, "cls")))
-        prediction = self.classifier(self.classifier_dropout(pooled)).squeeze(-1)
+        prediction = self.head(h, mask)
         sync = _distributed_training(self)
         return ITHPOutput(
             prediction=prediction, mu0=mu0, logvar0=logvar0, mu1=mu1, logvar1=logvar1,
