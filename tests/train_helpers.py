@@ -65,6 +65,19 @@ def make_cache(path: Path, n_train: int = 16, n_valid: int = 8, n_test: int = 8,
     return Path(path)
 
 
+def planted_caches(folder: Path, splits: dict, seq_len: int = 12) -> dict[str, Path]:
+    """Write planted-signal splits (cpsl.data.planted) as two caches in ``folder``: "planted" (as given) and
+    "zeroed" (a/v zeroed: the control of a planted-signal study)."""
+    from cpsl.data.planted import zero_streams
+
+    attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": seq_len, "acoustic_name": "a",
+             "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
+    paths = {"planted": Path(folder) / "planted.h5", "zeroed": Path(folder) / "zeroed.h5"}
+    write_cache(paths["planted"], splits, attrs)
+    write_cache(paths["zeroed"], zero_streams(splits), attrs)
+    return paths
+
+
 def small_params(text_model: str, **overrides) -> dict:
     """params.yaml with the dataset set to mosi (so text.model is used), a tiny model and short training."""
     params = load_params(REPO / "params.yaml")
