@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
-from train_helpers import D_A, D_V, REPO, one_thread, planted_caches, small_params, tiny_text_model
-from train_helpers import VOCAB as TEXT_VOCAB
+from train_helpers import REPO, one_thread, planted_caches, small_params, tiny_text_model
 
 from cpsl.baselines.ithp import (
     LOSS_TERMS,
@@ -33,12 +32,14 @@ from cpsl.baselines.ithp import (
     reparameterise,
     scale_targets,
 )
+from cpsl.cache import read_split
 from cpsl.config import apply_overrides, load_params, parse_yaml
 from cpsl.data.planted import planted_splits
 from cpsl.errors import ParamsError
 from cpsl.evaluate.stage import rebuild_model, run_evaluate
 from cpsl.model.network import word_positions
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.names import TENSOR_KEYS
 from cpsl.train.stage import run_train
 
 VOCAB, DA, DV = 60, 5, 3  # d_a != d_v, so a shape says which modality a level predicts
@@ -384,10 +385,9 @@ def planted_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ithp_planted")
     text = tiny_text_model(tmp / "text")
     # the label in the text (sentiment words) AND in the a/v streams: what ITHP's B0/B1 can distil from the text
-    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), TEXT_VOCAB,
-                            signal=("text", "acoustic", "visual"), gain=1.0, noise=0.3, seed=5)
-    caches = planted_caches(tmp, splits)
-    test = {k: torch.as_tensor(np.asarray(v)) for k, v in splits["test"].items() if k != "segment_id"}
+    caches = planted_caches(tmp, signal=("text", "acoustic", "visual"))
+    test = {k: torch.as_tensor(np.asarray(v)) for k, v in read_split(caches["planted"], "test").items()
+            if k in TENSOR_KEYS}
     settings = {f"baselines.ithp.mosi.train.{k}": v for k, v in SCHEDULE.items()}  # ITHP's own MOSI schedule
     params = small_params(text, **settings, **{"eval.reliance_permutations": 3})
     results = {}
