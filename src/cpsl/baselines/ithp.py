@@ -25,7 +25,7 @@ two prediction terms. They shape the model through training (the gradients of L_
 text encoder and the bottlenecks), and at inference the model reads the text alone: d prediction / d (a, v)
 is exactly zero and zeroing a/v at test time changes nothing (see docs/baselines.md).
 
-Choices the paper leaves open, taken from the official code (joshuaxiao98/ITHP), and our deviations:
+Choices taken from the official code (joshuaxiao98/ITHP; params in cpsl.baselines.ithp_spec), and our deviations:
 - Sizes: X0 -> Linear(d_t, inter_dim) -> ReLU -> Dropout -> Linear(inter_dim, 2 b0_dim) = (mu0, logvar0);
   B0 -> Linear(b0_dim, inter_dim) -> ReLU -> Dropout -> Linear(inter_dim, d_a) -> Sigmoid -> Dropout = X1 hat;
   the same shapes for B0 -> B1 (b1_dim) -> X2 hat (d_v). The sigmoid output needs targets in [0, 1]:
@@ -63,10 +63,6 @@ from cpsl.model.normalize import minmax_normalize
 TARGET_SCALINGS = ("batch_global", "batch_per_feature")
 DIM_REDUCTIONS = ("mean", "sum")
 LOSS_POSITIONS = ("all", "words")
-# every hyper-parameter ITHPModel and ithp_losses read (the params section of a dataset)
-MODEL_KEYS = ("b0_dim", "b1_dim", "inter_dim", "ib_dropout", "output_dropout", "beta_shift", "target_scaling",
-              "loss_positions")
-LOSS_KEYS = ("beta", "gamma", "lambda", "alpha", "dim_reduction")
 # the named terms of the objective, in the order of the equations; "total" is what is backpropagated
 LOSS_TERMS = ("total", "task", "kl_b0", "pred_acoustic", "kl_b1", "pred_visual", "ib")
 
