@@ -4,6 +4,7 @@ baseline in :data:`BASELINE_RECIPES`, under its params section; a baseline witho
 from __future__ import annotations
 
 from cpsl import rows
+from cpsl.baselines.ithp_training import ITHPRecipe
 from cpsl.baselines.mag_training import MAGRecipe
 from cpsl.model import zoo
 from cpsl.train.distributed import DistContext
@@ -12,6 +13,7 @@ from cpsl.train.step import CPSLRecipe
 
 BASELINE_RECIPES: dict[str, type[Recipe]] = {
     "mag": MAGRecipe,
+    "ithp": ITHPRecipe,
 }
 
 
