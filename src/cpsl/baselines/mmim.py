@@ -5,8 +5,8 @@ Model (``MMIM.forward``):
     h_a = LSTM_a(A), h_v = LSTM_v(V)   final hidden state of a modality-specific LSTM, then Linear (``SequenceEncoder``)
     Z = tanh(W_2 tanh(W_1 Dropout([h_t; h_a; h_v])))      the fusion result
     y^ = W_3 Z                                             the prediction
-Objective, two optimisations per training step on the same batch:
-    stage 1 (``estimator_step``; the BA estimators' q(y|x) only, own optimiser):  maximise lld = sum_pairs E[log q(y|x)]
+Objective, two optimisations per training step on the same batch (their recipe: mmim_training.py):
+    stage 1 (``estimator_loss``; the BA estimators' q(y|x) only, own optimiser): maximise lld = sum_pairs E[log q(y|x)]
     stage 2 (``losses``; everything else, main optimiser):
         L = L_task + alpha * sum_{m in t,a,v} L_N(Z, h_m) - beta * sum_pairs (lld_pair + H_pair)
   with L_task the mean absolute error, pairs (x -> y) text->visual and text->acoustic, L_N the CPC loss and H the
@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -44,13 +43,12 @@ from cpsl.baselines.mmim_estimators import (
     EntropyProjection,
     info_nce,
     mixture_entropy,
-    split_by_polarity,
 )
 from cpsl.model.losses import regression_loss
-from cpsl.model.network import word_positions
+from cpsl.model.network import trimmed_length, word_positions
 
 # modality pair -> (x, y) of the BA bound I(x; y); the paper's pairs are tv and ta, va is the official --add_va option
-PAIRS = {"tv": ("t", "v"), "ta": ("t", "a"), "va": ("v", "a")}
+PAIRS = {"tv": ("t", "v"), "ta": ("t", "a"), "va": ("v", "a")}  # the keys: mmim_spec.PAIRS
 REPRESENTATIONS = ("t", "a", "v")
 # the named terms of the objective ("total" is what stage 2 backpropagates)
 LOSS_TERMS = ("total", "task", "nce", "lld", "entropy")
@@ -142,8 +140,8 @@ class MMIM(nn.Module):
             if x.dim() != 3 or x.shape[:2] != mask.shape or x.shape[-1] != d:
                 raise ValueError(f"MMIM: {name} must be (B,L,{d}) matching attention_mask {tuple(mask.shape)}, "
                                  f"got {tuple(x.shape)}")
-        if self.trim_padding and mask.shape[1] and mask.any():
-            keep = int(mask.any(0).nonzero().max()) + 1
+        keep = trimmed_length(mask) if self.trim_padding else None
+        if keep is not None:
             input_ids, attention_mask = input_ids[:, :keep], attention_mask[:, :keep]
             mask, acoustic, visual = mask[:, :keep], acoustic[:, :keep], visual[:, :keep]
         text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -169,13 +167,14 @@ class MMIM(nn.Module):
             lld=self.log_likelihoods(reps),
             nce={m: info_nce(reps[m], self.cpc[m](fusion), self.hp["cpc_negatives"]) for m in REPRESENTATIONS},
             entropy_features={p: self.entropy_projections[p](reps[PAIRS[p][1]]) for p in self.pairs},
-            entropy_history={p: self.memory.history(p) for p in self.pairs},
+            # the memory holds training batches: evaluation never reads it (its predictions do not need it)
+            entropy_history={p: self.memory.history(p) if self.training else None for p in self.pairs},
         )
 
-    def remember(self, out: MMIMOutput, label: torch.Tensor) -> None:
-        """After a training step: add the batch's projected samples to the entropy memory."""
+    def remember(self, entropy_features: dict[str, torch.Tensor], label: torch.Tensor) -> None:
+        """After a training step: add the batch's projected samples (``out.entropy_features``) to the memory."""
         for p in self.pairs:
-            self.memory.push(p, out.entropy_features[p], label)
+            self.memory.push(p, entropy_features[p], label)
 
 
 def entropy(out: MMIMOutput, label: torch.Tensor) -> torch.Tensor:
@@ -183,10 +182,9 @@ def entropy(out: MMIMOutput, label: torch.Tensor) -> torch.Tensor:
     total = out.prediction.new_zeros(())
     for pair, features in out.entropy_features.items():
         history = out.entropy_history[pair]
-        if history is None:
-            continue
-        pos, neg = split_by_polarity(features.float(), label)
-        total = total + mixture_entropy(torch.cat([history[0], pos]), torch.cat([history[1], neg]))
+        if history is not None:
+            total = total + mixture_entropy(torch.cat([history[0], features.float()]),
+                                            torch.cat([history[1], label.float().reshape(-1)]))
     return total
 
 
@@ -213,42 +211,8 @@ def parameter_groups(model: MMIM) -> dict[str, list[nn.Parameter]]:
     return {"text": text, "main": main, "estimator": estimator}
 
 
-def make_optimizers(model: MMIM, hp: dict) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """(main, estimator): Adam with L2 weight decay, as the official code; main has the text and main groups."""
-    groups = parameter_groups(model)
-    main = torch.optim.Adam([
-        {"params": groups["text"], "lr": hp["lr_text"], "weight_decay": hp["weight_decay_text"]},
-        {"params": groups["main"], "lr": hp["lr_main"], "weight_decay": hp["weight_decay_main"]},
-    ])
-    estimator = torch.optim.Adam(groups["estimator"], lr=hp["lr_estimator"],
-                                 weight_decay=hp["weight_decay_estimator"])
-    return main, estimator
-
-
 def estimator_loss(model: MMIM, batch: dict) -> torch.Tensor:
     """Stage 1's loss -lld, with the encoders run without gradient (only q(y|x) is trained in stage 1)."""
     with torch.no_grad():
         reps = model.encode(batch["input_ids"], batch["attention_mask"], batch["acoustic"], batch["visual"])
     return -sum(model.log_likelihoods(reps).values())
-
-
-def estimator_step(model: MMIM, batch: dict, optimizer: torch.optim.Optimizer, hp: dict) -> torch.Tensor:
-    """Stage 1: one step of the estimators' optimiser maximising lld on ``batch``. Under DDP the gradients are
-    averaged over ranks by hand (this step runs on the bare module, outside the DDP wrapper). Returns -lld."""
-    params = list(model.estimators.parameters())
-    optimizer.zero_grad(set_to_none=True)
-    loss = estimator_loss(model, batch)
-    loss.backward()
-    grads = [p.grad for p in params if p.grad is not None]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-    if hp["grad_clip"] > 0:
-        torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"])
-    optimizer.step()
-    return loss.detach()

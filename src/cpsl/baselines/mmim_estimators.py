@@ -24,7 +24,9 @@ docs/baselines.md):
   sits in the estimator's parameter group, which only stage 1 updates and stage 1 never uses it, so it keeps its
   initial weights; here it is frozen (requires_grad False), which is the same and says so.
 - Segments with label 0 belong to neither component (the official code splits on label > 0 and label < 0).
-  A component with no more samples than dimensions has a singular covariance: the estimate is 0 then.
+  A component with no more samples than dimensions has a singular covariance: the estimate is 0 then (the
+  official code would take log det of a singular matrix). Every covariance gets a ridge of 1e-6 on its diagonal
+  (``COVARIANCE_RIDGE``), so that samples that coincide give a finite estimate (the official code: -inf, NaN).
 - ``cpc_negatives``: "modality" (default, the equation above: for each fusion result the other segments'
   modality vectors are the negatives) or "prediction" (the official code: for each modality vector the other
   segments' predictions G(Z_j) are). Both are InfoNCE bounds <= log B.
@@ -38,9 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LLD_FORMS = ("gaussian", "official")
-CPC_NEGATIVES = ("modality", "prediction")
+from cpsl.baselines.mmim_spec import CPC_NEGATIVES, LLD_FORMS
+
 _LOG_2PI = math.log(2 * math.pi)
+# added to every covariance of the entropy estimate: a batch whose projected samples coincide (e.g. all-zero a/v
+# features) has a zero covariance, whose log det is -inf; with the ridge it is k log 1e-6 and its gradient 0
+COVARIANCE_RIDGE = 1e-6
 
 
 def gaussian_log_likelihood(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor,
@@ -68,25 +73,27 @@ class ConditionalGaussian(nn.Module):
         return gaussian_log_likelihood(self.mu(x), self.logvar(x), y, form)
 
 
-def _covariance(x: torch.Tensor) -> torch.Tensor:
-    """Maximum-likelihood covariance (1/n) of the rows of x (n, k)."""
-    centred = x - x.mean(0, keepdim=True)
-    return centred.T @ centred / x.shape[0]
+def _log_det_covariance(x: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log det of the maximum-likelihood covariance (1/n) of the rows of x (N, k) where ``member`` (N,) is true, and
+    whether it is defined (more rows than dimensions). Weights instead of indexing: no data-dependent shape, so
+    no host synchronisation; a singular case takes log det of the identity (0) so that no NaN gradient leaks."""
+    w = member.to(x.dtype).unsqueeze(-1)
+    n = w.sum()
+    centred = (x - (w * x).sum(0) / n.clamp_min(1)) * w
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    cov = centred.T @ centred / n.clamp_min(1) + COVARIANCE_RIDGE * eye
+    defined = n > x.shape[-1]
+    return torch.logdet(torch.where(defined, cov, eye)), defined
 
 
-def mixture_entropy(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """H(Y) ~= 1/4 (log det Sigma_pos + log det Sigma_neg) from the positive (n_p, k) and negative (n_n, k) samples;
-    0 when either component has no more samples than dimensions (its covariance would be singular)."""
-    k = pos.shape[-1]
-    if pos.shape[0] <= k or neg.shape[0] <= k:
-        return pos.new_zeros(())
-    return 0.25 * (torch.logdet(_covariance(pos.float())) + torch.logdet(_covariance(neg.float())))
-
-
-def split_by_polarity(features: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of positive (label > 0) and negative (label < 0) segments; neutral ones (label 0) belong to neither."""
+def mixture_entropy(features: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """H(Y) ~= 1/4 (log det Sigma_pos + log det Sigma_neg) over the positive (label > 0) and negative (label < 0)
+    rows of ``features`` (N, k); neutral rows (label 0) belong to neither. 0 when either component has no more
+    rows than dimensions (its covariance would be singular)."""
     label = label.reshape(-1)
-    return features[label > 0], features[label < 0]
+    log_det_pos, pos_defined = _log_det_covariance(features.float(), label > 0)
+    log_det_neg, neg_defined = _log_det_covariance(features.float(), label < 0)
+    return torch.where(pos_defined & neg_defined, 0.25 * (log_det_pos + log_det_neg), torch.zeros_like(log_det_pos))
 
 
 class EntropyProjection(nn.Module):
@@ -104,7 +111,7 @@ class EntropyProjection(nn.Module):
 
 
 class EntropyMemory:
-    """The history of projected positive/negative samples of the last ``size`` training batches, per modality pair.
+    """The projected samples (and labels) of the last ``size`` training batches, per modality pair.
 
     The covariances of H(Y) are estimated from this memory plus the current batch (the current batch keeps its
     gradient, the memory is detached). The official code empties it at the start of every epoch and uses H only
@@ -124,25 +131,25 @@ class EntropyMemory:
         return len(self.batches.get(pair, ())) == self.size
 
     def history(self, pair: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(positive rows, negative rows) of the remembered batches, or None until the memory is full."""
+        """(features, labels) of the remembered batches, or None until the memory is full."""
         if not self.full(pair):
             return None
-        pos, neg = zip(*self.batches[pair])
-        return torch.cat(pos), torch.cat(neg)
+        features, labels = zip(*self.batches[pair])
+        return torch.cat(features), torch.cat(labels)
 
     def push(self, pair: str, features: torch.Tensor, label: torch.Tensor) -> None:
         """Remember one batch's projected samples (detached), dropping the oldest batch once full."""
-        pos, neg = split_by_polarity(features.detach().float(), label)
-        self.batches.setdefault(pair, deque(maxlen=self.size)).append((pos, neg))
+        entry = (features.detach().float(), label.detach().float().reshape(-1))
+        self.batches.setdefault(pair, deque(maxlen=self.size)).append(entry)
 
     def state_dict(self) -> dict:
         return {"size": self.size,
-                "batches": {pair: [(p.cpu(), n.cpu()) for p, n in q] for pair, q in self.batches.items()}}
+                "batches": {pair: [[f.cpu(), y.cpu()] for f, y in q] for pair, q in self.batches.items()}}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         if state["size"] != self.size:
             raise ValueError(f"mmim entropy_memory: saved state holds {state['size']} batches, this run {self.size}")
-        self.batches = {pair: deque([(p.to(device), n.to(device)) for p, n in q], maxlen=self.size)
+        self.batches = {pair: deque([(f.to(device), y.to(device)) for f, y in q], maxlen=self.size)
                         for pair, q in state["batches"].items()}
 
 
