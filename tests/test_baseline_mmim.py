@@ -3,7 +3,6 @@ information of a toy pair, its two-stage step, and that the a/v inputs reach the
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import signal
@@ -23,6 +22,7 @@ from train_helpers import (
     load_model_states,
     make_cache,
     one_thread,
+    planted_vs_zeroed_runs,
     small_params,
     tiny_text_model,
 )
@@ -38,17 +38,14 @@ from cpsl.baselines.mmim_estimators import (
     mixture_entropy,
 )
 from cpsl.baselines.mmim_training import MMIMRecipe, Plateau, estimator_optimizer, estimator_step, main_optimizer
-from cpsl.cache import write_cache
 from cpsl.config import apply_overrides, load_params, parse_yaml
-from cpsl.data.planted import planted_split, planted_splits, zero_streams
+from cpsl.data.planted import planted_split
 from cpsl.errors import ParamsError
-from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import read_history
 from cpsl.train import loop
 from cpsl.train import step as step_module
 from cpsl.train.distributed import DistContext
-from cpsl.train.stage import run_train
 
 DA, DV, VOCAB, L = D_A, D_V, 1200, 10
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -84,6 +81,19 @@ def _correlated(rho: float, n: int, d: int, g: torch.Generator) -> tuple[torch.T
     return x, rho * x + math.sqrt(1 - rho ** 2) * noise
 
 
+def _trained(module, loss_fn, rho: float, batch: int, d: int, steps: int) -> torch.Generator:
+    """Adam (lr 1e-2) on ``loss_fn(module, x, y)`` over fresh correlated batches; returns the data generator, to
+    draw held-out pairs from."""
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(steps):
+        x, y = _correlated(rho, batch, d, g)
+        opt.zero_grad()
+        loss_fn(module, x, y).backward()
+        opt.step()
+    return g
+
+
 # --- the BA bound ------------------------------------------------------------------------------------------------
 
 def test_gaussian_log_likelihood_is_the_normal_log_density_and_official_drops_the_normaliser():
@@ -103,14 +113,8 @@ def test_ba_bound_rises_with_the_true_mutual_information_and_stays_below_it():
     estimates, truths = [], []
     for rho in (0.0, 0.5, 0.9):
         torch.manual_seed(0)
-        g = torch.Generator().manual_seed(1)
         q = ConditionalGaussian(d, d)
-        opt = torch.optim.Adam(q.parameters(), lr=1e-2)
-        for _ in range(300):
-            x, y = _correlated(rho, 256, d, g)
-            opt.zero_grad()
-            (-q.log_likelihood(x, y)).backward()
-            opt.step()
+        g = _trained(q, lambda q, x, y: -q.log_likelihood(x, y), rho, 256, d, steps=300)
         with torch.no_grad():
             estimates.append(float(q.log_likelihood(*_correlated(rho, 8192, d, g))) + entropy_y)
         truths.append(-d / 2 * math.log(1 - rho ** 2))
@@ -191,14 +195,8 @@ def test_cpc_bound_rises_with_the_true_mutual_information_and_stays_below_log_ba
     batch, d, estimates = 64, 4, []
     for rho in (0.0, 0.6, 0.95):
         torch.manual_seed(0)
-        g = torch.Generator().manual_seed(1)
         predictor = CPCPredictor(d, d)
-        opt = torch.optim.Adam(predictor.parameters(), lr=1e-2)
-        for _ in range(200):
-            x, y = _correlated(rho, batch, d, g)
-            opt.zero_grad()
-            info_nce(x, predictor(y), negatives).backward()
-            opt.step()
+        g = _trained(predictor, lambda g_z, x, y: info_nce(x, g_z(y), negatives), rho, batch, d, steps=200)
         with torch.no_grad():
             held_out = [_correlated(rho, batch, d, g) for _ in range(20)]
             estimates.append(np.mean([math.log(batch) - float(info_nce(x, predictor(y), negatives))
@@ -448,29 +446,8 @@ SCHEDULE = {"epochs": 3, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "w
 
 @pytest.fixture(scope="module")
 def planted_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mmim_planted")
-    text = tiny_text_model(tmp / "text")
-    splits = planted_splits({"train": 96, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=("visual",),
-                            gain=1.0, noise=0.3, seed=5)
-    caches = {"planted": _planted_cache(tmp / "planted.h5", splits),
-              "zeroed": _planted_cache(tmp / "zeroed.h5", zero_streams(splits))}
-    params = small_params(text, **{f"baselines.mmim.mosi.train.{k}": v for k, v in SCHEDULE.items()},
-                          **{"eval.reliance_permutations": 3})
-    metrics = {}
-    for seed in SEEDS:
-        for name, cache in caches.items():
-            run = tmp / f"{name}-MMIM-seed{seed}"
-            assert run_train(params, seed=seed, ablation="MMIM", data_path=cache, out_dir=run) == 0
-            run_evaluate(params, run, data_path=cache)
-            metrics[(name, seed)] = json.loads((run / "metrics.json").read_text())
-    return metrics
-
-
-def _planted_cache(path, splits):
-    write_cache(path, splits, {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a",
-                               "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V,
-                               "raw_manifest_sha256": {"words": "0"}})
-    return path
+    return planted_vs_zeroed_runs(tmp_path_factory.mktemp("mmim_planted"), "MMIM", "mmim", SCHEDULE, SEEDS,
+                                  n_train=96)
 
 
 def test_mmim_beats_its_av_zeroed_self_on_the_planted_signal_on_every_seed(planted_runs):
