@@ -3,6 +3,7 @@ information of a toy pair, its two-stage step, and that the a/v inputs reach the
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import signal
@@ -22,7 +23,7 @@ from train_helpers import (
     load_model_states,
     make_cache,
     one_thread,
-    planted_vs_zeroed_runs,
+    planted_caches,
     small_params,
     tiny_text_model,
 )
@@ -41,11 +42,13 @@ from cpsl.baselines.mmim_training import MMIMRecipe, Plateau, estimator_optimize
 from cpsl.config import apply_overrides, load_params, parse_yaml
 from cpsl.data.planted import planted_split
 from cpsl.errors import ParamsError
+from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import read_history
 from cpsl.train import loop
 from cpsl.train import step as step_module
 from cpsl.train.distributed import DistContext
+from cpsl.train.stage import run_train
 
 DA, DV, VOCAB, L = D_A, D_V, 1200, 10
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -441,13 +444,24 @@ def test_two_ddp_ranks_end_with_identical_weights_estimators_included(tiny_run, 
 SEEDS = (0, 1, 2)
 MARGIN_CORR = 0.5  # test Pearson r: planted visual signal vs the same runs with a/v zeroed, on every seed
 MARGIN_MAE = 0.5   # test MAE: zeroed minus planted, on every seed
-SCHEDULE = {"epochs": 3, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
+SCHEDULE = {"epochs": 2, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
 
 
 @pytest.fixture(scope="module")
 def planted_runs(tmp_path_factory):
-    return planted_vs_zeroed_runs(tmp_path_factory.mktemp("mmim_planted"), "MMIM", "mmim", SCHEDULE, SEEDS,
-                                  n_train=96)
+    tmp = tmp_path_factory.mktemp("mmim_planted")
+    text = tiny_text_model(tmp / "text")
+    caches = planted_caches(tmp)  # the label in the visual stream only; the same with a/v zeroed
+    params = small_params(text, **{f"baselines.mmim.mosi.train.{k}": v for k, v in SCHEDULE.items()},
+                          **{"eval.reliance_permutations": 3})
+    metrics = {}
+    for seed in SEEDS:
+        for name, cache in caches.items():
+            run = tmp / f"{name}-MMIM-seed{seed}"
+            assert run_train(params, seed=seed, ablation="MMIM", data_path=cache, out_dir=run) == 0
+            run_evaluate(params, run, data_path=cache)
+            metrics[(name, seed)] = json.loads((run / "metrics.json").read_text())
+    return metrics
 
 
 def test_mmim_beats_its_av_zeroed_self_on_the_planted_signal_on_every_seed(planted_runs):

@@ -59,45 +59,27 @@ def make_cache(path: Path, n_train: int = 16, n_valid: int = 8, n_test: int = 8,
     rng = np.random.default_rng(seed)
     splits = {s: _split(rng, n, seq_len, learnable, f"{s}_") for s, n in
               (("train", n_train), ("valid", n_valid), ("test", n_test))}
-    return write_test_cache(path, splits)
-
-
-def write_test_cache(path: Path, splits: dict) -> Path:
-    """A MOSI-like cache of ``splits`` (e.g. cpsl.data.planted's) with the tiny feature dims D_A, D_V."""
-    seq_len = splits["train"]["input_ids"].shape[1]
     attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": seq_len, "acoustic_name": "a",
              "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
     write_cache(path, splits, attrs)
     return Path(path)
 
 
-def planted_vs_zeroed_runs(tmp: Path, row: str, section: str, schedule: dict, seeds, n_train: int = 192) -> dict:
-    """Train and evaluate a baseline ``row`` with the real stages on a planted-signal cache (the label in the visual
-    stream only, cpsl.data.planted) and on the same cache with a/v zeroed, once per seed; ``schedule``: its own
-    MOSI schedule (baselines.<section>.mosi.train). {("planted" | "zeroed", seed): metrics.json, with
-    train_summary.json under "summary"}."""
-    import json
-
+def planted_caches(folder: Path) -> dict[str, Path]:
+    """The planted-signal study's two caches in ``folder``: {"planted": label in the visual stream only (text and
+    acoustic carry noise), "zeroed": the same with a/v zeroed} (cpsl.data.planted; 192/32/48 segments, length 12)."""
     from cpsl.data.planted import planted_splits, zero_streams
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.train.stage import run_train
 
-    text = tiny_text_model(tmp / "text")
-    splits = planted_splits({"train": n_train, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=("visual",),
+    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=("visual",),
                             gain=1.0, noise=0.3, seed=5)
-    caches = {"planted": write_test_cache(tmp / "planted.h5", splits),
-              "zeroed": write_test_cache(tmp / "zeroed.h5", zero_streams(splits))}
-    params = small_params(text, **{f"baselines.{section}.mosi.train.{k}": v for k, v in schedule.items()},
-                          **{"eval.reliance_permutations": 3})
-    metrics = {}
-    for seed in seeds:
-        for name, cache in caches.items():
-            run = tmp / f"{name}-{row}-seed{seed}"
-            assert run_train(params, seed=seed, ablation=row, data_path=cache, out_dir=run) == 0
-            run_evaluate(params, run, data_path=cache)
-            metrics[(name, seed)] = json.loads((run / "metrics.json").read_text())
-            metrics[(name, seed)]["summary"] = json.loads((run / "train_summary.json").read_text())
-    return metrics
+    attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a", "visual_name": "v",
+             "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
+    out = {}
+    for name, data in (("planted", splits), ("zeroed", zero_streams(splits))):
+        out[name] = Path(folder) / f"{name}.h5"
+        write_cache(out[name], data, attrs)
+    return out
+
 
 def small_params(text_model: str, **overrides) -> dict:
     """params.yaml with the dataset set to mosi (so text.model is used), a tiny model and short training."""
