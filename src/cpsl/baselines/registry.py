@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from cpsl.baselines import ithp_spec, mag_spec
+from cpsl.baselines import ithp_spec, mag_spec, mmim_spec
 from cpsl.baselines.spec import BaselineSpec
 from cpsl.param_types import Spec
 
@@ -34,6 +34,7 @@ TRAIN_KEYS = ("epochs", "batch_size", "lr", "lr_new_modules", "weight_decay", "w
 BASELINES: tuple[BaselineSpec, ...] = (
     mag_spec.SPEC,
     ithp_spec.SPEC,
+    mmim_spec.SPEC,
 )
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from cpsl import rows
 from cpsl.ablations import Switches, switches_for
-from cpsl.baselines import ithp, mag
+from cpsl.baselines import ithp, mag, mmim
 from cpsl.model.network import build_model
 from cpsl.model.text_encoder import load_text_encoder
 
@@ -22,6 +22,7 @@ from cpsl.model.text_encoder import load_text_encoder
 BASELINE_MODELS = {
     "mag": (mag.MAGModel, mag.losses),
     "ithp": (ithp.ITHPModel, ithp.ithp_losses),
+    "mmim": (mmim.MMIM, mmim.losses),
 }
 
 

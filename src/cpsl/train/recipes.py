@@ -6,6 +6,7 @@ from __future__ import annotations
 from cpsl import rows
 from cpsl.baselines.ithp_training import ITHPRecipe
 from cpsl.baselines.mag_training import MAGRecipe
+from cpsl.baselines.mmim_training import MMIMRecipe
 from cpsl.model import zoo
 from cpsl.train.distributed import DistContext
 from cpsl.train.recipe import Recipe
@@ -14,6 +15,7 @@ from cpsl.train.step import CPSLRecipe
 BASELINE_RECIPES: dict[str, type[Recipe]] = {
     "mag": MAGRecipe,
     "ithp": ITHPRecipe,
+    "mmim": MMIMRecipe,
 }
 
 
