@@ -7,7 +7,8 @@ it is a handful of foreach kernels, and keeping it out keeps the optimizer, its 
 scheduler and the checkpoint format exactly as in the other modes.
 
 How it stays exact:
-- Static shapes: one graph per case, keyed by whether the modulation window is open (Eq. 5-6 and GE add kernels);
+- Static shapes: one graph per case, keyed by the row's recipe (CP+SL: whether the modulation window is open, as
+  Eq. 5-6 and GE add kernels);
   only full batches are captured (the short last batch of an epoch runs uncaptured; padding it would change the
   loss). Inputs are copied into the graph's static buffers before each replay.
 - Randomness: dropout and AME sampling draw from the default CUDA generator, which graphs replay with the same
@@ -22,11 +23,11 @@ How it stays exact:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from cpsl.model.modulation import in_window
 from cpsl.train.step import StepBody, StepOutputs, seeded_generator
 
 
@@ -83,9 +84,8 @@ class GraphedSteps:
         self.disabled_reason: str | None = None
         self.replays = 0
 
-    def _key(self, epoch: int) -> bool:
-        gm = self.body.params["gm"]
-        return in_window(epoch, gm["start_epoch"], gm["end_epoch"])
+    def _key(self, epoch: int):
+        return self.body.recipe.graph_key(epoch)  # CP+SL: the modulation window open or closed
 
     def can_run(self, batch: dict, epoch: int) -> bool:
         return self.disabled_reason is None and len(batch["label"]) == self.batch_size
@@ -102,10 +102,10 @@ class GraphedSteps:
         except Exception as exc:  # capture is not possible here: continue uncaptured (auto) or fail (cuda_graph)
             if self.strict:
                 raise RuntimeError(f"train.step cuda_graph: capturing the step failed: {exc}") from exc
-            self._disable(f"capture failed ({type(exc).__name__}: {exc})")
+            self.disable(f"capture failed ({type(exc).__name__}: {exc})")
             return self.body(batch, epoch, seeded_generator(noise_seed, self.device))
 
-    def _disable(self, reason: str) -> None:
+    def disable(self, reason: str) -> None:
         self.disabled_reason = reason
         self.entries.clear()
         self.log(f"CUDA graphs off for the rest of this run: {reason}; the step runs uncaptured (sync-free)")
@@ -188,12 +188,11 @@ class GraphedSteps:
         reason = f"replay {entry.verified + 1} differs from the uncaptured step in {failure}"
         if self.strict:
             raise GraphNotExact(f"train.step cuda_graph: {reason}")
-        self._disable(reason)
+        self.disable(reason)
         ref1[2].restore(model)
         for (_, p), grad in zip(self.body.named_params, ref1[1]):
             p.grad = grad
-        outputs = StepOutputs(*ref1[0][:4], type(out.tele)(ref1[0][4], out.tele.active, out.tele.ge))
-        return outputs
+        return StepOutputs(*ref1[0][:4], dataclasses.replace(out.tele, vector=ref1[0][4]))
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
