@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from cpsl.baselines import mag_spec
+from cpsl.baselines import mag_spec, selfmm_spec
 from cpsl.baselines.spec import BaselineSpec
 from cpsl.param_types import Spec
 
@@ -33,6 +33,7 @@ TRAIN_KEYS = ("epochs", "batch_size", "lr", "lr_new_modules", "weight_decay", "w
 # One entry per baseline, in Table 1's order (the other branches of issue 14 add theirs on their own line).
 BASELINES: tuple[BaselineSpec, ...] = (
     mag_spec.SPEC,
+    selfmm_spec.SPEC,
 )
 
 

@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpsl.baselines.selfmm_labels import REPRESENTATIONS, SUBTASKS
+from cpsl.model.network import trimmed_length
 
-# hp keys the model reads; ``parameter_groups`` reads the lr_* / wd_* keys
+# hp keys the model reads; ``parameter_groups`` reads the lr_* / wd_* keys (and train.lr, lr_new_modules, weight_decay)
 ARCH_KEYS = ("a_lstm_hidden", "v_lstm_hidden", "a_lstm_layers", "v_lstm_layers", "a_lstm_dropout", "v_lstm_dropout",
              "a_out", "v_out", "post_m_dim", "post_t_dim", "post_a_dim", "post_v_dim", "post_m_dropout",
              "post_t_dropout", "post_a_dropout", "post_v_dropout", "head_hidden_layers")
-GROUP_KEYS = ("lr_text", "lr_a", "lr_v", "lr_other", "wd_text", "wd_a", "wd_v", "wd_other")
+GROUP_KEYS = ("lr_a", "lr_v", "wd_a", "wd_v", "wd_other")
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")  # text encoder parameters without weight decay (official)
 LOSS_TERMS = ("total", "task") + tuple(f"uni_{s}" for s in SUBTASKS)  # what ``selfmm_losses`` returns
 
@@ -119,8 +120,8 @@ class SelfMM(nn.Module):
             if raw[m].dim() != 3 or raw[m].shape[:2] != attention_mask.shape or raw[m].shape[-1] != self.dims[m]:
                 raise ValueError(f"SelfMM: {name} must be (B,L,{self.dims[m]}) matching attention_mask "
                                  f"{tuple(attention_mask.shape)}, got {tuple(raw[m].shape)}")
-        if self.trim_padding and attention_mask.shape[1] and attention_mask.bool().any():
-            keep = int(attention_mask.bool().any(0).nonzero().max()) + 1
+        keep = trimmed_length(attention_mask.bool()) if self.trim_padding else None
+        if keep is not None:  # masked or per-step ops only: valid outputs change by float round-off at most
             input_ids, attention_mask = input_ids[:, :keep], attention_mask[:, :keep]
             raw = {m: x[:, :keep] for m, x in raw.items()}
         text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
@@ -158,23 +159,25 @@ def selfmm_losses(out: SelfMMOutput, label: torch.Tensor, hp: dict) -> dict[str,
     return {"total": losses["total"], **{k: v for k, v in losses.items() if k != "total"}}
 
 
-def parameter_groups(model: SelfMM, hp: dict) -> list[dict]:
-    """The official optimiser groups (trains/SELF_MM.py): text encoder with/without weight decay at lr_text, the
-    acoustic and visual sLSTMs at their own lr and weight decay, every other parameter (the heads) at lr_other."""
+def parameter_groups(model: SelfMM, hp: dict, tp: dict) -> list[dict]:
+    """The official optimiser groups (trains/SELF_MM.py): the text encoder at train.lr with train.weight_decay, but
+    none on its biases and LayerNorm weights; the acoustic and visual sLSTMs at lr_a/lr_v with wd_a/wd_v; every other
+    parameter (the four heads) at train.lr_new_modules (null: train.lr) with wd_other."""
     missing = [k for k in GROUP_KEYS if k not in hp]
     if missing:
         raise KeyError(f"SelfMM: hyper-parameter(s) missing from its params section: {', '.join(missing)}")
     text = list(model.text_encoder.named_parameters())
     taken = {id(p) for _, p in text}
     groups = [
-        {"params": [p for n, p in text if not any(nd in n for nd in NO_DECAY)], "lr": hp["lr_text"],
-         "weight_decay": hp["wd_text"]},
-        {"params": [p for n, p in text if any(nd in n for nd in NO_DECAY)], "lr": hp["lr_text"], "weight_decay": 0.0},
+        {"params": [p for n, p in text if not any(nd in n for nd in NO_DECAY)], "lr": tp["lr"],
+         "weight_decay": tp["weight_decay"]},
+        {"params": [p for n, p in text if any(nd in n for nd in NO_DECAY)], "lr": tp["lr"], "weight_decay": 0.0},
     ]
     for m in ("a", "v"):
         params = list(model.encoders[m].parameters())
         taken |= {id(p) for p in params}
         groups.append({"params": params, "lr": hp[f"lr_{m}"], "weight_decay": hp[f"wd_{m}"]})
-    groups.append({"params": [p for p in model.parameters() if id(p) not in taken], "lr": hp["lr_other"],
+    other_lr = tp["lr"] if tp["lr_new_modules"] is None else tp["lr_new_modules"]
+    groups.append({"params": [p for p in model.parameters() if id(p) not in taken], "lr": other_lr,
                    "weight_decay": hp["wd_other"]})
     return groups

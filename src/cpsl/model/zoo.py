@@ -14,13 +14,14 @@ from torch import nn
 
 from cpsl import rows
 from cpsl.ablations import Switches, switches_for
-from cpsl.baselines import mag
+from cpsl.baselines import mag, selfmm
 from cpsl.model.network import build_model
 from cpsl.model.text_encoder import load_text_encoder
 
 # baseline params section -> (model class, losses function); one line per baseline
 BASELINE_MODELS = {
     "mag": (mag.MAGModel, mag.losses),
+    "selfmm": (selfmm.SelfMM, selfmm.selfmm_losses),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cpsl import rows
 from cpsl.baselines.mag_training import MAGRecipe
+from cpsl.baselines.selfmm_training import SelfMMRecipe
 from cpsl.model import zoo
 from cpsl.train.distributed import DistContext
 from cpsl.train.recipe import Recipe
@@ -12,6 +13,7 @@ from cpsl.train.step import CPSLRecipe
 
 BASELINE_RECIPES: dict[str, type[Recipe]] = {
     "mag": MAGRecipe,
+    "selfmm": SelfMMRecipe,
 }
 
 
