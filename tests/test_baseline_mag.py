@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from train_helpers import D_A, D_V, REPO, VOCAB, one_thread, small_params, tiny_text_model
+from train_helpers import D_A, D_V, REPO, VOCAB, one_thread, planted_caches, small_params, tiny_text_model
 
 from cpsl.baselines.mag import AdaptationGate, MAGModel, encoder_layers, losses, scaling_factor
-from cpsl.cache import write_cache
 from cpsl.config import load_params
-from cpsl.data.planted import planted_splits, zero_streams
 from cpsl.errors import ParamsError
 from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
@@ -152,20 +150,11 @@ MARGIN_CORR = 0.4  # test Pearson r: planted visual signal vs the same runs with
 SCHEDULE = {"epochs": 6, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
 
 
-def _cache(path, splits):
-    write_cache(path, splits, {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a",
-                               "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V,
-                               "raw_manifest_sha256": {"words": "0"}})
-    return path
-
-
 @pytest.fixture(scope="module")
 def planted_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mag_planted")
     text = tiny_text_model(tmp / "text")
-    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=("visual",),
-                            gain=1.0, noise=0.3, seed=5)
-    caches = {"planted": _cache(tmp / "planted.h5", splits), "zeroed": _cache(tmp / "zeroed.h5", zero_streams(splits))}
+    caches = planted_caches(tmp)  # the label in the visual stream only; the same with a/v zeroed
     settings = {f"baselines.mag.mosi.train.{k}": v for k, v in SCHEDULE.items()}  # MAG's own MOSI schedule
     params = small_params(text, **settings, **{"eval.reliance_permutations": 3})
     metrics = {}
