@@ -20,7 +20,7 @@ SOURCES = {
     "v_lstm_dropout": "official config: v_lstm_dropout 0.0",
     "a_out": "official config: audio_out 16 (the sLSTM's output width d_a)",
     "v_out": "official config: video_out 32 (d_v)",
-    "post_m_dim": "official config: post_fusion_dim 128 (d_m of Eq. 4)",
+    "post_m_dim": "official config: post_fusion_dim 128 (d_m, the width of F_m^*)",
     "post_t_dim": "official config: post_text_dim (MOSI 64, MOSEI 32)",
     "post_a_dim": "official config: post_audio_dim 16",
     "post_v_dim": "official config: post_video_dim (MOSI 32, MOSEI 16)",
@@ -28,8 +28,7 @@ SOURCES = {
     "post_t_dropout": "official config: post_text_dropout (MOSI 0.0, MOSEI 0.1)",
     "post_a_dropout": "official config: post_audio_dropout (MOSI 0.1, MOSEI 0.0)",
     "post_v_dropout": "official config: post_video_dropout 0.1",
-    "head_hidden_layers": "paper Eq. 4: one ReLU layer then the output layer (1); the official models/SELF_MM.py has "
-                          "two (2)",
+    "head_hidden_layers": "paper: one ReLU layer then the output layer (1); the official models/SELF_MM.py has two (2)",
     "ulgm_rule": "paper Eq. 5-8 (paper); official trains/SELF_MM.py counts a zero label as positive and uses the plain "
                  "L2 norm (official)",
     "label_bound": "official config H = 3.0: generated labels clipped to [-H, H] (the paper does not clip)",
