@@ -9,12 +9,14 @@ losses, backward, the step's all-reduce and guard, the recipe's gradient hook, c
 row's run params (cpsl.rows.run_params) for ``--dataset`` (default mosi: each baseline's own hyper-parameters).
 Every row gets the same MOSI-shaped batch (8 x 50, d_a 74, d_v 47; ``--batch``), so the figures compare the cost of
 one step of each method, not their schedules (MAG's own batch is 48). Default backbone: the offline
-all-MiniLM-L6-v2 (BERT architecture); ``tiny`` is the tests' 2-layer DeBERTa (a smoke run); on a GPU pass
-``--text-model microsoft/deberta-v3-base`` where its config is cached (random weights: ``pretrained`` off).
+all-MiniLM-L6-v2 (BERT architecture); ``tiny`` is the tests' 2-layer DeBERTa (a smoke run); on a GPU
+``--text-model deberta-v3-base-arch`` (the paper's backbone's architecture, random weights, as bench_gpu.py).
 
-Step time: the rows are timed in alternating blocks of ``--block`` steps in one process (drifting machine load hits
-all alike); the figure is the median. Peak memory: each row again in a fresh process (a few steps): on the CPU the
-process's peak RSS (VmHWM) and its growth over the RSS before the model was built; on CUDA
+Step time (``--clock wall``, or ``cpu``: this process's CPU time, which other jobs' load does not inflate; with
+``--threads 1`` it is the step's compute): the rows are timed in alternating blocks of ``--block`` steps in one
+process (drifting machine load hits all alike); the figure is the median. Peak memory: each row again in a fresh
+process (a few steps): on the CPU the process's peak RSS (VmHWM) and its growth over the RSS before the model was
+built; on CUDA
 ``torch.cuda.max_memory_allocated``. ``--modes`` (train.step values) on CUDA: e.g. ``eager,auto`` (auto = CUDA
 graphs where the row's step can be captured, else sync-free; the mode that ran is printed). Prints JSON.
 """
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,9 +51,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def text_model_arg(name: str):
+    """A text model name, or a config: "tiny" (the tests' DeBERTa) or "deberta-v3-base-arch" (the paper's backbone's
+    architecture, random weights, no hub access: bench_gpu.deberta_v3_base_config)."""
     if name == "tiny":
         return tiny_deberta_config(30522)
+    if name == "deberta-v3-base-arch":
+        from bench_gpu import deberta_v3_base_config
+
+        return deberta_v3_base_config()
     return resolve_model_path(name) if name.startswith("package:") else name
+
+
+def builds_from_config(name: str) -> bool:
+    return name in ("tiny", "deberta-v3-base-arch")
 
 
 class RowTrainer:
@@ -93,7 +107,7 @@ def setup(args) -> tuple[dict, object, dict]:
     set_dotted(params, "dataset", args.dataset)
     set_dotted(params, "train.device", args.device)
     text_model = text_model_arg(args.text_model)
-    if args.text_model == "tiny":
+    if builds_from_config(args.text_model):
         vocab = text_model.vocab_size
     else:
         import transformers
@@ -110,7 +124,7 @@ def memory_of(args) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer = RowTrainer(params, args.memory_of, text_model, args.device, args.modes.split(",")[0], batch,
-                         pretrained=args.text_model != "tiny" and not args.random_weights)
+                         pretrained=not builds_from_config(args.text_model) and not args.random_weights)
     trainer.timed_steps(trainer.batch, max(3, args.warmup))
     _, peak = _rss_mb()
     out = {"row": args.memory_of, "peak_rss_mb": round(peak, 1), "rss_growth_mb": round(peak - before, 1)}
@@ -132,6 +146,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--block", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                    help="cpu: this process's CPU time per step (not inflated by other jobs' load; use --threads 1)")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one row's peak memory, in a child process
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,7 +156,8 @@ def main() -> None:
         return
 
     params, text_model, batch = setup(args)
-    pretrained = args.text_model != "tiny" and not args.random_weights
+    pretrained = not builds_from_config(args.text_model) and not args.random_weights
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     wanted = args.rows.split(",")
     results = {}
     for mode in args.modes.split(","):
@@ -150,7 +167,7 @@ def main() -> None:
         times = {row: [] for row in trainers}
         while len(times[wanted[-1]]) < args.steps:
             for row, trainer in trainers.items():
-                times[row] += trainer.timed_steps(trainer.batch, args.block)
+                times[row] += trainer.timed_steps(trainer.batch, args.block, clock=clock)
         for row, trainer in trainers.items():
             results.setdefault(row, {})[mode] = {
                 "median_step_s": statistics.median(times[row]), "min_step_s": min(times[row]),
@@ -168,6 +185,7 @@ def main() -> None:
     for row in wanted:
         results[row]["step_time_vs_" + wanted[0]] = results[row][first]["median_step_s"] / reference
     print(json.dumps({"device": args.device, "text_model": args.text_model, "threads": args.threads,
+                      "clock": args.clock, "load_average": list(os.getloadavg()),
                       "dataset_params": args.dataset, "batch": args.batch, "seq_len": MOSI_SHAPE["seq_len"],
                       "acoustic_dim": MOSI_SHAPE["acoustic_dim"], "visual_dim": MOSI_SHAPE["visual_dim"],
                       "rows": results}, indent=2))

@@ -9,7 +9,7 @@ SECTION = "mag"
 # official code = github.com/WasifurRahman/BERT_multimodal_transformer (bert.py, modeling.py, multimodal_driver.py)
 SOURCES = {
     "injection_layer": "official bert.py applies MAG to the embedding output (0 = before transformer layer 0); the "
-                       "paper reports MAG after the embedding layer as its best position",
+                       "paper's position study was not re-read offline (docs/baselines.md)",
     "beta_shift": "official multimodal_driver.py --beta_shift default 1.0 (the paper's threshold beta)",
     "epsilon": "official modeling.py eps = 1e-6 (the paper's epsilon)",
     "dropout": "official multimodal_driver.py --dropout_prob default 0.5 (dropout after MAG's LayerNorm)",

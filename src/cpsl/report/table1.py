@@ -106,8 +106,8 @@ def runs_markdown(summary: dict) -> str:
     if not ids:
         return "\n".join(lines + [f"No run of a Table 1 row ({', '.join(TABLE1_ORDER)}) was found.", ""])
     if dataset not in TABLE1:
-        lines += [f"**The paper's numbers are for CMU-MOSI and CMU-MOSEI; ours are on `{dataset}`: no paper "
-                  "column.**", ""]
+        lines += [f"**The paper's numbers are for CMU-MOSI and CMU-MOSEI; ours are on `{dataset}`: the paper "
+                  "columns stay empty.**", ""]
     lines += [CONVENTION_NOTE + " Cells: mean ± std [t 95% CI over seeds].", "", RELIANCE_NOTE, "",
               "The paper column is the row of the paper's Table 1 for the same text backbone (b: BERT-base, "
               "d: DeBERTa-v3); the paper does not say which Acc-2/F1 convention it used.", ""]

@@ -49,6 +49,7 @@ from cpsl import deps, rows, run_folder
 from cpsl.ablations import switches_for
 from cpsl.cache import read_attrs, read_split
 from cpsl.config import stage_slice
+from cpsl.errors import ParamsError
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import pearson
 from cpsl.model import zoo
@@ -57,10 +58,10 @@ from cpsl.train import checkpoint as ckpt
 from cpsl.train.cuda_graphs import GraphedSteps
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
 from cpsl.train.distributed import DistContext, gather_objects
-from cpsl.train.recipe import (
+from cpsl.train.recipe import (  # noqa: F401 - make_optimizer, linear_warmup_decay: their home was here (tests)
     Recipe,
-    linear_warmup_decay,  # noqa: F401 - the schedule's home was here (tests, benchmarks)
-    text_and_new_groups,
+    linear_warmup_decay,
+    make_optimizer,
 )
 from cpsl.train.recipes import recipe_for
 from cpsl.train.step import Collapse, EpochSums, StepBody, Stepper
@@ -116,14 +117,6 @@ def run_fingerprint(spec: RunSpec) -> str:
     return ckpt.run_fingerprint(stage_slice(spec.params, "train", missing_ok=True), spec.ablation, spec.seed,
                                 read_attrs(spec.data_path), spec.data_path.stat().st_size,
                                 code=deps.code_hash("train"))
-
-
-def make_optimizer(model, tp: dict) -> torch.optim.Optimizer:
-    """AdamW; the text encoder at train.lr, every new module (AME, fusion, heads) at train.lr_new_modules
-    (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor. (The CP+SL rows'
-    optimizer: cpsl.train.recipe.Recipe.optimizer.)"""
-    return torch.optim.AdamW(text_and_new_groups(model, tp), lr=tp["lr"], weight_decay=tp["weight_decay"],
-                             foreach=True)
 
 
 def validate(model, arrays: dict, spec: RunSpec, recipe: Recipe, device) -> dict:
@@ -183,7 +176,8 @@ def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: 
     strict = params["train"]["step"] == "cuda_graph"
     blocker = body.recipe.capture_blocker
     if mode == "cuda_graph" and blocker and strict:
-        raise ValueError(f"train.step: cuda_graph is impossible for this row: {blocker}; use auto, sync_free or eager")
+        raise ParamsError(f"train.step: cuda_graph is impossible for this row: {blocker}; use auto, sync_free or "
+                          f"eager")
     graphs = (GraphedSteps(body, batch_per_rank, strict=strict, log=lambda msg: _log(ctx, msg))
               if mode == "cuda_graph" else None)
     if graphs is not None and blocker:

@@ -105,6 +105,15 @@ def split_no_decay(groups: list[dict], model: nn.Module) -> list[dict]:
     return [g for g in out if g["params"]]
 
 
+def make_optimizer(model: nn.Module, tp: dict, no_decay_on_biases_and_norms: bool = False) -> torch.optim.Optimizer:
+    """AdamW over :func:`text_and_new_groups` (both groups follow the schedule's factor), optionally without weight
+    decay on biases and LayerNorm parameters."""
+    groups = text_and_new_groups(model, tp)
+    if no_decay_on_biases_and_norms:
+        groups = split_no_decay(groups, model)
+    return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], foreach=True)
+
+
 class Recipe:
     """The default recipe: one objective (the model's ``losses``), AdamW with the text encoder at train.lr and the
     rest at train.lr_new_modules, linear warmup/decay, no statistics, no state. See the module docstring."""
@@ -139,10 +148,7 @@ class Recipe:
 
     # ------------------------------------------------------------------------------------------ optimisation
     def optimizer(self, tp: dict) -> torch.optim.Optimizer:
-        groups = text_and_new_groups(self.model, tp)
-        if self.no_decay_on_biases_and_norms:
-            groups = split_no_decay(groups, self.model)
-        return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], foreach=True)
+        return make_optimizer(self.model, tp, self.no_decay_on_biases_and_norms)
 
     def lr_factor(self, total_steps: int, tp: dict) -> Callable[[int], float]:
         return linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps))
