@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from cpsl.baselines import ithp_spec, mag_spec, mmim_spec
+from cpsl.baselines import ithp_spec, mag_spec, mmim_spec, selfmm_spec
 from cpsl.baselines.spec import BaselineSpec
 from cpsl.param_types import Spec
 
@@ -30,11 +30,12 @@ DATASETS = ("mosi", "mosei")  # the sub-sections of every baseline section (the 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "lr_new_modules", "weight_decay", "warmup_ratio", "grad_clip")
 
 
-# One entry per baseline, in Table 1's order (the other branches of issue 14 add theirs on their own line).
+# One entry per baseline: the order of Table 1's rows from runs.
 BASELINES: tuple[BaselineSpec, ...] = (
     mag_spec.SPEC,
     ithp_spec.SPEC,
     mmim_spec.SPEC,
+    selfmm_spec.SPEC,
 )
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from cpsl import rows
 from cpsl.ablations import Switches, switches_for
-from cpsl.baselines import ithp, mag, mmim
+from cpsl.baselines import ithp, mag, mmim, selfmm
 from cpsl.model.network import build_model
 from cpsl.model.text_encoder import load_text_encoder
 
@@ -23,6 +23,7 @@ BASELINE_MODELS = {
     "mag": (mag.MAGModel, mag.losses),
     "ithp": (ithp.ITHPModel, ithp.ithp_losses),
     "mmim": (mmim.MMIM, mmim.losses),
+    "selfmm": (selfmm.SelfMM, selfmm.selfmm_losses),
 }
 
 

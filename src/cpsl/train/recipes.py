@@ -7,6 +7,7 @@ from cpsl import rows
 from cpsl.baselines.ithp_training import ITHPRecipe
 from cpsl.baselines.mag_training import MAGRecipe
 from cpsl.baselines.mmim_training import MMIMRecipe
+from cpsl.baselines.selfmm_training import SelfMMRecipe
 from cpsl.model import zoo
 from cpsl.train.distributed import DistContext
 from cpsl.train.recipe import Recipe
@@ -16,6 +17,7 @@ BASELINE_RECIPES: dict[str, type[Recipe]] = {
     "mag": MAGRecipe,
     "ithp": ITHPRecipe,
     "mmim": MMIMRecipe,
+    "selfmm": SelfMMRecipe,
 }
 
 
