@@ -5,6 +5,7 @@
 #
 #   snakemake --cores 4                       the configured ablations (A6, T0) x train.seeds, then the report
 #   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5, duplicates once) + T0 x train.seeds
+#   snakemake --cores 4 --config table1=true  Table 1: T0, A6 and every baseline (MAG, ...) x train.seeds
 
 from snakemake.common.configfile import load_configfile
 
@@ -12,7 +13,7 @@ from cpsl.config import load_params
 
 configfile: "params.yaml"
 
-WORKFLOW_KEYS = {"grid"}  # the only --config keys: workflow switches that are not params
+WORKFLOW_KEYS = {"grid", "table1"}  # the only --config keys: workflow switches that are not params
 load_params("params.yaml")  # fail before any job on an invalid params file
 # config = params.yaml as Snakemake reads it, plus --config: compare with the file read the same way
 _file = load_configfile("params.yaml")

@@ -8,10 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from train_helpers import D_A, D_V, VOCAB, one_thread, small_params, tiny_text_model
+from train_helpers import one_thread, planted_caches, small_params, tiny_text_model
 
-from cpsl.cache import write_cache
-from cpsl.data.planted import planted_splits, zero_streams
 from cpsl.evaluate.stage import run_evaluate
 from cpsl.train.stage import run_train
 
@@ -29,20 +27,11 @@ def _one_thread():
     yield from one_thread()
 
 
-def _cache(path, splits):
-    write_cache(path, splits, {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a",
-                               "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V,
-                               "raw_manifest_sha256": {"words": "0"}})
-    return path
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
     text = tiny_text_model(tmp / "text")
-    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=("visual",),
-                            gain=1.0, noise=0.3, seed=5)
-    caches = {"planted": _cache(tmp / "planted.h5", splits), "zeroed": _cache(tmp / "zeroed.h5", zero_streams(splits))}
+    caches = planted_caches(tmp)
     metrics = {}
     for seed in SEEDS:
         for name, ablation in (("planted", "A0"), ("zeroed", "A0"), ("t0", "T0")):

@@ -65,6 +65,23 @@ def make_cache(path: Path, n_train: int = 16, n_valid: int = 8, n_test: int = 8,
     return Path(path)
 
 
+def planted_caches(folder: Path, signal: tuple[str, ...] = ("visual",)) -> dict[str, Path]:
+    """The planted-signal study's two caches in ``folder``: {"planted": label in the ``signal`` streams (default the
+    visual stream only; the others carry noise), "zeroed": the same with a/v zeroed} (cpsl.data.planted; 192/32/48
+    segments, length 12)."""
+    from cpsl.data.planted import planted_splits, zero_streams
+
+    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=signal,
+                            gain=1.0, noise=0.3, seed=5)
+    attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a", "visual_name": "v",
+             "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
+    out = {}
+    for name, data in (("planted", splits), ("zeroed", zero_streams(splits))):
+        out[name] = Path(folder) / f"{name}.h5"
+        write_cache(out[name], data, attrs)
+    return out
+
+
 def small_params(text_model: str, **overrides) -> dict:
     """params.yaml with the dataset set to mosi (so text.model is used), a tiny model and short training."""
     params = load_params(REPO / "params.yaml")

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one (ablation, seed) run; spawns torchrun when execution.nproc > 1")
     _common(p)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--ablation", help="Table 2 ID (default: params 'ablation')")
+    p.add_argument("--ablation", help="row ID: a Table 2 ID, T0 or a Table 1 baseline such as MAG "
+                                      "(default: the first of params 'ablations')")
     p.add_argument("--data", help="cached .h5 (default data/processed/<dataset>.h5)")
     p.add_argument("--out", help="run folder (default results/<dataset>/<ablation>-seed<k>)")
 
@@ -159,10 +160,11 @@ def _to_project_root(args: argparse.Namespace) -> None:
 
 
 def _check_args(args: argparse.Namespace, params: dict) -> None:
-    from cpsl.ablations import ABLATIONS
+    from cpsl.rows import ROWS
 
-    if getattr(args, "ablation", None) is not None and args.ablation not in ABLATIONS:
-        raise ParamsError(f"--ablation {args.ablation!r} is not a Table 2 ID; use one of {', '.join(ABLATIONS)}")
+    if getattr(args, "ablation", None) is not None and args.ablation not in ROWS:
+        raise ParamsError(f"--ablation {args.ablation!r} is not a Table 2 ID, T0 or a Table 1 baseline; use one "
+                          f"of {', '.join(ROWS)}")
     if getattr(args, "seed", None) is not None and not 0 <= args.seed <= SEED_MAX:
         raise ParamsError(f"--seed {args.seed} is out of range; use an integer in [0, {SEED_MAX}]")
 

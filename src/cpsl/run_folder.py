@@ -40,14 +40,15 @@ EVALUATE_OUTPUTS = (METRICS_FILE, PREDICTIONS_FILE)
 # files train writes atomically: a SIGKILLed run leaves `.<name>.*.tmp` next to them
 TRAIN_FILES = (BEST_FILE, STATE_FILE, HISTORY_FILE, SUMMARY_FILE, COLLAPSE_FILE)
 
-HISTORY_COLUMNS = (
-    ("epoch",)
-    + tuple(f"train/{t}" for t in LOSS_TERMS)
-    + tuple(f"valid/{t}" for t in LOSS_TERMS)
-    + ("valid/mae", "valid/corr")
-    + tuple(f"gm/{t}" for t in TELEMETRY)
-    + COUNTS
-)
+def history_columns(terms, means=(), counts=()) -> tuple[str, ...]:
+    """history.csv's columns for a row whose recipe has loss ``terms`` ("total" first) and per-epoch telemetry
+    columns ``means`` (averaged over steps) and ``counts`` (summed): cpsl.train.recipe."""
+    return (("epoch",) + tuple(f"train/{t}" for t in terms) + tuple(f"valid/{t}" for t in terms)
+            + ("valid/mae", "valid/corr") + tuple(means) + tuple(counts))
+
+
+# the CP+SL rows' columns: the Eq. 4 terms and the modulation telemetry (any row: the columns of its recipe)
+HISTORY_COLUMNS = history_columns(LOSS_TERMS, tuple(f"gm/{t}" for t in TELEMETRY), COUNTS)
 PREDICTION_COLUMNS = ("split", "segment_id", "label", "prediction")
 META_KEYS = ("params", "ablation", "seed", "acoustic_dim", "visual_dim", "text_model")
 
@@ -84,7 +85,7 @@ def save_best(run_dir: Path, state_dict: dict, epoch: int, valid: dict, meta: di
 
 def load_best(run_dir: Path) -> dict:
     """best.pt, checked: loads with weights_only=True and has the keys evaluate needs."""
-    from cpsl.ablations import ABLATIONS
+    from cpsl.rows import ROWS
 
     path = Path(run_dir) / BEST_FILE
     if not path.is_file():
@@ -99,8 +100,8 @@ def load_best(run_dir: Path) -> dict:
     missing = [k for k in META_KEYS if k not in best["meta"]]
     if missing:
         raise RunFolderError(f"{path}: 'meta' lacks {missing}")
-    if best["meta"]["ablation"] not in ABLATIONS:
-        raise RunFolderError(f"{path}: unknown ablation {best['meta']['ablation']!r}")
+    if best["meta"]["ablation"] not in ROWS:
+        raise RunFolderError(f"{path}: unknown row {best['meta']['ablation']!r}")
     return best
 
 
@@ -117,13 +118,14 @@ def best_record(run_dir: Path) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------------- history
-def write_history(run_dir: Path, rows: list[dict]) -> None:
+def write_history(run_dir: Path, rows: list[dict], columns=HISTORY_COLUMNS) -> None:
+    """history.csv with ``columns`` (the row's: :func:`history_columns`)."""
     with atomic_path(Path(run_dir) / HISTORY_FILE, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: _fmt(row[k]) for k in HISTORY_COLUMNS})
+                writer.writerow({k: _fmt(row[k]) for k in columns})
 
 
 def _fmt(value) -> str:

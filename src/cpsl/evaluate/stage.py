@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from cpsl import gpu_slots, paths, run_folder
-from cpsl.ablations import Switches, switches_for
+from cpsl.ablations import Switches
 from cpsl.cache import check_token_ids, read_attrs, read_split
 from cpsl.errors import PipelineError
 from cpsl.evaluate.reliance import reliance_check
@@ -46,18 +46,18 @@ class EvaluateError(PipelineError, ValueError):
     """A missing or inconsistent checkpoint / cache; the message names the file."""
 
 
-def _switches(meta: dict) -> Switches:
-    # The checkpoint's own switch record wins (if the trainer stored one); the ablation ID otherwise.
+def _switches(meta: dict) -> Switches | None:
+    # A CP+SL checkpoint's own switch record wins (if the trainer stored one); the row ID's otherwise.
     stored = meta.get("switches")
-    return Switches(**stored) if isinstance(stored, dict) else switches_for(meta["ablation"])
+    return Switches(**stored) if isinstance(stored, dict) else None
 
 
 def rebuild_model(ckpt: dict, path: Path) -> torch.nn.Module:
-    from cpsl.model.network import build_model  # lazy: transformers loads only when evaluating
+    from cpsl.model import zoo  # lazy: transformers loads only when evaluating
 
     meta = ckpt["meta"]
-    model = build_model(meta["params"], _switches(meta), int(meta["acoustic_dim"]), int(meta["visual_dim"]),
-                        meta["text_model"], pretrained=False)
+    model = zoo.build(meta["params"], meta["ablation"], int(meta["acoustic_dim"]), int(meta["visual_dim"]),
+                      meta["text_model"], pretrained=False, switches=_switches(meta))
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:

@@ -5,15 +5,16 @@ paired bootstrap) and history.csv (for the figures). A run folder is any direct 
 ``results/<dataset>/`` holding metrics.json; folders without it (a training in progress) are skipped
 and listed in summary.json.
 
-Writes ``reports/<dataset>/{summary.json, table1.md, table2.md, table2.csv, figure2_losses.png,
-figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>).
+Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
+figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>). Rows are
+any row of cpsl.rows: Table 2 shows the CP+SL rows, Table 1 the baselines, T0 and A6 (cpsl.report.tables).
 
 Statistics (cpsl.report.stats has the details): per ablation and metric, on test and valid, the mean,
 std (ddof=1), a t 95% interval over seeds (null with one seed) and each seed's value; the full model A6
 against every other configuration on their shared seeds, by a paired t-test over seeds AND a paired
 bootstrap over test segments of the seed-averaged difference (:data:`N_RESAMPLES` resamples, fixed seed).
-Figures use the first configured row (``ablations``) that has runs; else the full model, else the first ID
-in the paper's order that has runs (the figure title names the one used).
+Figures (the CP+SL model's losses and modulation) use the first configured CP+SL row (``ablations``) that has
+runs; else the full model, else the first CP+SL row that has runs, else the first row (the title names it).
 Rows the paper lists twice (B1 = A1, C3 = A2, C4 = A5) are trained once; both labels are reported from the
 same runs (``trained_as`` in summary.json). The modality-reliance deltas of cpsl evaluate are aggregated over
 seeds like the metrics (``reliance``).
@@ -26,18 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from cpsl import paths, run_folder
-from cpsl.ablations import ABLATIONS, canonical, labels_of
 from cpsl.errors import PipelineError
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables
 from cpsl.report.paper_results import FULL_MODEL_ID
+from cpsl.rows import ROWS, canonical, is_baseline, labels_of
 from cpsl.run_identity import check_rows_consistent
 
 N_RESAMPLES = 5000
 BOOTSTRAP_SEED = 20240527
 SPLITS = ("test", "valid")
-_RUN_NAME = re.compile(r"^(?P<ablation>[A-Z]\d+)-seed(?P<seed>\d+)$")
+_RUN_NAME = re.compile(r"^(?P<ablation>[A-Z][A-Z0-9]*)-seed(?P<seed>\d+)$")
 
 
 class ReportError(PipelineError, ValueError):
@@ -51,8 +52,8 @@ def load_run(folder: Path, dataset: str | None = None) -> dict:
     for key in ("ablation", "seed", "test"):
         if key not in m:
             raise ReportError(f"{path}: missing key '{key}'")
-    if m["ablation"] not in ABLATIONS:
-        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ABLATIONS)}")
+    if m["ablation"] not in ROWS:
+        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ROWS)}")
     if not isinstance(m["seed"], int) or isinstance(m["seed"], bool):
         raise ReportError(f"{path}: 'seed' must be an integer, got {m['seed']!r}")
     if dataset is not None and m.get("dataset", dataset) != dataset:
@@ -83,7 +84,7 @@ def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[d
         if key in seen:
             raise ReportError(f"{r['folder']} and {seen[key]} are both {key[0]} seed {key[1]}")
         seen[key] = r["folder"]
-    order = list(ABLATIONS)
+    order = list(ROWS)
     runs.sort(key=lambda r: (order.index(r["ablation"]), r["seed"]))
     return runs, skipped
 
@@ -107,9 +108,12 @@ def _aggregate(runs: list[dict]) -> dict:
         by_ablation.setdefault(r["ablation"], []).append(r)
     out = {}
     for aid, group in by_ablation.items():
-        entry = {"label": ABLATIONS[aid][1], "seeds": [r["seed"] for r in group],
+        entry = {"label": ROWS[aid].label, "seeds": [r["seed"] for r in group],
                  "runs": [r["folder"].name for r in group], "trained_as": aid,
                  "selected_epoch": {str(r["seed"]): r["selected_epoch"] for r in group}}
+        text_model = _text_model(group)
+        if text_model is not None:  # the backbone decides which of the paper's rows (b or d) a baseline faces
+            entry["text_model"] = text_model
         for split in SPLITS:
             if not all(split in r["metrics"] for r in group):
                 continue
@@ -120,8 +124,20 @@ def _aggregate(runs: list[dict]) -> dict:
         if reliance:
             entry["reliance"] = reliance
         for row_id in labels_of(aid):  # the paper's duplicate rows share these runs
-            out[row_id] = {**entry, "label": ABLATIONS[row_id][1]}
-    return {a: out[a] for a in ABLATIONS if a in out}
+            out[row_id] = {**entry, "label": ROWS[row_id].label}
+    return {a: out[a] for a in ROWS if a in out}
+
+
+def _text_model(group: list[dict]) -> str | None:
+    """The text model the row's runs were trained with (train_summary.json; None when not recorded)."""
+    for r in group:
+        try:
+            summary = run_folder.read_summary(r["folder"])
+        except run_folder.RunFolderError:
+            continue
+        if isinstance(summary, dict) and summary.get("text_model"):
+            return str(summary["text_model"])
+    return None
 
 
 def _compare(runs: list[dict]) -> dict:
@@ -172,7 +188,7 @@ def _compare(runs: list[dict]) -> dict:
             label, ref_p, oth_p, n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED)
         vs[aid] = entry
     return {"reference": FULL_MODEL_ID, "direction": f"{FULL_MODEL_ID} minus the other configuration",
-            "vs": {a: vs[a] for a in ABLATIONS if a in vs}}
+            "vs": {a: vs[a] for a in ROWS if a in vs}}
 
 
 def _strip(t: dict) -> dict:
@@ -181,7 +197,9 @@ def _strip(t: dict) -> dict:
 
 
 def _figure_ablation(params: dict, ablations: list[str]) -> str:
-    for candidate in (*params["ablations"], FULL_MODEL_ID):
+    """The row Figures 2-3 (the CP+SL model's losses and modulation) are drawn for: see the module docstring."""
+    cpsl_rows = [a for a in ablations if not is_baseline(a)]
+    for candidate in (*[a for a in params["ablations"] if not is_baseline(a)], FULL_MODEL_ID, *cpsl_rows):
         if candidate in ablations:
             return candidate
     return ablations[0]
@@ -245,7 +263,7 @@ def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
         raise ReportError(f"{', '.join(missing)}: missing (Figures 2-3 are drawn from each run's history.csv)")
     histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
-    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ABLATIONS[fig_id][1]}), mean over seeds "
+    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
                                               f"{', '.join(map(str, seeds))}")
     summary["figures"] = {"ablation": fig_id, "seeds": seeds}
     write_json_atomic(summary_file, summary)

@@ -121,17 +121,18 @@ def table2_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-def _comparison_lines(summary: dict) -> list[str]:
+def comparison_lines(summary: dict, ids=tuple(ABLATIONS)) -> list[str]:
+    """The paired comparisons of the full model with the rows ``ids`` that have runs (Table 2: the CP+SL rows)."""
     comp = summary.get("comparisons", {})
-    vs = comp.get("vs", {})
+    vs = {a: c for a, c in comp.get("vs", {}).items() if a in ids}
     if not vs:
-        return ["", f"Paired comparison with {FULL_MODEL_ID}: {comp.get('note', 'none')}"]
+        return ["", f"Paired comparison with {FULL_MODEL_ID}: {comp.get('note', 'no other row of this table')}"]
     lines = ["", f"### Paired comparison: {comp['reference']} minus each configuration (test split)", "",
              "Bootstrap: paired over test segments, seed-averaged difference, percentile 95% interval, two-sided p. "
              "t-test: paired over seeds (scipy.stats.ttest_rel).", "",
              "| ID | shared seeds | ΔAcc-2 [95% CI] | p boot | p t-test | ΔMAE [95% CI] | p boot | p t-test |",
              "|---|---|---|---|---|---|---|---|"]
-    for aid in [a for a in ABLATIONS if a in vs]:
+    for aid in [a for a in ids if a in vs]:
         c = vs[aid]
         cells = [aid, " ".join(map(str, c["shared_seeds"]))]
         for key, d in (("acc2_nonzero", 2), ("mae", 4)):
@@ -174,7 +175,7 @@ def table2_markdown(summary: dict) -> str:
             st = _reliance_stat(summary, aid, stream, key)
             cells.append(_fmt(st.get("mean"), st.get("std"), d))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(head + lines + _comparison_lines(summary)) + "\n"
+    return "\n".join(head + lines + comparison_lines(summary)) + "\n"
 
 
 def _table1_block(title: str, rows: list[tuple[str, tuple]], ours: list[str] | None) -> list[str]:
@@ -188,7 +189,7 @@ def _table1_block(title: str, rows: list[tuple[str, tuple]], ours: list[str] | N
 
 def table1_markdown(summary: dict) -> str:
     dataset = summary["dataset"]
-    lines = [f"# Table 1 - our full model ({FULL_MODEL_ID}) on `{dataset}` beside the paper", ""]
+    lines = [f"## The paper's Table 1 - our full model ({FULL_MODEL_ID}) on `{dataset}` beside the paper's rows", ""]
     ours = None
     if FULL_MODEL_ID in summary["ablations"]:
         n = len(summary["ablations"][FULL_MODEL_ID]["seeds"])
@@ -217,11 +218,15 @@ def table1_markdown(summary: dict) -> str:
 
 
 def write_tables(summary: dict, out_dir) -> list[str]:
-    """Write table2.md, table2.csv and table1.md atomically into ``out_dir``; return the paths."""
+    """Write table2.md, table2.csv, table1.md (Table 1 from runs, then the paper's Table 1 beside our A6) and
+    table1.csv atomically into ``out_dir``; return the paths."""
+    from cpsl.report import table1
+
     out_dir = Path(out_dir)
     written = []
+    t1 = table1.runs_markdown(summary) + "\n" + table1_markdown(summary)
     for name, text in (("table2.md", table2_markdown(summary)), ("table2.csv", table2_csv(summary)),
-                       ("table1.md", table1_markdown(summary))):
+                       ("table1.md", t1), ("table1.csv", table1.runs_csv(summary))):
         write_text_atomic(out_dir / name, text)
         written.append(str(out_dir / name))
     return written

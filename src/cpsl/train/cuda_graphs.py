@@ -8,7 +8,8 @@ captures it as well, with a capturable AdamW whose learning rates are device ten
 place (cpsl.train.loop.make_optimizer), so that a replay reads the current rate.
 
 How it stays exact:
-- Static shapes: one graph per case, keyed by whether the modulation window is open (Eq. 5-6 and GE add kernels);
+- Static shapes: one graph per case, keyed by the row's recipe (CP+SL: whether the modulation window is open, as
+  Eq. 5-6 and GE add kernels);
   only full batches are captured (the short last batch of an epoch runs uncaptured; padding it would change the
   loss). Inputs are copied into the graph's static buffers before each replay.
 - Randomness: dropout and AME sampling draw from the default CUDA generator, which graphs replay with the same
@@ -32,12 +33,12 @@ How it stays exact:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from cpsl.errors import PipelineError
-from cpsl.model.modulation import in_window
 from cpsl.train.step import StepBody, StepOutputs, seeded_generator
 
 SCOPES = ("body", "step")
@@ -148,9 +149,8 @@ class GraphedSteps:
         self.disabled_reason: str | None = None
         self.replays = 0
 
-    def _key(self, epoch: int) -> bool:
-        gm = self.body.params["gm"]
-        return in_window(epoch, gm["start_epoch"], gm["end_epoch"])
+    def _key(self, epoch: int):
+        return self.body.recipe.graph_key(epoch)  # CP+SL: the modulation window open or closed
 
     def can_run(self, batch: dict, epoch: int) -> bool:
         return self.disabled_reason is None and len(batch["label"]) == self.batch_size
@@ -175,7 +175,7 @@ class GraphedSteps:
     def _restore(self, snapshot: _Snapshot) -> None:
         snapshot.restore(self.body.model, self.optimizer)
 
-    def _disable(self, reason: str) -> None:
+    def disable(self, reason: str) -> None:
         self.disabled_reason = reason
         self.entries.clear()
         self.log(f"CUDA graphs off for the rest of this run: {reason}; the step runs uncaptured (sync-free)")
@@ -284,13 +284,13 @@ class GraphedSteps:
         reason = f"replay {entry.verified + 1} differs from the uncaptured step in {failure}"
         if self.strict:
             raise GraphNotExact(f"execution.step cuda_graph: {reason}")
-        self._disable(reason)
+        self.disable(reason)
         # continue from the first uncaptured run's results and state (the graph captured cleanly: the allocator
         # and streams are as after any replay)
         self._restore(ref1[2])
         for (_, p), grad in zip(self.body.named_params, ref1[1]):
             p.grad = grad
-        return StepOutputs(*ref1[0][:4], type(out.tele)(ref1[0][4], out.tele.active, out.tele.ge))
+        return StepOutputs(*ref1[0][:4], dataclasses.replace(out.tele, vector=ref1[0][4]))
 
 
 def _differences(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

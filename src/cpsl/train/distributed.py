@@ -110,3 +110,14 @@ def relaunch(nproc: int, cli_args: list[str], pass_fds=()) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def all_gather_tensor(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's ``tensor`` (the same shape on every rank) concatenated along dim 0 in rank order; the tensor
+    itself with one process. For recipes whose per-step state must stay identical on every rank (each rank sees
+    other segments: gather the updates, then apply all of them everywhere)."""
+    if not ctx.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 
 from cpsl import gpu_slots, paths, run_folder
-from cpsl.ablations import canonical
 from cpsl.cache import check_token_ids
 from cpsl.io_utils import check_free_space, remove_stale_temporaries
+from cpsl.rows import canonical
 from cpsl.runlock import run_folder_lock
 from cpsl.text_model import resolve_model_path, text_model_for, text_model_size
 from cpsl.train import distributed
