@@ -48,6 +48,7 @@ from cpsl.align.word_align import (
 )
 from cpsl.cache import SPLITS, write_cache
 from cpsl.csd import ComputationalSequence, CSDError
+from cpsl.csd_safety import NotSelfContainedError
 from cpsl.errors import PipelineError
 from cpsl.io_utils import remove_stale_temporaries, sha256_file, write_json_atomic
 from cpsl.text_model import text_model_for
@@ -217,7 +218,7 @@ def _open_all(raw_dir: Path, manifest: dict) -> dict[str, ComputationalSequence]
     try:
         for role in ROLES:
             seqs[role] = ComputationalSequence(raw_dir / manifest["files"][role]["name"])
-    except CSDError:
+    except (CSDError, NotSelfContainedError):
         for seq in seqs.values():
             seq.close()
         raise
@@ -280,7 +281,7 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
         digests = {role: pool.submit(sha256_file, raw_dir / manifest["files"][role]["name"]) for role in ROLES}
         try:
             aligned = _align_all(raw_dir, manifest, fold_of)
-        except (AlignError, CSDError):
+        except (AlignError, CSDError, NotSelfContainedError):
             check_hashes(raw_dir, manifest, digests)  # a changed file explains the failure better
             raise
         check_hashes(raw_dir, manifest, digests)
