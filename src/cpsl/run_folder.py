@@ -8,7 +8,8 @@ readers and their writers (train writes, evaluate and report read; docs/DESIGN.m
     state/last.pt       resumable training state (not a pipeline output; cpsl.train.checkpoint)
     collapse.json       only when the collapse guard stopped the run
     metrics.json        written by evaluate
-    predictions.csv     written by evaluate: split, segment_id, label, prediction
+    predictions.csv     written by evaluate: split, segment_id, label, prediction (text cells that a spreadsheet
+                        would run as a formula get a leading ' : cpsl.io_utils.spreadsheet_text)
 
 Every write is atomic (cpsl.io_utils.atomic_path). torch is imported only by the .pt helpers, so the report
 stage reads this folder without loading it.
@@ -22,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from cpsl.errors import PipelineError
-from cpsl.io_utils import atomic_path, write_json_atomic
+from cpsl.io_utils import atomic_path, plain_text, spreadsheet_text, write_json_atomic
 from cpsl.names import COUNTS, LOSS_TERMS, TELEMETRY
 
 BEST_FILE = "best.pt"
@@ -161,7 +162,8 @@ def write_predictions(run_dir: Path, rows: list[tuple[str, str, float, float]]) 
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(PREDICTION_COLUMNS)
             # repr of the float32 value widened to float64: exact, so the report recomputes identical metrics
-            writer.writerows((s, seg, repr(float(lab)), repr(float(pred))) for s, seg, lab, pred in rows)
+            writer.writerows((spreadsheet_text(s), spreadsheet_text(seg), repr(float(lab)), repr(float(pred)))
+                             for s, seg, lab, pred in rows)
 
 
 def read_predictions(run_dir: Path, split: str = "test") -> dict[str, tuple[float, float]]:
@@ -175,10 +177,10 @@ def read_predictions(run_dir: Path, split: str = "test") -> dict[str, tuple[floa
         if not reader.fieldnames or not set(PREDICTION_COLUMNS) <= set(reader.fieldnames):
             raise RunFolderError(f"{path}: needs columns {sorted(PREDICTION_COLUMNS)}, has {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
-            if row["split"] != split:
+            if plain_text(row["split"]) != split:
                 continue
             try:
-                out[row["segment_id"]] = (float(row["label"]), float(row["prediction"]))
+                out[plain_text(row["segment_id"])] = (float(row["label"]), float(row["prediction"]))
             except ValueError:
                 raise RunFolderError(f"{path}: line {line}: label/prediction not numbers: {row}") from None
     if not out:
