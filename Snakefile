@@ -9,11 +9,13 @@
 from snakemake.common.configfile import load_configfile
 
 from cpsl.config import load_params
+from cpsl.env_vars import check_environment
 
 configfile: "params.yaml"
 
 WORKFLOW_KEYS = {"grid"}  # the only --config keys: workflow switches that are not params
 load_params("params.yaml")  # fail before any job on an invalid params file
+check_environment()  # ... or an invalid CPSL_* variable
 # config = params.yaml as Snakemake reads it, plus --config: compare with the file read the same way
 _file = load_configfile("params.yaml")
 _overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _file.get(k))

@@ -11,7 +11,8 @@ arguments given on the command line (--out, --raw, --data, --run, --results) are
 folder, as usual.
 
 Exit codes: 0 done, 1 an input or environment problem the user can fix (one line naming the file/key/segment),
-2 invalid params or arguments, 3 collapse guard (train), 128+N interrupted by signal N (train).
+2 invalid params, arguments or CPSL_* environment variables, 3 collapse guard (train), 128+N interrupted by signal
+N (train).
 ``--debug`` shows the traceback instead of the one line.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from cpsl.config import SEED_MAX, ParamsError, load_params
+from cpsl.env_vars import EnvVarError, check_environment
 from cpsl.errors import PipelineError, describe_os_error
 from cpsl.io_utils import remove_stale_temporaries
 
@@ -115,16 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(here)  # main() is also called in-process (tests, torchrun workers)
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+def _fail(args: argparse.Namespace, message: str, code: int, label: str | None = None) -> int:
     if args.debug:
         raise  # noqa: PLE0704 - re-raise the exception being handled, with its traceback
-    label = "invalid params" if code == EXIT_PARAMS else "error"
+    label = label or ("invalid params" if code == EXIT_PARAMS else "error")
     # one line: a message that carries a newline (e.g. from a library) must not look like a traceback
     print(f"cpsl {args.stage}: {label}: {' '.join(str(message).split())}", file=sys.stderr)
     return code
 
 
 def _main(args: argparse.Namespace) -> int:
+    try:
+        check_environment()  # CPSL_* variables, like params: before any work
+    except EnvVarError as exc:
+        return _fail(args, str(exc), EXIT_PARAMS, "invalid environment")
     try:
         _to_project_root(args)
         params = load_params(args.params, overrides=args.overrides)
