@@ -4,9 +4,10 @@
   of this machine for its lifetime (cpsl.gpu_slots), so concurrent Snakemake jobs never share one by accident.
 - ``train.nproc > 1`` outside torchrun: re-launch this same command under
   ``python -m torch.distributed.run --standalone --nproc_per_node N`` and return its exit code.
-- A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache, code; and every
-  declared output present) is not retrained. Anything less is trained: an engine deletes a stage's outputs
-  before rerunning it, and the rerun must write them all.
+- A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache, code; every
+  declared output present; best.pt a regular file that loads with weights_only and records the fingerprint) is
+  not retrained. Anything less is trained (a damaged or symlinked best.pt: saying so): an engine deletes a
+  stage's outputs before rerunning it, and the rerun must write them all.
 - A run folder holding state/last.pt of the same run continues it, when the outputs that state vouches for
   are intact (cpsl.train.checkpoint.resume); otherwise the run starts from scratch.
 
@@ -78,11 +79,13 @@ def _run_train(params, seed, ablation, data_path, out_dir, params_file, override
 
 def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint) -> int:
     params, out_dir, data_path = spec.params, spec.run_dir, spec.data_path
-    done = run_folder.finished_summary(out_dir, run_fingerprint(spec))
+    done, damaged = run_folder.finished_summary(out_dir, run_fingerprint(spec))
     if done is not None:
         print(f"cpsl train: {out_dir} is already trained with these params (best epoch {done['best_epoch']}); "
               f"nothing to do", file=sys.stderr)
         return 0
+    if damaged:
+        print(f"cpsl train: {damaged}; training this run again", file=sys.stderr, flush=True)
     vocab_size, model_bytes = text_model_size(resolved_model)
     if vocab_size is not None:
         check_token_ids(data_path, vocab_size, spec.text_model)
