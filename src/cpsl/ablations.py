@@ -75,6 +75,13 @@ def canonical(ablation_id: str) -> str:
     return ALIASES.get(ablation_id, ablation_id)
 
 
+def trained_rows(ablations, grid: bool = False) -> list[str]:
+    """The rows a run of the pipeline trains, each once under its canonical ID: the configured ``ablations``, or
+    with ``grid`` (`snakemake --config grid=true`, `cpsl report --grid`) the whole paper grid plus them."""
+    rows = (list(PAPER_ROWS) if grid else []) + list(ablations)
+    return list(dict.fromkeys(canonical(a) for a in rows))
+
+
 def labels_of(trained_id: str) -> list[str]:
     """Every row ID reported from the runs of ``trained_id`` (itself first, then its aliases)."""
     return [trained_id] + [a for a, c in ALIASES.items() if c == trained_id]

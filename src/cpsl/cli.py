@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--results", help="results folder (default results/<dataset>)")
     p.add_argument("--out", help="reports folder (default reports/<dataset>)")
+    p.add_argument("--grid", action="store_true",
+                   help="report the whole Table 2 grid plus 'ablations' (what `snakemake --config grid=true` trains)")
+    p.add_argument("--strict", action="store_true",
+                   help="a configured run without metrics.json is an error (default: a warning naming it)")
 
     p = sub.add_parser("deps", help="the package files each stage runs; --write-dvc puts them into dvc.yaml")
     p.add_argument("stages", nargs="*", help="stages to list (default: all)")
@@ -193,7 +197,7 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
         from cpsl.report.stage import run_report
         remove_stale_temporaries(args.out or paths.reports_dir(params["dataset"]),
                                  [paths.summary_path(params["dataset"]).name, *paths.REPORT_FILES])
-        run_report(params, results_dir=args.results, out_dir=args.out)
+        run_report(params, results_dir=args.results, out_dir=args.out, grid=args.grid, strict=args.strict)
     return 0
 
 

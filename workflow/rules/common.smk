@@ -2,7 +2,7 @@
 import json
 
 from cpsl import deps, paths
-from cpsl.ablations import PAPER_ROWS, canonical
+from cpsl.ablations import trained_rows
 from cpsl.config import STAGE_PARAMS
 
 DATASET = config["dataset"]
@@ -31,13 +31,13 @@ def run_dir(ablation, seed):
     return str(paths.run_dir(DATASET, ablation, seed))
 
 
+GRID = str(config.get("grid", "false")).lower() in ("1", "true", "yes")
+
+
 def grid_ablations():
     """The rows to train, each once: `--config grid=true` the whole Table 2 grid plus the configured rows
     (T0); otherwise the configured `ablations`. Duplicate paper rows map to one run (B1 -> A1, ...)."""
-    rows = list(ABLATIONS)
-    if str(config.get("grid", "false")).lower() in ("1", "true", "yes"):
-        rows = list(PAPER_ROWS) + rows
-    return list(dict.fromkeys(canonical(a) for a in rows))
+    return trained_rows(ABLATIONS, GRID)
 
 
 def report_outputs():

@@ -16,4 +16,5 @@ rule report:
     params:
         slice=params_slice("report"),
     shell:
-        "cpsl report"
+        # the report reads exactly these runs: the configured rows, or with grid=true the whole grid
+        "cpsl report --grid" if GRID else "cpsl report"
