@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from cpsl.config import SEED_MAX, ParamsError, load_params
+from cpsl.engine_guard import stage_guard
 from cpsl.env_vars import EnvVarError, check_environment
 from cpsl.errors import PipelineError, describe_os_error
 from cpsl.io_utils import remove_stale_temporaries
@@ -143,7 +144,8 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(args, str(exc), EXIT_PARAMS)
 
     try:
-        return _dispatch(args, params)
+        with stage_guard():  # one workflow run per project: busy while a Snakemake (not this job's own) runs
+            return _dispatch(args, params)
     except ParamsError as exc:
         return _fail(args, str(exc), EXIT_PARAMS)
     except PipelineError as exc:

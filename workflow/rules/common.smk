@@ -1,7 +1,7 @@
 # Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files.
 import json
 
-from cpsl import deps, paths
+from cpsl import deps, paths, run_folder
 from cpsl.ablations import trained_rows
 from cpsl.config import STAGE_PARAMS
 
@@ -38,6 +38,14 @@ def grid_ablations():
     """The rows to train, each once: `--config grid=true` the whole Table 2 grid plus the configured rows
     (T0); otherwise the configured `ablations`. Duplicate paper rows map to one run (B1 -> A1, ...)."""
     return trained_rows(ABLATIONS, GRID)
+
+
+def declared_outputs():
+    """Every output a job of this run declares, up to the evaluate stage (the report's are report_outputs())."""
+    cache = paths.processed_path(DATASET)
+    runs = [f"{run_dir(a, s)}/{name}" for a in grid_ablations() for s in SEEDS
+            for name in run_folder.TRAIN_OUTPUTS + run_folder.EVALUATE_OUTPUTS]
+    return [str(paths.raw_dir(DATASET)), str(cache), str(cache.with_suffix(".report.json"))] + runs
 
 
 def report_outputs():

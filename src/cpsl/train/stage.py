@@ -11,6 +11,8 @@
 - A run folder holding state/last.pt of the same run continues it, when the outputs that state vouches for
   are intact (cpsl.train.checkpoint.resume); otherwise the run starts from scratch.
 
+- Started by a workflow engine (Snakemake, DVC), the run stops with its state saved when that engine process
+  disappears (cpsl.engine_guard: Snakemake SIGKILLed), instead of running on unsupervised.
 - The run folder is locked (cpsl.runlock) by the writing process (rank 0) for the whole run, so a second
   writer fails at once naming the holder's PID; temporaries a SIGKILLed run left are removed under the lock.
 - Before any epoch: the folder must be writable with room for a checkpoint and a state, and every token id
@@ -29,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from cpsl import gpu_slots, paths, run_folder
+from cpsl import engine_guard, gpu_slots, paths, run_folder
 from cpsl.ablations import canonical
 from cpsl.cache import check_token_ids
 from cpsl.io_utils import check_free_space, remove_stale_temporaries
@@ -53,6 +55,9 @@ def run_train(params: dict, seed: int, ablation: str | None = None, data_path=No
     data_path = Path(data_path) if data_path else paths.processed_path(params["dataset"])
     out_dir = Path(out_dir) if out_dir else paths.run_dir(params["dataset"], ablation, seed)
     nproc = params["train"]["nproc"]
+    # Snakemake runs this through a shell: if Snakemake is SIGKILLed, stop as on SIGTERM (state saved; a torchrun
+    # launcher passes SIGTERM on to the workers)
+    engine_guard.stop_when_engine_dies("cpsl train")
     with gpu_slots.job_devices(nproc, params["train"]["device"], "cpsl train") as held:
         return _run_train(params, seed, ablation, data_path, out_dir, params_file, overrides, nproc, held)
 
