@@ -136,8 +136,7 @@ def check_dataset(shown, dataset_id, obj: str, file_size: int) -> int:
 
 def check_file(path: str | Path, shown_as: str | None = None) -> None:
     """Walk every link and dataset of the file (module docstring); raise NotSelfContainedError on the first
-    problem, naming the file as ``shown_as`` (default: its path). Cost: about one dataset open per array (a
-    few seconds for MOSEI, less than hashing the file)."""
+    problem, naming the file as ``shown_as`` (default: its path). Cost: one open per object (docs/prepare.md)."""
     path = Path(path)
     shown = shown_as or path
     file_size = path.stat().st_size
