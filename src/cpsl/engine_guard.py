@@ -206,9 +206,10 @@ def stop_when_engine_dies(what: str, poll_s: float = 1.0) -> Process | None:
     import signal
 
     def gone(engine: Process) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
         with contextlib.suppress(OSError):  # the engine's terminal or pipe may be gone too
             print(f"{what}: the workflow engine that started it (PID {engine.pid}: {engine.command}) is gone; "
-                  f"stopping: the state is saved (rerun to resume)", file=sys.stderr, flush=True)
+                  f"stopping (once training has begun, its state is saved: rerun to resume)", file=sys.stderr,
+                  flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # before the training loop's handler is in place: the default, exit
 
     return watch_engine(gone, poll_s)
