@@ -10,20 +10,27 @@ an edit there is an edit of the code that runs.
    the .csd reader makes align out of date too.
 3. `dvc exp run -S cp.eta=0.3`, `dvc repro --force` and `snakemake --forcerun train` leave every declared
    output; a second run of each is a no-op.
-4. The modules a real `cpsl <stage>` loads are all among the files the stage declares (cpsl.deps).
-5. (issue 17) Changing an execution setting reruns nothing under either engine; a result param reruns exactly the
+4. (issue 16) A truncated or symlinked best.pt: evaluate fails in one line saying to rerun train, cpsl train
+   retrains it, DVC reruns train; outputs a failed job lost are rebuilt by both engines (never "Nothing to be
+   done").
+5. The modules a real `cpsl <stage>` loads are all among the files the stage declares (cpsl.deps).
+6. (issue 17) Changing an execution setting reruns nothing under either engine; a result param reruns exactly the
    stages that read it; no engine prints a warning on a normal run. With `data.mirror`, prepare links the
    files, DVC keeps no copy of them, and neither engine (a rerun, `dvc repro --force`, `--forcerun`) changes a
    byte, the mode or the times of the user's mirror.
+7. (issue 16, last) While a Snakemake trains, a second Snakemake and `dvc repro` are refused naming its PID;
+   SIGKILLing it stops its trainer, state saved.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -82,6 +89,11 @@ def run(root: Path, *cmd: str, stdout_only: bool = False) -> str:
 
 def dvc_ran(out: str) -> set[str]:
     return {s.split("@")[0] for s in re.findall(r"Running stage '([^']+)'", out)}
+
+
+def dvc_ran_or_restored(out: str) -> set[str]:
+    """Stages DVC ran, or whose outputs it restored from its run cache (same deps, params and command)."""
+    return dvc_ran(out) | {s.split("@")[0] for s in re.findall(r"Stage '([^']+)' is cached - skipping run", out)}
 
 
 def smk_jobs(root: Path, *extra: str) -> set[str]:
@@ -244,6 +256,63 @@ def test_exp_run_force_and_forcerun_leave_complete_outputs(project):
     assert smk_jobs(project) == set()
 
 
+def fails(root: Path, *cmd: str) -> str:
+    """Run a command that must fail; return its output."""
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env(root), stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0, f"{' '.join(cmd)} succeeded:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_a_damaged_checkpoint_and_lost_metrics_under_snakemake(project):
+    """Issue 16, items 2-3: evaluate of a truncated best.pt fails in one line saying to rerun train; the metrics
+    Snakemake then deletes are scheduled again (never "Nothing to be done" while the report describes them);
+    cpsl train retrains a symlinked best.pt instead of calling it done."""
+    best = project / RUN / run_folder.BEST_FILE
+    best.write_bytes(best.read_bytes()[:1000])
+    out = fails(project, "snakemake", "--cores", "1")
+    line = next(x for x in out.splitlines() if x.startswith("cpsl evaluate: error: "))
+    assert f"{RUN}/best.pt: cannot be loaded" in line and "rerun `cpsl train --ablation A6 --seed 0`" in line
+    assert not (project / RUN / run_folder.METRICS_FILE).exists()  # Snakemake removed the failed job's outputs
+    assert smk_jobs(project) == {"evaluate", "report"}  # was: "Nothing to be done"
+
+    best.unlink()
+    (project / "notes.txt").write_text("not a checkpoint\n")
+    best.symlink_to(project / "notes.txt")
+    out = run(project, "cpsl", "train", "--ablation", "A6", "--seed", "0")  # what the message says to do
+    assert "is a symbolic link" in out and "training this run again" in out and "nothing to do" not in out
+    assert not best.is_symlink() and (project / "notes.txt").read_text() == "not a checkpoint\n"
+    (project / "notes.txt").unlink()
+    run(project, "snakemake", "--cores", "2")
+    assert_complete(project)
+    assert smk_jobs(project) == set()
+
+
+def test_a_damaged_checkpoint_and_lost_metrics_under_dvc(project):
+    """The same under DVC: DVC hashes outputs, so a changed best.pt makes train out of date; `dvc repro` restores
+    the checkpoint from its run cache (or retrains), and lost metrics are restored (or evaluate reruns)."""
+    run(project, "dvc", "commit", "--force")  # the outputs Snakemake just wrote are DVC's now
+    assert dvc_ran(run(project, "dvc", "repro")) == set()
+    best = project / RUN / run_folder.BEST_FILE
+    for damage in ("truncated", "symlink"):
+        if damage == "truncated":
+            best.write_bytes(best.read_bytes()[:1000])
+        else:
+            best.unlink()
+            (project / "notes.txt").write_text("not a checkpoint\n")
+            best.symlink_to(project / "notes.txt")
+        assert "train" in dvc_stale(project), damage
+        assert "train" in dvc_ran_or_restored(run(project, "dvc", "repro")), damage
+        assert_complete(project)
+        assert not best.is_symlink() and run_folder.best_record(project / RUN) is not None
+    (project / "notes.txt").unlink()
+    for name in run_folder.EVALUATE_OUTPUTS:  # what a failed evaluate leaves
+        (project / RUN / name).unlink()
+    assert "evaluate" in dvc_stale(project)
+    assert "evaluate" in dvc_ran_or_restored(run(project, "dvc", "repro"))
+    assert_complete(project)
+    assert dvc_ran(run(project, "dvc", "repro")) == set()
+
+
 def test_stages_load_only_declared_code(project):
     """Run each stage for real, in a process that reports the cpsl modules it loaded."""
     probe = ("import json, sys\nfrom cpsl.cli import main\ncode = main(sys.argv[2:])\n"
@@ -312,3 +381,57 @@ def test_mirror_is_linked_not_copied_and_no_engine_changes_it(project, tmp_path_
     finally:
         (project / "params.yaml").write_text(original)
         mirror.chmod(0o750)
+
+
+def _wait_for(condition, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_engines_side_by_side_and_a_killed_snakemake_leaves_no_trainer(project, tmp_path):
+    """Issue 16, item 7 (last: it leaves the project mid-run). While one Snakemake trains, a second Snakemake and
+    a `dvc repro` without dvc.lock are refused naming its PID (not told to --rerun-incomplete, nothing
+    re-aligned); SIGKILL of that Snakemake stops its trainer, which saves its state."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["demo"]["train"]["epochs"] = 500  # long enough to be killed mid-run
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lock, log = project / RUN / ".cpsl.lock", tmp_path / "first.log"
+    state = project / RUN / run_folder.STATE_FILE
+    started = time.time()
+    with open(log, "w") as out:
+        first = subprocess.Popen(["snakemake", "--cores", "1"], cwd=project, env=env(project), stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # training has begun once the new run saved its first epoch's state
+        _wait_for(lambda: state.is_file() and state.stat().st_mtime > started, 600, "the first run's first epoch")
+        trainer = int(lock.read_text().split()[1])
+        cache_before = (project / "data/processed/demo.h5").stat().st_mtime_ns
+        second = fails(project, "snakemake", "--cores", "1")
+        assert f"busy: PID {first.pid} (snakemake --cores 1) is running in this project" in second
+        assert "--rerun-incomplete" not in second
+        if (project / "dvc.lock").exists():  # as after a Snakemake-only run: DVC reruns every stage
+            (project / "dvc.lock").rename(tmp_path / "dvc.lock")
+        dvc = fails(project, "dvc", "repro")
+        assert f"busy: PID {first.pid} (snakemake --cores 1)" in dvc
+        assert (project / "data/processed/demo.h5").stat().st_mtime_ns == cache_before  # not re-aligned
+        assert trainer_alive(trainer)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        _wait_for(lambda: not trainer_alive(trainer), 120, "the trainer to stop")
+        text = log.read_text()  # the trainer kept writing to the dead Snakemake's output
+        assert f"the workflow engine that started it (PID {first.pid}: snakemake --cores 1) is gone" in text
+        assert "interrupted" in text and "state saved to" in text and state.is_file()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+
+
+def trainer_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

@@ -105,4 +105,4 @@ def test_demo_grid_through_snakemake_slurm_executor(tmp_path):
     # Inside the job step SLURM chose the GPU; cpsl took it as given rather than leasing one.
     train_logs = "".join(p.read_text() for p in (project / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
     assert re.search(r"cpsl train: CUDA_VISIBLE_DEVICES=\d set by the scheduler", train_logs), train_logs[-3000:]
-    assert not (project / ".cpsl").exists()
+    assert not (project / ".cpsl" / "gpu-locks").exists()  # (.cpsl/engine.lock: the main Snakemake's project lock)

@@ -45,7 +45,7 @@ def _grid(root, text_model="microsoft/deberta-v3-base"):
             (folder / "metrics.json").write_text(json.dumps(m))
             _summary(folder, {"beta_shift": 1.0} if row == "MAG" else {"cp": 0.5}, text_model)
             metrics[(row, seed)] = m
-    params["ablations"] = ["A6", "T0", "MAG"]
+    params["ablations"], params["train"]["seeds"] = ["A6", "T0", "MAG"], list(SEEDS)
     return params, metrics
 
 

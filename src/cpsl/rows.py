@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from cpsl.ablations import ABLATIONS, ALIASES, labels_of  # noqa: F401 - labels_of: every row's, re-exported
+from cpsl.ablations import ABLATIONS, ALIASES, PAPER_ROWS, labels_of  # noqa: F401 - labels_of: every row's, re-exported
 from cpsl.baselines.registry import BASELINES, DATASETS
 from cpsl.baselines.spec import BaselineSpec
 
@@ -54,6 +54,14 @@ def canonical(row_id: str) -> str:
     """The ID a row is trained (and its run folder named) under: B1 -> A1, C3 -> A2, C4 -> A5, others themselves."""
     row(row_id)  # unknown IDs fail here, naming the known ones
     return ALIASES.get(row_id, row_id)
+
+
+def trained_rows(ablations, grid: bool = False, table1: bool = False) -> list[str]:
+    """The rows a run of the pipeline trains, each once under its canonical ID: the configured ``ablations``; with
+    ``grid`` (`snakemake --config grid=true`, `cpsl report --grid`) the whole Table 2 grid first, with ``table1``
+    (`--config table1=true`, `cpsl report --table1`) T0, A6 and every Table 1 baseline after them."""
+    wanted = (list(PAPER_ROWS) if grid else []) + list(ablations) + (list(TABLE1_IDS) if table1 else [])
+    return list(dict.fromkeys(canonical(a) for a in wanted))
 
 
 def is_baseline(row_id: str) -> bool:

@@ -1,8 +1,7 @@
 # Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files.
 import json
 
-from cpsl import deps, paths, rows
-from cpsl.ablations import PAPER_ROWS
+from cpsl import deps, paths, rows, run_folder
 from cpsl.config import stage_slice
 
 DATASET = config["dataset"]
@@ -27,23 +26,29 @@ def params_slice(stage, row=None):
 ROW_PATTERN = rows.snakemake_pattern()
 
 
+def run_dir(ablation, seed):
+    return str(paths.run_dir(DATASET, ablation, seed))
+
+
 def _flag(name):
     return str(config.get(name, "false")).lower() in ("1", "true", "yes")
 
 
-def run_dir(ablation, seed):
-    return str(paths.run_dir(DATASET, ablation, seed))
+GRID, TABLE1 = _flag("grid"), _flag("table1")  # the --config workflow switches
 
 
 def grid_ablations():
     """The rows to train, each once: the configured `ablations`; `--config grid=true` adds the whole Table 2
     grid, `--config table1=true` T0, A6 and every Table 1 baseline. Duplicate paper rows map to one run (B1 -> A1)."""
-    wanted = list(ABLATIONS)
-    if _flag("grid"):
-        wanted = list(PAPER_ROWS) + wanted
-    if _flag("table1"):
-        wanted = wanted + list(rows.TABLE1_IDS)
-    return list(dict.fromkeys(rows.canonical(a) for a in wanted))
+    return rows.trained_rows(ABLATIONS, GRID, TABLE1)
+
+
+def declared_outputs():
+    """Every output a job of this run declares, up to the evaluate stage (the report's are report_outputs())."""
+    cache = paths.processed_path(DATASET)
+    runs = [f"{run_dir(a, s)}/{name}" for a in grid_ablations() for s in SEEDS
+            for name in run_folder.TRAIN_OUTPUTS + run_folder.EVALUATE_OUTPUTS]
+    return [str(paths.raw_dir(DATASET)), str(cache), str(cache.with_suffix(".report.json"))] + runs
 
 
 def report_outputs():

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from cpsl.csd import CSDError, open_csd
+from cpsl.csd_safety import NotSelfContainedError, check_file
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError
 from cpsl.io_utils import atomic_path
 
@@ -42,6 +43,7 @@ def check_csd_file(path: str | Path, shown_as: str | None = None) -> None:
     if path.stat().st_size == 0:
         raise RawDataError(f"{label}: file is empty")
     try:
+        check_file(path, shown_as=label)  # self-contained and bounded (cpsl.csd_safety), before any data is read
         with open_csd(path) as seq:
             ids = seq.video_ids()
             if not ids:
@@ -50,7 +52,7 @@ def check_csd_file(path: str | Path, shown_as: str | None = None) -> None:
                 seq.read(vid)
     except CSDError as exc:
         raise RawDataError(f"{label}: corrupt or truncated computational sequence ({exc})") from exc
-    except RawDataError:
+    except (RawDataError, NotSelfContainedError):
         raise
     except Exception as exc:  # noqa: BLE001 - h5py raises assorted errors on damaged files
         raise RawDataError(f"{label}: corrupt or truncated computational sequence ({exc})") from exc

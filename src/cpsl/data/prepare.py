@@ -137,6 +137,8 @@ def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: d
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=out_dir) as scratch:
         files, folds = write_demo(scratch, params["demo"])
+        for role in ROLES:  # the same check as a downloaded or mirrored file (cpsl.csd_safety)
+            check_csd_file(files[role])
         fresh = _file_entries(files, spec, records)
         if _manifest_verifies(existing, out_dir, "demo", "demo", spec, records) and all(
             existing["files"][r]["sha256"] == fresh[r]["sha256"] for r in ROLES

@@ -1,9 +1,11 @@
-"""Stage ``report``: aggregate every evaluated run of a dataset into summary.json, Tables 1-2, Figures 2-3.
+"""Stage ``report``: aggregate the configured runs of a dataset into summary.json, Tables 1-2, Figures 2-3.
 
 Reads only files: each run folder's metrics.json (the evaluate stage), predictions.csv (for the
-paired bootstrap) and history.csv (for the figures). A run folder is any direct sub-folder of
-``results/<dataset>/`` holding metrics.json; folders without it (a training in progress) are skipped
-and listed in summary.json.
+paired bootstrap) and history.csv (for the figures). The runs read are exactly those both engines declare as
+the report's inputs (:func:`configured_runs`): the configured rows (``ablations``; with ``--grid`` the whole
+paper grid too) x ``train.seeds``, under ``results/<dataset>/``. Any other folder there (a leftover of an earlier
+experiment, a run trained with other params) is never read, and is listed in one warning line; a configured run
+without metrics.json is named in a warning (``--strict``: an error), and both lists go to summary.json.
 
 Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
 figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>). Rows are
@@ -22,6 +24,7 @@ seeds like the metrics (``reliance``).
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables
 from cpsl.report.paper_results import FULL_MODEL_ID
-from cpsl.rows import ROWS, canonical, is_baseline, labels_of
+from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
 from cpsl.run_identity import check_rows_consistent
 
 N_RESAMPLES = 5000
@@ -68,16 +71,28 @@ def load_run(folder: Path, dataset: str | None = None) -> dict:
             "selected_epoch": m.get("selected_epoch")}
 
 
-def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[dict], list[str]]:
-    """(evaluated runs sorted by paper order then seed, names of sub-folders without metrics.json)."""
+def configured_runs(params: dict, grid: bool = False, table1: bool = False) -> list[str]:
+    """The run folder names the report covers: each trained row (rows.trained_rows) x train.seeds, the same
+    list the Snakefile declares as the report's inputs."""
+    return [paths.run_dir(params["dataset"], row, seed).name
+            for row in trained_rows(params["ablations"], grid, table1) for seed in params["train"]["seeds"]]
+
+
+def discover_runs(results_dir: Path, dataset: str | None = None,
+                  expected: list[str] | None = None) -> tuple[list[dict], list[str], list[str]]:
+    """(evaluated runs among ``expected`` sorted by paper order then seed, expected folders without
+    metrics.json, other sub-folders: never read). ``expected`` None: every sub-folder is expected."""
     if not results_dir.is_dir():
         raise ReportError(f"{results_dir}: results folder not found (run train and evaluate first)")
-    runs, skipped = [], []
-    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if run_folder.has_metrics(folder):
-            runs.append(load_run(folder, dataset))
+    present = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    expected = present if expected is None else list(expected)
+    runs, missing = [], []
+    for name in expected:
+        if run_folder.has_metrics(results_dir / name):
+            runs.append(load_run(results_dir / name, dataset))
         else:
-            skipped.append(folder.name)
+            missing.append(name)
+    others = [name for name in present if name not in set(expected)]
     seen: dict[tuple, Path] = {}
     for r in runs:
         key = (r["ablation"], r["seed"])
@@ -86,7 +101,7 @@ def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[d
         seen[key] = r["folder"]
     order = list(ROWS)
     runs.sort(key=lambda r: (order.index(r["ablation"]), r["seed"]))
-    return runs, skipped
+    return runs, missing, others
 
 
 def _reliance(group: list[dict]) -> dict | None:
@@ -205,10 +220,9 @@ def _figure_ablation(params: dict, ablations: list[str]) -> str:
     return ablations[0]
 
 
-def build_summary(params: dict, runs: list[dict], skipped: list[str], results_dir: Path) -> dict:
+def build_summary(params: dict, runs: list[dict], missing: list[str], others: list[str], results_dir: Path,
+                  grid: bool = False, table1: bool = False) -> dict:
     dataset = params["dataset"]
-    configured = params["ablations"]
-    have = {(r["ablation"], r["seed"]) for r in runs}
     aggregated = _aggregate(runs)
     return {
         "dataset": dataset,
@@ -232,35 +246,51 @@ def build_summary(params: dict, runs: list[dict], skipped: list[str], results_di
                                                    f"{BOOTSTRAP_SEED}); per resample the seed-averaged difference "
                                                    "of the metric; percentile 95% interval; two-sided p",
         },
-        "configured": {"ablations": list(configured), "seeds": list(params["train"]["seeds"]),
-                       "missing_runs": [f"{canonical(a)}-seed{s}" for a in configured for s in params["train"]["seeds"]
-                                        if (canonical(a), s) not in have]},
-        "skipped_folders_without_metrics": skipped,
+        "configured": {"ablations": list(params["ablations"]), "grid": grid, "table1": table1,
+                       "seeds": list(params["train"]["seeds"]), "missing_runs": missing},
+        "other_folders_not_read": others,
         "ablations": aggregated,
         "comparisons": _compare(runs),
     }
 
 
-def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
-    """Aggregate, test, tabulate and plot; return the summary dict (as written to summary.json)."""
+def _names(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False, strict: bool = False,
+               table1: bool = False) -> dict:
+    """Aggregate, test, tabulate and plot the configured runs (``grid``: the whole paper grid too; ``table1``: T0,
+    A6 and every Table 1 baseline too); return the summary dict (as written to summary.json). ``strict``: a
+    configured run without metrics.json is an error."""
     dataset = params["dataset"]
     results_dir = Path(results_dir) if results_dir is not None else paths.results_dir(dataset)
     out_dir = Path(out_dir) if out_dir is not None else paths.reports_dir(dataset)
     # summary.json lives with the reports (paths.summary_path): the stage depends on the whole results
     # folder and may not write inside its own dependency.
     summary_file = out_dir / paths.summary_path(dataset).name
-    runs, skipped = discover_runs(results_dir, dataset)
+    runs, missing, others = discover_runs(results_dir, dataset, configured_runs(params, grid, table1))
+    if others:
+        print(f"cpsl report: warning: {results_dir}: {len(others)} folder(s) not among the configured runs, not "
+              f"read: {_names(others)}", file=sys.stderr)
+    if missing and strict:
+        raise ReportError(f"{results_dir}: configured run(s) without metrics.json: {_names(missing)}; train and "
+                          f"evaluate them, or leave them out of ablations / train.seeds")
+    if missing:
+        print(f"cpsl report: warning: {results_dir}: configured run(s) without metrics.json, left out of the "
+              f"report: {_names(missing)} (--strict makes this an error)", file=sys.stderr)
     check_rows_consistent(runs)  # never average seeds trained with different params
     if not runs:
-        raise ReportError(f"{results_dir}: no run folder holds metrics.json (run 'cpsl evaluate' first)")
-    summary = json_safe(build_summary(params, runs, skipped, results_dir))
+        raise ReportError(f"{results_dir}: no run folder holds metrics.json among the configured runs "
+                          f"({_names(missing)}); run 'cpsl evaluate' first")
+    summary = json_safe(build_summary(params, runs, missing, others, results_dir, grid, table1))
 
     tables.write_tables(summary, out_dir)
     fig_id = canonical(_figure_ablation(params, list(summary["ablations"])))
     hist_paths = [r["folder"] / run_folder.HISTORY_FILE for r in runs if r["ablation"] == fig_id]
-    missing = [str(p) for p in hist_paths if not p.is_file()]
-    if missing:
-        raise ReportError(f"{', '.join(missing)}: missing (Figures 2-3 are drawn from each run's history.csv)")
+    no_history = [str(p) for p in hist_paths if not p.is_file()]
+    if no_history:
+        raise ReportError(f"{', '.join(no_history)}: missing (Figures 2-3 are drawn from each run's history.csv)")
     histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
     figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from cpsl.ablations import ABLATIONS
-from cpsl.io_utils import write_text_atomic
+from cpsl.io_utils import spreadsheet_text, write_text_atomic
 from cpsl.report.paper_results import FULL_MODEL_ID, TABLE1, TABLE2, TABLE2_CORR_SCALE, TABLE2_DATASET
 
 # (column label, our metric key, paper field, scale for our value in Table 2, decimals)
@@ -117,7 +117,7 @@ def table2_csv(summary: dict) -> str:
     fields = list(rows[0]) if rows else ["id"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
