@@ -70,7 +70,7 @@ class RowTrainer:
     """One row's model, recipe, optimizer and step, as ``cpsl train`` builds them (no cache, no run folder)."""
 
     def __init__(self, params: dict, row: str, text_model, device: str, mode: str, batch: dict, pretrained: bool):
-        params = validate_params({**params, "train": {**params["train"], "step": mode}}, "bench params")
+        params = validate_params({**params, "execution": {**params["execution"], "step": mode}}, "bench params")
         self.params = rows.run_params(params, row)
         self.ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device(device))
         torch.manual_seed(0)

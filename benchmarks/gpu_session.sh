@@ -70,14 +70,18 @@ bench bench_A6_fp32_eager_fused 45 --ablation A6 --step eager --optimizer fused
 bench bench_A6_fp32_auto_fused  60 --ablation A6 --step auto --optimizer fused
 bench bench_A6_fp32_auto_step   60 --ablation A6 --step auto --scope step
 bench bench_A6_fp32_auto_step_fused 60 --ablation A6 --step auto --scope step --optimizer fused
-# 5. the baseline row
+# 5. the Table 1 baselines against A6 (issue 14): step time and peak memory of each row's real step, eager and auto
+baselines=(--device cuda --text-model deberta-v3-base-arch --modes eager,auto --steps 20)
+[[ "${SMOKE:-0}" == 1 ]] && baselines=(--device cpu --text-model tiny --steps 2 --warmup 1 --block 1)
+step bench_baselines           120 "$PY" benchmarks/bench_baselines.py "${baselines[@]}"
+# 6. the CP+SL baseline row A0
 bench bench_A0_fp32_eager       45 --ablation A0 --step eager
 bench bench_A0_fp32_sync_free   45 --ablation A0 --step sync_free
 bench bench_A0_fp32_auto        60 --ablation A0 --step auto
 bench bench_A0_bf16_eager       45 --ablation A0 --step eager --precision bf16
 bench bench_A0_bf16_sync_free   45 --ablation A0 --step sync_free --precision bf16
 bench bench_A0_bf16_auto        60 --ablation A0 --step auto --precision bf16
-# 6. K concurrent A6 jobs on the GPU, graphs (auto) and eager
+# 7. K concurrent A6 jobs on the GPU, graphs (auto) and eager
 for k in 1 4; do
     step "grid_${k}_auto"  90 "$PY" benchmarks/bench_grid_throughput.py --jobs "$k" --steps 100 --warmup 10
     step "grid_${k}_eager" 90 "$PY" benchmarks/bench_grid_throughput.py --jobs "$k" --steps 100 --warmup 10 \

@@ -41,6 +41,15 @@ def other_line(name: str, result: dict) -> str:
         ran = ", ".join(f"{r['step']}{' bf16' if r['bf16'] else ''} ran as {r['ran_as']}: "
                         f"{'ok' if r['ok'] else 'FAILED'}" for r in result["runs"] if "step" in r)
         return f"- {name}: {'ok' if result['ok'] else 'FAILED'} ({ran})"
+    if isinstance(result.get("rows"), dict):  # bench_baselines: per row, per execution.step mode
+        parts = []
+        for row, entry in result["rows"].items():
+            modes = ", ".join(f"{mode} {m['median_step_s'] * 1e3:.0f} ms (ran as {m.get('ran_as', mode)})"
+                              for mode, m in entry.items() if isinstance(m, dict) and "median_step_s" in m)
+            memory = entry.get("memory") or {}
+            peak = memory.get("cuda_peak_allocated_mb", memory.get("peak_rss_mb"))
+            parts.append(f"{row}: {modes}; x A6 {_num(entry.get('step_time_vs_A6'), '.2f')}; peak {_num(peak, '.0f')} MB")
+        return f"- {name} ({result.get('text_model')}, {result.get('device')}): " + " | ".join(parts)
     if "rows" in result:  # bench_grid_throughput
         rows = ", ".join(f"K={r['jobs']}: {r['steps_per_s_total']:.1f} steps/s, {r['runs_per_hour']:.1f} runs/h"
                          for r in result["rows"])
