@@ -48,7 +48,8 @@ def other_line(name: str, result: dict) -> str:
                               for mode, m in entry.items() if isinstance(m, dict) and "median_step_s" in m)
             memory = entry.get("memory") or {}
             peak = memory.get("cuda_peak_allocated_mb", memory.get("peak_rss_mb"))
-            parts.append(f"{row}: {modes}; x A6 {_num(entry.get('step_time_vs_A6'), '.2f')}; peak {_num(peak, '.0f')} MB")
+            ratio = _num(entry.get("step_time_vs_A6"), ".2f")
+            parts.append(f"{row}: {modes}; x A6 {ratio}; peak {_num(peak, '.0f')} MB")
         return f"- {name} ({result.get('text_model')}, {result.get('device')}): " + " | ".join(parts)
     if "rows" in result:  # bench_grid_throughput
         rows = ", ".join(f"K={r['jobs']}: {r['steps_per_s_total']:.1f} steps/s, {r['runs_per_hour']:.1f} runs/h"
