@@ -56,3 +56,22 @@ def test_a_failing_case_reports_its_error_in_its_json(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["kind"] == "bench_gpu_case" and record["stage"] == "build"
     assert "execution.step: cuda_graph needs one process on a CUDA device" in record["error"]
+
+
+def test_the_summary_reads_the_baselines_and_grid_results_apart(tmp_path):
+    """bench_baselines and bench_grid_throughput both write a "rows" entry (a mapping per row, a list per K): each
+    gets its own line in the summary, and neither breaks the other's."""
+    import gpu_session_summary
+
+    baselines = {"device": "cuda", "text_model": "deberta-v3-base-arch", "rows": {
+        "A6": {"eager": {"median_step_s": 0.08, "ran_as": "eager"}, "auto": {"median_step_s": 0.03, "ran_as":
+               "cuda_graph"}, "memory": {"cuda_peak_allocated_mb": 3700.0}, "step_time_vs_A6": 1.0},
+        "MMIM": {"eager": {"median_step_s": 0.1, "ran_as": "eager"}, "memory": {"cuda_peak_allocated_mb": 3500.0},
+                 "step_time_vs_A6": 1.25}}}
+    grid = {"rows": [{"jobs": 4, "steps_per_s_total": 40.0, "runs_per_hour": 2.5}]}
+    (tmp_path / "bench_baselines.json").write_text(json.dumps(baselines))
+    (tmp_path / "grid_4_auto.json").write_text(json.dumps(grid))
+    text = gpu_session_summary.summarise(tmp_path)
+    assert ("- bench_baselines (deberta-v3-base-arch, cuda): A6: eager 80 ms (ran as eager), auto 30 ms (ran as "
+            "cuda_graph); x A6 1.00; peak 3700 MB | MMIM: eager 100 ms (ran as eager); x A6 1.25; peak 3500 MB") in text
+    assert "- grid_4_auto: K=4: 40.0 steps/s, 2.5 runs/h (execution.step auto)" in text
