@@ -341,9 +341,9 @@ def _file_state(folder: Path) -> dict:
 
 def test_mirror_is_linked_not_copied_and_no_engine_changes_it(project, tmp_path_factory):
     """dataset mosi from a read-only mirror on the project's file system: prepare links the files (no byte
-    copied), DVC does not cache them (cache: false), the processed cache is linked from DVC's cache (no second
-    copy either), and after prepare, a no-op rerun, `dvc repro --force` and `snakemake --forcerun prepare` the
-    mirror's files have the same bytes, mode, times and inode."""
+    copied), DVC caches neither them nor the processed cache (cache: false: both are on disk once), nothing in
+    DVC's cache is a hard link of a workspace file, and after prepare, a no-op rerun, `dvc repro --force` and
+    `snakemake --forcerun prepare` the mirror's files have the same bytes, mode, times and inode."""
     original = (project / "params.yaml").read_text()
     mirror = tmp_path_factory.mktemp("mirror") / "cmu"
     write_fake_mirror(mirror, "mosi")
@@ -358,17 +358,16 @@ def test_mirror_is_linked_not_copied_and_no_engine_changes_it(project, tmp_path_
         assert_quiet(out)
         placed = re.search(r"placed 4 files from .* (hard link|reflink) x4", out)
         assert placed, out
-        # on a file system with hard links only (ext4, ...), DVC's cache (type reflink,hardlink,copy) hard-links too
         hard_links_only = placed.group(1) == "hard link"
         raw = project / "data/raw/mosi"
         cached = [p for p in (project / ".dvc/cache").rglob("*") if p.is_file()]
         mirror_files = [p for p in mirror.iterdir()]
-        # DVC keeps no copy of the raw data (neither the linked inode nor its bytes) ...
-        assert not {sha256_file(p) for p in cached} & {sha256_file(p) for p in mirror_files}
-        # ... and the processed cache is in its cache once, linked into the workspace
         processed = project / "data/processed/mosi.h5"
-        if hard_links_only:
-            assert any(os.path.samefile(processed, p) for p in cached)
+        # DVC keeps no copy of the raw data (neither the linked inode nor its bytes), nor of the processed cache ...
+        assert not {sha256_file(p) for p in cached} & {sha256_file(p) for p in [*mirror_files, processed]}
+        # ... and hard-links nothing of the workspace into its cache (an in-place edit would change both)
+        workspace = [p for p in project.rglob("*") if p.is_file() and ".dvc" not in p.parts and ".git" not in p.parts]
+        assert not any(os.path.samefile(w, c) for w in workspace for c in cached if w.stat().st_ino == c.stat().st_ino)
         assert _file_state(mirror) == before
 
         assert dvc_ran(run(project, "dvc", "repro", "align")) == set()
