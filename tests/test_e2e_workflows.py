@@ -404,7 +404,8 @@ def test_engines_side_by_side_and_a_killed_snakemake_leaves_no_trainer(project, 
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         # training has begun once the new run saved its first epoch's state
-        _wait_for(lambda: state.is_file() and state.stat().st_mtime > started, 600, "the first run's first epoch")
+        # (the new run first clears the folder it finds: the old state may vanish between two looks)
+        _wait_for(lambda: _mtime(state) > started, 600, "the first run's first epoch")
         trainer = int(lock.read_text().split()[1])
         cache_before = (project / "data/processed/demo.h5").stat().st_mtime_ns
         second = fails(project, "snakemake", "--cores", "1")
@@ -426,6 +427,13 @@ def test_engines_side_by_side_and_a_killed_snakemake_leaves_no_trainer(project, 
         if first.poll() is None:
             first.kill()
         first.wait()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def trainer_alive(pid: int) -> bool:
