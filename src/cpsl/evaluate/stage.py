@@ -10,12 +10,16 @@ current params: ``eval.batch_size`` cannot change the predictions beyond float r
 
 Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
 stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
+Whether the a/v path learnt anything (cpsl.evaluate.learnt: the unimodal heads' training MAEs in the run's
+history.csv against the best constant predictor's, and the reliance draws against their noise) goes to
+metrics.json ``learnt``; a marked run also gets one line on stderr naming the setting to change.
 
 Writes, atomically, ``<run>/metrics.json``::
 
     {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
      "ablation": str, "seed": int, "dataset": str,
-     "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...}}
+     "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...},
+     "learnt": {"status": "learnt" | "not_learnt" | "not_applicable" | "unknown", "av_not_learnt": bool, ...}}
 
 (metric names and conventions in cpsl.metrics; undefined values are null) and
 ``<run>/predictions.csv`` with columns ``split, segment_id, label, prediction`` (valid rows, then test
@@ -32,8 +36,9 @@ import torch
 
 from cpsl import gpu_slots, paths, run_folder
 from cpsl.ablations import Switches, switches_for
-from cpsl.cache import check_token_ids, read_attrs, read_split
+from cpsl.cache import check_token_ids, read_attrs, read_labels, read_split
 from cpsl.errors import PipelineError
+from cpsl.evaluate import learnt
 from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import remove_stale_temporaries
 from cpsl.metrics import compute_metrics, json_safe
@@ -122,10 +127,22 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
         print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "
               f"{float(trained_mae):.6f} recorded at training time", file=sys.stderr)
 
+    result["learnt"] = _assess_learnt(run_dir, ckpt, data_path, result["reliance"])
+    if result["learnt"]["av_not_learnt"]:
+        print(f"cpsl evaluate: warning: {learnt.hint_line(str(run_dir))}", file=sys.stderr)
+
     run_folder.write_predictions(run_dir, rows)
     result = json_safe(result)
     run_folder.write_metrics(run_dir, result)
     return result
+
+
+def _assess_learnt(run_dir: Path, ckpt: dict, data_path: Path, reliance: dict) -> dict:
+    """cpsl.evaluate.learnt's verdict; the unimodal heads' telemetry comes from the run's history.csv (absent:
+    the reliance draws alone decide)."""
+    history_path = run_dir / run_folder.HISTORY_FILE
+    history = run_folder.read_history(history_path) if history_path.is_file() else None
+    return learnt.assess(_switches(ckpt["meta"]).av, history, reliance, read_labels(data_path, "train"))
 
 
 def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
