@@ -89,6 +89,8 @@ def dataset_params(dataset: str, mirror: Path | None, epochs: int | None, permut
         set_dotted(params, "eval.reliance_permutations", permutations)
     if epochs is not None:
         set_dotted(params, "train.epochs", epochs)
+        if "epochs" in params["demo"]["train"]:  # the demo's own schedule would replace it
+            set_dotted(params, "demo.train.epochs", epochs)
         set_dotted(params, "gm.end_epoch", min(params["gm"]["end_epoch"], epochs - 1))
     return validate_params(params, "study params")
 
@@ -206,6 +208,16 @@ def _window_values(row: dict, key: str) -> list[float]:
     return [v for e, v in enumerate(row["history"][key]) if e <= min(25, row["epochs"] - 1) and v is not None]
 
 
+def verdict(row: dict) -> dict:
+    """cpsl.evaluate.learnt's verdict recomputed from the logged evidence (the rule as it is now)."""
+    from cpsl.evaluate import learnt
+
+    if row["ablation"] == "T0":
+        return learnt.assess(False, None, None, float("nan"))
+    hist = [{k: row["history"][k][e] for k in ("gm/mae_a", "gm/mae_v")} for e in range(len(row["history"]["gm/mae_a"]))]
+    return learnt.assess(True, hist, row["reliance"], row["learnt"]["constant_predictor_train_mae"])
+
+
 def summarise_group(rows: list[dict]) -> dict:
     """One (dataset, epochs, ablation, setting) group over its seeds."""
     from cpsl.report.paper_results import FIGURE3_RANGES
@@ -218,7 +230,7 @@ def summarise_group(rows: list[dict]) -> dict:
         out[f"dmae_perm_{stream[0]}"] = _mean_std([(r["reliance"].get(stream) or {}).get("mae") for r in rows])
     out["constant_train_mae"] = float(np.mean([r["learnt"].get("constant_predictor_train_mae") or np.nan
                                                 for r in rows]))
-    out["status"] = [r["learnt"]["status"] for r in rows]
+    out["status"] = [verdict(r)["status"] for r in rows]
     for m in ("a", "v"):
         first = [r["history"][f"gm/mae_{m}"][0] for r in rows]
         last = [r["history"][f"gm/mae_{m}"][-1] for r in rows]

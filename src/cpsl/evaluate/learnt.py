@@ -5,9 +5,11 @@ summary.json, and the table writers ask :func:`table_cell` / :func:`table1_suffi
 Evidence, per stream m (acoustic, visual), each used only where the run has it:
 
 1. **Unimodal head** (history.csv ``gm/mae_a``, ``gm/mae_v``: the epoch-mean training MAE of the head on Z_m):
-   *flat* when its best epoch is not below ``(1 - HEAD_TOLERANCE)`` times the training MAE of the best
-   constant predictor (the median of the training labels: the lowest MAE a constant reaches; the mean's MAE
-   is at least as large). A head that never beats predicting a constant by a few percent learnt nothing.
+   *flat* when its mean over the last ``HEAD_EPOCHS`` epochs is not below ``(1 - HEAD_TOLERANCE)`` times the
+   training MAE of the best constant predictor (the median of the training labels: the lowest MAE a constant
+   reaches; the mean's MAE is at least as large). A head that ends no better than a constant by a few percent
+   learnt nothing. The last epochs, not the best one: on a small training set (the demo: 14 steps per epoch) an
+   unlearnt head's epoch means scatter by a few percent, and the minimum of that scatter looks like learning.
 2. **Reliance** (cpsl.evaluate.reliance: test MAE with m permuted across segments, minus intact; R draws):
    *within noise* when the mean delta is at most ``NOISE_Z`` standard errors of the draws
    (std over draws / sqrt(R)) or at most ``RELIANCE_FLOOR`` times the constant predictor's MAE, whichever
@@ -25,14 +27,15 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-HEAD_TOLERANCE = 0.03
+HEAD_TOLERANCE = 0.05
+HEAD_EPOCHS = 3
 NOISE_Z = 2.0
 RELIANCE_FLOOR = 0.01
 STREAMS = {"acoustic": "gm/mae_a", "visual": "gm/mae_v"}
 MARK = "†"
 SETTING = "train.lr_new_modules"
-RULE = (f"a/v not learnt: for both streams, the unimodal head's best epoch-mean training MAE (where the row has "
-        f"heads) is not {HEAD_TOLERANCE:.0%} below the best constant predictor's training MAE, AND the test MAE "
+RULE = (f"a/v not learnt: for both streams, the unimodal head's training MAE over the last {HEAD_EPOCHS} epochs "
+        f"(where the row has heads) is not {HEAD_TOLERANCE:.0%} below the best constant predictor's, AND the test MAE "
         f"change with the stream permuted is within max({NOISE_Z:g} standard errors over the permutation draws, "
         f"{RELIANCE_FLOOR:.0%} of that constant MAE)")
 HINT = (f"if the acoustic/visual streams carry information, give the new modules their own learning rate "
@@ -59,13 +62,14 @@ def _finite(values) -> list[float]:
 
 
 def head_evidence(history: list[dict] | None, stream: str, constant_mae: float) -> dict | None:
-    """{best_train_mae, limit, flat} from the head's epoch means, or None when the run records no head."""
+    """{final_train_mae (mean of the last HEAD_EPOCHS epoch means), limit, flat}, or None when the run records
+    no head."""
     values = _finite(row.get(STREAMS[stream]) for row in history or [])
     if not values or not math.isfinite(constant_mae):
         return None
     limit = (1.0 - HEAD_TOLERANCE) * constant_mae
-    best = min(values)
-    return {"best_train_mae": best, "limit": limit, "flat": best >= limit}
+    final = float(np.mean(values[-HEAD_EPOCHS:]))
+    return {"final_train_mae": final, "limit": limit, "flat": final >= limit}
 
 
 def reliance_evidence(reliance: Mapping | None, stream: str, constant_mae: float) -> dict | None:
@@ -80,13 +84,12 @@ def reliance_evidence(reliance: Mapping | None, stream: str, constant_mae: float
             "within_noise": mean <= threshold}
 
 
-def assess(has_av_path: bool, history: list[dict] | None, reliance: Mapping | None,
-           train_labels: Iterable[float]) -> dict:
+def assess(has_av_path: bool, history: list[dict] | None, reliance: Mapping | None, constant: float) -> dict:
     """The verdict for one run (stored as metrics.json ``learnt``): status learnt | not_learnt |
-    not_applicable | unknown, ``av_not_learnt`` (the mark), and the evidence per stream."""
+    not_applicable | unknown, ``av_not_learnt`` (the mark), and the evidence per stream. ``constant``: the
+    training labels' :func:`constant_predictor_mae`."""
     if not has_av_path:
         return {"status": "not_applicable", "av_not_learnt": False, "note": "the row has no acoustic/visual path"}
-    constant = constant_predictor_mae(train_labels)
     streams, verdicts = {}, []
     for stream in STREAMS:
         head, rel = head_evidence(history, stream, constant), reliance_evidence(reliance, stream, constant)

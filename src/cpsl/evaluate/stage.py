@@ -142,7 +142,8 @@ def _assess_learnt(run_dir: Path, ckpt: dict, data_path: Path, reliance: dict) -
     the reliance draws alone decide)."""
     history_path = run_dir / run_folder.HISTORY_FILE
     history = run_folder.read_history(history_path) if history_path.is_file() else None
-    return learnt.assess(_switches(ckpt["meta"]).av, history, reliance, read_labels(data_path, "train"))
+    return learnt.assess(_switches(ckpt["meta"]).av, history, reliance,
+                         learnt.constant_predictor_mae(read_labels(data_path, "train")))
 
 
 def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
