@@ -250,7 +250,8 @@ def summarise(log: Path, stem: Path) -> int:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["epochs"], r["ablation"], r["setting"]), []).append(r)
-    summary = {"/".join(map(str, k)): summarise_group(v) for k, v in sorted(groups.items())}
+    order = lambda k: (k[0] != "mosi", k[1], ABLATIONS.index(k[2]), list(SETTINGS).index(k[3]))  # noqa: E731
+    summary = {"/".join(map(str, k)): summarise_group(groups[k]) for k in sorted(groups, key=order)}
     stem.with_suffix(".json").write_text(json.dumps({"mirror_signal": MIRROR_SIGNAL, "summary": summary,
                                                      "runs": rows}, indent=1))
     print("| data, epochs | row | new-module lr | seeds | test MAE | Corr | Acc-2 | dMAE perm-A | dMAE perm-V "
@@ -276,8 +277,9 @@ def summarise(log: Path, stem: Path) -> int:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """c_a and c_v per epoch of A6, one lr vs separate lr, for the longest schedule of each dataset; the unimodal
-    MAEs relative to the constant predictor's; the paper's Section 3.5 ranges shaded."""
+    """Per (dataset, schedule) of A6, one lr vs a separate lr for the new modules (mean over seeds): c_a and c_v,
+    the imbalance degree (the paper's Section 3.5 ranges shaded) and the unimodal heads' training MAE relative to
+    the constant predictor's (1 = learns nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,37 +287,40 @@ def plot(rows: list[dict], path: Path) -> None:
 
     from cpsl.report.paper_results import FIGURE3_RANGES
 
-    datasets = [d for d in ("mosi", "demo") if any(r["dataset"] == d and r["ablation"] == "A6" for r in rows)]
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4 * len(datasets)), squeeze=False)
+    panels = sorted({(r["dataset"], r["epochs"]) for r in rows if r["ablation"] == "A6"},
+                    key=lambda k: (k[0] != "mosi", k[1]))
+    fig, axes = plt.subplots(len(panels), 3, figsize=(16, 3.6 * len(panels)), squeeze=False)
     styles = {"one_lr": "--", "new_lr": "-"}
-    for (ax_c, ax_u), dataset in zip(axes, datasets):
-        epochs = max(r["epochs"] for r in rows if r["dataset"] == dataset and r["ablation"] == "A6")
-        for key, color in (("gm/c_a", "tab:blue"), ("gm/c_v", "tab:orange")):
+    for (ax_c, ax_i, ax_u), (dataset, epochs) in zip(axes, panels):
+        for key, color in (("gm/c_a", "tab:blue"), ("gm/c_v", "tab:orange"), ("gm/imbalance", "tab:green")):
             lo, hi = FIGURE3_RANGES[key]
-            ax_c.axhspan(lo, hi, color=color, alpha=0.12, linewidth=0)
+            (ax_i if key == "gm/imbalance" else ax_c).axhspan(lo, hi, color=color, alpha=0.12, linewidth=0)
         for setting, style in styles.items():
             group = [r for r in rows if (r["dataset"], r["ablation"], r["setting"], r["epochs"])
                      == (dataset, "A6", setting, epochs)]
             if not group:
                 continue
-            label = "one lr (1e-5 everywhere)" if setting == "one_lr" else f"new modules {group[0]['lr_new_modules']:g}"
-            for key, color, name in (("gm/c_a", "tab:blue", "c_a"), ("gm/c_v", "tab:orange", "c_v")):
-                y = np.mean([r["history"][key] for r in group], axis=0)
-                ax_c.plot(np.arange(len(y)), y, style, color=color, label=f"{name}, {label}")
+            lr = "one lr (1e-5 everywhere)" if setting == "one_lr" else f"new modules {group[0]['lr_new_modules']:g}"
+            label = f"{lr}, {len(group)} seed{'s' if len(group) > 1 else ''}"
+            x = np.arange(epochs)
+            for key, color, name, ax in (("gm/c_a", "tab:blue", "c_a", ax_c), ("gm/c_v", "tab:orange", "c_v", ax_c),
+                                         ("gm/imbalance", "tab:green", "imbalance", ax_i)):
+                ax.plot(x, np.mean([r["history"][key] for r in group], axis=0), style, color=color,
+                        label=f"{name}, {label}")
             const = np.mean([r["learnt"]["constant_predictor_train_mae"] for r in group])
             for key, color, name in (("gm/mae_a", "tab:blue", "MAE_a"), ("gm/mae_v", "tab:orange", "MAE_v")):
-                y = np.mean([r["history"][key] for r in group], axis=0) / const
-                ax_u.plot(np.arange(len(y)), y, style, color=color, label=f"{name}, {label}")
+                ax_u.plot(x, np.mean([r["history"][key] for r in group], axis=0) / const, style, color=color,
+                          label=f"{name}, {label}")
         ax_u.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
-        ax_c.set_title(f"{dataset}: A6 modulation coefficients (epoch means; bands: paper Sec. 3.5), "
-                       f"{len(group)} seed(s)", fontsize=9)
-        ax_u.set_title(f"{dataset}: A6 unimodal heads' training MAE / constant predictor's (1 = learns nothing)",
-                       fontsize=9)
-        for ax in (ax_c, ax_u):
+        where = f"{'MOSI-size mirror' if dataset == 'mosi' else 'demo'}, {epochs} epochs"
+        ax_c.set_title(f"{where}: A6 c_a, c_v (epoch means; bands: paper Sec. 3.5)", fontsize=9)
+        ax_i.set_title(f"{where}: A6 imbalance degree (band: paper)", fontsize=9)
+        ax_u.set_title(f"{where}: unimodal training MAE / constant predictor's", fontsize=9)
+        for ax in (ax_c, ax_i, ax_u):
             ax.set_xlabel("epoch")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
