@@ -77,7 +77,9 @@ def _paper_band(ax, column: str, line_label: str, against: dict | None) -> str:
     with the share of window epochs inside it."""
     lo, hi = FIGURE3_RANGES[column]
     color = next((ln.get_color() for ln in ax.get_lines() if ln.get_label() == line_label), "gray")
-    ax.axhspan(lo, hi, color=color, alpha=0.12, linewidth=0, label=f"paper: {lo:g}-{hi:g}")
+    # hatched, so it does not read as the curve's +/- std band
+    ax.axhspan(lo, hi, facecolor="none", edgecolor=color, hatch="///", alpha=0.35, linewidth=0,
+               label=f"paper: {lo:g}-{hi:g}")
     frac = ((against or {}).get(column) or {}).get("fraction_in_range_in_window")
     return line_label if frac is None else f"{line_label}: {frac:.0%} of window epochs in range"
 
