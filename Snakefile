@@ -5,15 +5,22 @@
 #
 #   snakemake --cores 4                       the configured ablations (A6, T0) x train.seeds, then the report
 #   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5, duplicates once) + T0 x train.seeds
+#   snakemake --cores 4 --config table1=true  Table 1: T0, A6 and every baseline (MAG, ...) x train.seeds
 
 from snakemake.common.configfile import load_configfile
 
 from cpsl.config import load_params
+from cpsl.engine_guard import hold_for_snakemake
+from cpsl.env_vars import check_environment
 
 configfile: "params.yaml"
 
-WORKFLOW_KEYS = {"grid"}  # the only --config keys: workflow switches that are not params
+WORKFLOW_KEYS = {"grid", "table1"}  # the only --config keys: workflow switches that are not params
 load_params("params.yaml")  # fail before any job on an invalid params file
+check_environment()  # ... or an invalid CPSL_* variable
+if workflow.is_main_process:
+    # one workflow run per project: a second one fails here naming the first's PID (cpsl.engine_guard)
+    hold_for_snakemake()
 # config = params.yaml as Snakemake reads it, plus --config: compare with the file read the same way
 _file = load_configfile("params.yaml")
 _overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _file.get(k))
@@ -29,6 +36,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every declared output, not only the report's: Snakemake reruns a job for a missing output only when a job that
+# must run needs it, so a metrics.json deleted by a failed evaluate would stay missing, and `snakemake -n` say
+# "Nothing to be done", while the report's own outputs look up to date (docs/DESIGN.md, "Reruns").
 rule all:
     input:
         report_outputs(),
+        declared_outputs(),

@@ -45,27 +45,33 @@ def _metadata(role: str) -> dict:
     return {k: f"bench {role}" for k in keys}
 
 
+def words_and_segments(rng: np.random.Generator, n_segments: int, seconds_per_segment: float):
+    """One video's words (~2.5/s, 15 % `sp`) inside ``n_segments`` opinion segments of ~0.85 x
+    ``seconds_per_segment`` each, silence between them: (word intervals, words, segment intervals, duration)."""
+    seg_len = seconds_per_segment * 0.85  # the rest is silence between segments
+    t, w_iv, words, s_iv = 0.5, [], [], []
+    for _ in range(n_segments):
+        start, end = t, t + rng.uniform(0.5, 1.5) * seg_len
+        while t < end:
+            d = rng.uniform(0.05, 0.35) if rng.random() < 0.15 else rng.uniform(0.2, 0.6)
+            w_iv.append((t, t + d))
+            words.append(b"sp" if d < 0.2 else VOCAB[rng.integers(len(VOCAB))])
+            t += d
+        s_iv.append((start, t))
+        t += rng.uniform(0.5, 1.5) * seconds_per_segment * 0.15  # silence between segments
+    return w_iv, words, s_iv, t + 1.0
+
+
 def generate(raw_dir: Path, n_videos: int = 93, seconds: float = 10800.0, segments: int = 2200, seed: int = 0) -> dict:
     from cpsl.csd import write_csd
     from cpsl.io_utils import sha256_file
 
     rng = np.random.default_rng(seed)
     per_video = rng.multinomial(segments - n_videos, np.ones(n_videos) / n_videos) + 1
-    seg_len = seconds / segments * 0.85  # the rest is silence between segments
     data = {role: {} for role in FILES}
     for v, n_seg in enumerate(per_video):
         vid = f"bench{v:03d}"
-        t, w_iv, words, s_iv = 0.5, [], [], []
-        for _ in range(n_seg):
-            start, end = t, t + rng.uniform(0.5, 1.5) * seg_len
-            while t < end:
-                d = rng.uniform(0.05, 0.35) if rng.random() < 0.15 else rng.uniform(0.2, 0.6)
-                w_iv.append((t, t + d))
-                words.append(b"sp" if d < 0.2 else VOCAB[rng.integers(len(VOCAB))])
-                t += d
-            s_iv.append((start, t))
-            t += rng.uniform(0.5, 1.5) * seconds / segments * 0.15  # silence between segments
-        duration = t + 1.0
+        w_iv, words, s_iv, duration = words_and_segments(rng, n_seg, seconds / segments)
         a_start = np.arange(0.0, duration, 0.01)
         acoustic = rng.normal(size=(len(a_start), 74))
         acoustic[rng.random(acoustic.shape) < 0.002] = -np.inf  # COVAREP's -inf values

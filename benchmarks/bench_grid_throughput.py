@@ -1,12 +1,12 @@
 """Grid throughput on one GPU: K concurrent MOSI-shaped train jobs sharing the device, for K = 1, 2, 4, 8.
 
     python benchmarks/bench_grid_throughput.py                         # on a CUDA machine (about 5 min on an H100)
-    python benchmarks/bench_grid_throughput.py --set train.step=eager  # the same without the issue-9 step
+    python benchmarks/bench_grid_throughput.py --set execution.step=eager  # the same without the issue-9 step
     python benchmarks/bench_grid_throughput.py --smoke                 # tiny DeBERTa on the CPU, K = 1, 2
 
 Each job is its own process (as `CPSL_GPU_SLOTS=K snakemake --resources gpu=K` would start them) running the
 REAL training step (``cpsl.train.loop.make_stepper`` via benchmarks/bench_step_overhead.Trainer, in the mode
-of ``train.step``: auto = CUDA graphs) of A6 on the deberta-v3-base architecture built from its config with
+of ``execution.step``: auto = CUDA graphs) of A6 on the deberta-v3-base architecture built from its config with
 random weights (nothing downloaded), over a random MOSI-shaped training set (1,284 segments x 50 tokens, d_a 74,
 d_v 47) held on the device in batches of 8, as ``cpsl train`` holds it. Every job warms up, then all start
 timing together and run ``--steps`` steps.
@@ -62,7 +62,7 @@ def worker(args) -> None:
         config = deberta_v3_base_config()
     device = args.device
     trainer = Trainer(params, args.ablation, config, device, MOSI_SHAPE["acoustic_dim"], MOSI_SHAPE["visual_dim"],
-                      bf16=args.bf16, pretrained=False, mode=params["train"]["step"])
+                      bf16=args.bf16, pretrained=False, mode=params["execution"]["step"])
 
     # The training set lives on the device, as in ``cpsl train``; batches are slices of it.
     g = torch.Generator().manual_seed(args.job)

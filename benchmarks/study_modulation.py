@@ -53,7 +53,7 @@ def base_params(text_model: str, epochs: int) -> dict:
 
     params = load_params(REPO / "params.yaml", overrides=["dataset=mosi"])
     settings = {"text.model": text_model, "model.intermediate_dim": 16, "model.fusion_dim": 16,
-                "train.epochs": epochs, "train.lr": 1e-4, "train.lr_new_modules": 5e-3, "train.device": "cpu",
+                "train.epochs": epochs, "train.lr": 1e-4, "train.lr_new_modules": 5e-3, "execution.device": "cpu",
                 "gm.start_epoch": 0, "gm.end_epoch": min(25, epochs - 1), "eval.reliance_permutations": 3}
     for key, value in settings.items():
         set_dotted(params, key, value)

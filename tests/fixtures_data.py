@@ -21,7 +21,7 @@ def make_params(dataset: str = "demo", mirror: str | None = None, **demo) -> dic
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
     params["dataset"] = dataset
     params["data"]["mirror"] = mirror
-    params["data"]["download"] = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0}
+    params["execution"]["download"] = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0}
     params["demo"].update(TINY_DEMO)
     params["demo"].update(demo)
     return validate_params(params, "test params")
@@ -39,6 +39,19 @@ def write_fake_mirror(folder: Path, dataset: str = "mosi") -> dict:
         shutil.move(scratch / DEMO_FILE_NAMES[role], out[role])
     shutil.rmtree(scratch)
     return out
+
+
+def force_copy(monkeypatch) -> None:
+    """Make cpsl.data.mirror.place_file find neither reflinks nor hard links (a mirror on another file system)."""
+    import errno
+
+    import cpsl.data.mirror as mirror_mod
+
+    def cross_device(src, dest):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(mirror_mod, "_reflink", cross_device)
+    monkeypatch.setattr(mirror_mod, "_hard_link", cross_device)
 
 
 def free_port() -> int:

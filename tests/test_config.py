@@ -10,7 +10,16 @@ import pytest
 import yaml
 
 from cpsl.ablations import ABLATIONS, switches_for
-from cpsl.config import ParamsError, apply_overrides, load_params, validate_params
+from cpsl.config import (
+    EXECUTION,
+    MOVED_KEYS,
+    STAGE_PARAMS,
+    ParamsError,
+    apply_overrides,
+    load_params,
+    stage_slice,
+    validate_params,
+)
 from cpsl.text_model import resolve_model_path, text_model_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +78,13 @@ def test_committed_params_hold_the_paper_settings(params):
         ("eval.reliance_permutations=-1", "'eval.reliance_permutations'"),
         ("model.encoder_dropout=1.0", "'model.encoder_dropout'"),
         ("gm.start_epoch=30", "'gm.start_epoch' (30) exceeds 'gm.end_epoch'"),
-        ("train.nproc=3", "must be divisible by 'train.nproc'"),
+        ("execution.nproc=3", "must be divisible by 'execution.nproc'"),
+        ("execution.nproc=0", "'execution.nproc' must be an integer"),
+        ("execution.step=graphs", "'execution.step' must be one of"),
+        ("execution.device=tpu", "'execution.device' must be one of"),
+        ("execution.eval_batch_size=0", "'execution.eval_batch_size'"),
+        ("execution.download.retries=0", "'execution.download.retries'"),
+        ("execution.threads=2", "unknown key 'execution.threads'"),
         ("newtop=1", "unknown key 'newtop'"),
         ("train.epochs=true", "'train.epochs'"),
     ],
@@ -159,3 +174,35 @@ def test_duplicate_paper_rows_are_trained_once():
     assert ALIASES == {"B1": "A1", "C3": "A2", "C4": "A5"}
     assert [canonical(a) for a in ("B1", "C3", "C4", "A6", "T0")] == ["A1", "A2", "A5", "A6", "T0"]
     assert labels_of("A1") == ["A1", "B1"] and labels_of("A6") == ["A6"]
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED_KEYS.items()))
+def test_a_moved_key_says_where_it_lives_now(params, old, new):
+    value = {"data.download": "{retries: 2}"}.get(old, "2")
+    with pytest.raises(ParamsError, match=f"unknown key: '{old}' moved to '{new}'"):
+        apply_overrides(params, [f"{old}={value}"])
+
+
+def test_an_old_params_file_fails_naming_every_moved_key(tmp_path):
+    """A params.yaml written before issue 17 (no execution section, the settings in train/eval/data)."""
+    old = yaml.safe_load((REPO / "params.yaml").read_text())
+    execution = old.pop(EXECUTION)
+    old["train"].update(nproc=execution["nproc"], device=execution["device"], step=execution["step"])
+    old["eval"]["batch_size"] = execution["eval_batch_size"]
+    old["data"]["download"] = execution["download"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+    proc = subprocess.run([sys.executable, "-m", "cpsl.cli", "prepare"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    for old_key, new_key in MOVED_KEYS.items():
+        assert f"'{old_key}' moved to '{new_key}'" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_no_stage_declares_the_execution_section(params):
+    """What a stage's outputs depend on (its slice: the engines' params, train's fingerprint) never includes
+    how it runs; a different execution section leaves every stage's slice unchanged."""
+    other = apply_overrides(params, ["execution.nproc=2", "execution.device=cpu", "execution.step=eager",
+                                     "execution.eval_batch_size=3", "execution.download.retries=9"])
+    for stage, keys in STAGE_PARAMS.items():
+        assert not [k for k in keys if k == EXECUTION or k.startswith(EXECUTION + ".")], stage
+        assert stage_slice(other, stage) == stage_slice(params, stage), stage

@@ -34,6 +34,14 @@ def test_dvc_yaml_declares_the_import_graph():
     assert check.returncode == 0, check.stderr
 
 
+def test_no_declared_code_file_is_empty():
+    """DVC prints "WARNING: '<file>' is empty." each time it hashes an empty dependency (issue 17: the
+    sub-packages' __init__.py files); every package file a stage declares has at least a docstring."""
+    empty = sorted({f for stage in deps.STAGES for f in deps.stage_files(stage, root=REPO)
+                    if (REPO / f).stat().st_size == 0})
+    assert not empty, f"empty code deps (DVC warns on each): {empty}"
+
+
 def test_the_graph_follows_lazy_imports_and_shared_modules():
     train = set(deps.stage_files("train", root=REPO))
     # run_train imports the loop inside a function; the loop imports the model and the shared modules

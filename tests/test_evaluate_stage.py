@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
     with open("params.yaml") as fh:
         params = validate_params(yaml.safe_load(fh))
     params["model"].update(intermediate_dim=8, fusion_dim=8)
-    params["eval"]["batch_size"] = 4  # several batches, one of them partial
+    params["execution"]["eval_batch_size"] = 4  # several batches, one of them partial
     torch.manual_seed(1)
     model = build_model(params, switches_for("A6"), DA, DV, str(text_dir), pretrained=True)
     run = tmp / "results" / "A6-seed3"

@@ -164,7 +164,7 @@ def test_train_leases_its_gpus_before_launching_torchrun(clean_env, monkeypatch,
 
     monkeypatch.setattr(distributed, "relaunch", fake_relaunch)
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    params["train"]["nproc"] = 2
+    params["execution"]["nproc"] = 2
     assert stage.run_train(params, seed=0, ablation="A0", out_dir=tmp_path / "run") == 0
     assert seen["env"] == "0,1" and len(seen["fds"]) == 2
     assert seen["two_more"] is None and seen["other"] == [2]

@@ -1,14 +1,15 @@
 """Hostile raw files for `cpsl align` (issue 10, cases 3-4, 8): a video with no frames, values beyond float32,
-a numeric or non-UTF-8 word stream, and the temporaries a SIGKILLed align leaves."""
+a numeric or non-UTF-8 word stream, and the temporaries a SIGKILLed align leaves; (issue 16, item 5) invalid video
+ids and reversed frame intervals."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_align import make_videos, small_align_params, write_raw
+from fixtures_align import FILES, make_videos, small_align_params, write_raw
 
-from cpsl.align.stage import run_align
+from cpsl.align.stage import AlignError, run_align
 from cpsl.align.word_align import frame_means, segment_members
 from cpsl.cache import read_split
 from cpsl.csd import CSDError
@@ -96,3 +97,46 @@ def test_rerun_removes_temporaries_a_killed_align_left(tmp_path, params):
     run_align(params, raw_dir=raw, out_path=out / "demo.h5")
     assert not [p for p in stale if p.exists()]
     assert all(p.exists() for p in foreign)
+
+
+# ---------------------------------------------------------------- issue 16, item 5: ids and reversed intervals
+def _renamed(videos: dict, old: str, new: str) -> dict:
+    return {new if vid == old else vid: video for vid, video in videos.items()}
+
+
+@pytest.mark.parametrize("bad_id, fragment", [
+    ("vid/01", "contains '/' (HDF5 reads it as a path of nested groups)"),
+    ("vid\x0701", "contains the control character U+0007"),
+    ("v" * 300, "is 300 characters long (at most 128)"),
+], ids=["slash", "control", "long"])
+def test_invalid_video_ids_are_refused_naming_the_folds_file(tmp_path, params, bad_id, fragment):
+    raw = write_raw(tmp_path / "raw", _renamed(_videos(), "vid01", bad_id))  # in every file and in folds.json
+    with pytest.raises(AlignError) as err:
+        run_align(params, raw_dir=raw, out_path=tmp_path / "demo.h5")
+    msg = str(err.value)
+    assert str(raw / "folds.json") in msg and "(split '" in msg and fragment in msg and "\n" not in msg
+    assert not (tmp_path / "demo.h5").exists()
+
+
+def test_an_invalid_id_in_a_raw_file_alone_is_refused_naming_that_file(tmp_path, params):
+    videos = _videos()
+    raw = write_raw(tmp_path / "raw", {**videos, "odd\u2028id": videos["vid01"]},
+                    folds={"train": ["vid00", "vid01"], "valid": ["vid02"], "test": ["vid03"]})
+    with pytest.raises(AlignError) as err:
+        run_align(params, raw_dir=raw, out_path=tmp_path / "demo.h5")
+    assert "TEST_" in str(err.value) and "'odd\\u2028id' contains the control character U+2028" in str(err.value)
+
+
+@pytest.mark.parametrize("role", ["acoustic", "visual"])
+def test_a_reversed_frame_interval_is_an_error_naming_file_video_and_row(tmp_path, params, role):
+    videos = _videos()
+    iv, feats = videos["vid01"][role]
+    iv = iv.copy()
+    iv[12] = iv[12][::-1] + [0.0, -0.05]  # ends before it starts
+    videos["vid01"][role] = (iv, feats)
+    raw = write_raw(tmp_path / "raw", videos)
+    with pytest.raises(AlignError) as err:
+        run_align(params, raw_dir=raw, out_path=tmp_path / "demo.h5")
+    msg = str(err.value)
+    assert FILES[role] in msg and "video 'vid01' frame 12 (row 12 of its intervals) ends before it starts" in msg
+    assert not (tmp_path / "demo.h5").exists()

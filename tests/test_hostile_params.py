@@ -3,6 +3,7 @@ user-fixable input) and ONE line naming the key, never a traceback; `--debug` sh
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_exponent_floats_in_overrides_are_numbers(params, override, key, value):
 # ---------------------------------------------------------------- case 2: nan / inf rejected, naming the key
 @pytest.mark.parametrize("key", ["cp.eta", "gm.alpha", "train.lr", "loss.recon", "loss.stat", "model.beta",
                                  "model.var_eps", "gm.eps", "train.grad_clip", "train.warmup_ratio",
-                                 "train.weight_decay", "data.download.backoff_s"])
+                                 "train.weight_decay", "execution.download.backoff_s"])
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_nonfinite_params_are_rejected_naming_the_key(params, key, value):
     with pytest.raises(ParamsError, match=rf"'{key}' must be a finite number"):
@@ -143,3 +144,34 @@ def test_missing_params_file_hint_names_the_project_root(tmp_path, capsys):
 def test_paper_defaults_survive_the_float_resolver(params):
     assert params["train"]["lr"] == 1e-5 and params["model"]["var_eps"] == 1e-6 and params["gm"]["eps"] == 1e-8
     assert not any(isinstance(v, float) and math.isnan(v) for v in params["loss"].values())
+
+
+# ---------------------------------------------------------------- issue 16, item 6: CPSL_* environment variables
+@pytest.mark.parametrize("name, value, fragment", [
+    ("CPSL_GPU_COUNT", "abc", "CPSL_GPU_COUNT='abc': must be an integer in [0, 4096]"),
+    ("CPSL_GPU_COUNT", "-1", "CPSL_GPU_COUNT='-1': must be an integer in [0, 4096]"),
+    ("CPSL_GPU_WAIT_S", "soon", "CPSL_GPU_WAIT_S='soon': must be a number of seconds >= 0"),
+    ("CPSL_GPU_WAIT_S", "nan", "CPSL_GPU_WAIT_S='nan': must be a number of seconds >= 0"),
+    ("CPSL_GPU_SLOTS", "0", "CPSL_GPU_SLOTS='0': must be an integer in [1, 1024]"),
+    ("CPSL_GPU_LEASE", "no", "CPSL_GPU_LEASE='no': must be 0 or 1"),
+    ("CPSL_GPU_SLOT", "4", "environment variable CPSL_GPU_SLOT is not one cpsl reads (a typo?)"),
+])
+def test_bad_environment_variables_are_one_line_exit_2(tmp_path, capsys, monkeypatch, name, value, fragment):
+    path = _write(tmp_path, (REPO / "params.yaml").read_text())
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # so that train would read the GPU variables
+    monkeypatch.setenv("CPSL_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv(name, value)
+    code, err = _run(["train", "--ablation", "A6", "--seed", "0", "--params", str(path)], capsys)
+    assert code == 2, err
+    assert err.startswith("cpsl train: invalid environment: ") and fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "locks").exists()
+
+
+def test_the_snakefile_checks_the_environment_before_any_job(tmp_path):
+    from project_copy import copy_project
+
+    work = copy_project(tmp_path / "p", ("Snakefile", "params.yaml", "workflow", "src"))
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "CPSL_GPU_COUNT": "abc", "PYTHONPATH": str(work / "src")})
+    assert proc.returncode != 0 and "CPSL_GPU_COUNT='abc': must be an integer in [0, 4096]" in proc.stdout + proc.stderr

@@ -1,4 +1,5 @@
-"""The report never averages runs trained with different params into one row (issue 10, case 6)."""
+"""The report never averages runs trained with different params into one row (issue 10, case 6), and reads
+exactly the configured runs, naming the others and the missing ones (issue 16, item 4)."""
 from __future__ import annotations
 
 import copy
@@ -44,7 +45,67 @@ def test_seeds_trained_with_different_params_are_refused_naming_the_folders(tmp_
 
 def test_per_run_keys_may_differ_within_a_row(tmp_path, base_params):
     one_at_a_time = copy.deepcopy(base_params)
-    one_at_a_time["train"]["seeds"], one_at_a_time["ablations"], one_at_a_time["eval"]["batch_size"] = [1], ["A6"], 7
+    one_at_a_time["train"]["seeds"], one_at_a_time["ablations"] = [1], ["A6"]
+    # how a run was executed (issue 17: processes, device, step mode, eval chunk) never splits a row
+    one_at_a_time["execution"].update(nproc=2, device="cpu", step="eager", eval_batch_size=7)
     root = _results(tmp_path, base_params, {0: base_params, 1: one_at_a_time})
     summary = run_report(base_params, results_dir=root, out_dir=tmp_path / "reports")
     assert summary["ablations"]["A6"]["seeds"] == [0, 1]
+
+
+# ---------------------------------------------------------------- issue 16, item 4: the configured runs, exactly
+def test_a_leftover_run_trained_with_other_params_is_not_read_and_is_named_once(tmp_path, base_params, capsys):
+    """A6-seed1 from an earlier experiment (train.nproc 1) beside this one's A6-seed2 (train.nproc 2), with
+    train.seeds [2]: the report reads A6-seed2 only (was: refused to run, or averaged A6-seed1 in)."""
+    earlier, now = copy.deepcopy(base_params), copy.deepcopy(base_params)
+    earlier["train"]["nproc"], now["train"]["nproc"] = 1, 2
+    now["train"]["seeds"], now["ablations"] = [2], ["A6"]
+    root = _results(tmp_path, base_params, {1: earlier, 2: now})
+    (root / "T0-seed0").mkdir()  # a training of another experiment, in progress
+    summary = run_report(now, results_dir=root, out_dir=tmp_path / "reports")
+    assert summary["ablations"]["A6"]["seeds"] == [2] and summary["ablations"]["A6"]["runs"] == ["A6-seed2"]
+    assert summary["other_folders_not_read"] == ["A6-seed1", "T0-seed0"]
+    assert summary["configured"]["missing_runs"] == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cpsl report: warning: {root}: 2 folder(s) not among the configured runs, not read: A6-seed1, "
+                   f"T0-seed0"]
+
+
+def test_missing_configured_runs_are_named_and_strict_makes_them_an_error(tmp_path, base_params, capsys):
+    from cpsl.cli import main
+
+    one_seed = copy.deepcopy(base_params)
+    one_seed["ablations"], one_seed["train"]["seeds"] = ["A6"], [0]
+    root = _results(tmp_path, base_params, {0: one_seed})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(one_seed, sort_keys=False))
+    argv = ["report", "--params", str(params_file), "--results", str(root), "--out", str(tmp_path / "reports"),
+            "--set", "train.seeds=[0,1]"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cpsl report: warning: {root}: configured run(s) without metrics.json, left out of the report: "
+                   f"A6-seed1 (--strict makes this an error)"]
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert summary["configured"]["missing_runs"] == ["A6-seed1"] and summary["ablations"]["A6"]["seeds"] == [0]
+
+    (tmp_path / "reports" / "summary.json").unlink()
+    assert main([*argv, "--strict"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cpsl report: error: {root}: configured run(s) without metrics.json: A6-seed1; train and "
+                   f"evaluate them, or leave them out of ablations / train.seeds")
+    assert not (tmp_path / "reports" / "summary.json").exists()
+
+
+def test_grid_reports_the_whole_grid_and_otherwise_only_the_configured_rows(tmp_path, base_params, capsys):
+    from test_report_stage import _labels, make_run
+
+    rng = np.random.default_rng(4)
+    labels = {"valid": _labels(rng, 8), "test": _labels(rng, 9)}
+    for row in ("A6", "A0", "A1"):
+        make_run(tmp_path / "res", row, 0, 0.4, labels)
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A6"], [0]
+    assert list(run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "r1")["ablations"]) == ["A6"]
+    grid = run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "r2", grid=True)
+    assert list(grid["ablations"]) == ["A0", "A1", "A6", "B1"]  # paper order; B1 from A1's runs
+    assert "A2-seed0" in grid["configured"]["missing_runs"] and grid["other_folders_not_read"] == []

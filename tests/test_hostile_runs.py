@@ -1,9 +1,11 @@
 """Hostile run folders and caches (issue 10, cases 3-5, 8, 9): a damaged state never keeps a run stuck, a
 second writer is refused naming the holder's PID, SIGKILL temporaries are cleaned, damaged caches are refused
-naming split and segment before anything is written, checkpoints name the text model as configured."""
+naming split and segment before anything is written, checkpoints name the text model as configured; (issue 16,
+item 2) a truncated or symlinked best.pt is trained again, and evaluate's error says to rerun train."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -270,3 +272,45 @@ def test_an_absolute_model_folder_that_is_gone_is_one_clear_error():
 
     with pytest.raises(PipelineError, match="text model folder /no/such/venv/model does not exist; set text.model"):
         resolve_model_path("/no/such/venv/model")
+
+
+# ------------------------------------------------------- issue 16, item 2: a damaged best.pt is not a finished run
+def _truncate(best: Path, tmp_path: Path) -> str:
+    best.write_bytes(best.read_bytes()[:1000])
+    return "cannot be loaded with weights_only=True"
+
+
+def _link_to_text(best: Path, tmp_path: Path) -> str:
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    best.unlink()
+    best.symlink_to(tmp_path / "notes.txt")
+    return "is a symbolic link (to "
+
+
+@pytest.mark.parametrize("damage", [_truncate, _link_to_text], ids=["truncated", "symlink"])
+def test_a_damaged_checkpoint_is_retrained_and_evaluate_says_to_rerun_train(world, tmp_path, capsys, damage):
+    tmp, text, cache = world
+    params_file = write_params(tmp_path / "params.yaml", small_params(text, **ONE_EPOCH))
+    run = tmp_path / "A6-seed0"
+    train = ["train", "--seed", "0", "--ablation", "A6", "--data", str(cache), "--out", str(run),
+             "--params", str(params_file)]
+    assert main(train) == 0
+    fingerprint = json.loads((run / "train_summary.json").read_text())["fingerprint"]
+    why = damage(run / "best.pt", tmp_path)
+    capsys.readouterr()
+
+    # evaluate: one line, naming the file and saying to rerun train
+    assert main(["evaluate", "--run", str(run), "--data", str(cache), "--params", str(params_file)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"cpsl evaluate: error: {run / 'best.pt'}")
+    assert "rerun `cpsl train --ablation A6 --seed 0`" in err
+
+    # train: not "already trained", it says why and trains the run again
+    assert main(train) == 0
+    err = capsys.readouterr().err
+    assert "nothing to do" not in err and why in err and "training this run again" in err
+    assert not (run / "best.pt").is_symlink() and run_folder.best_problem(run, fingerprint) is None
+    if damage is _link_to_text:  # the link was replaced; its target is left alone
+        assert (tmp_path / "notes.txt").read_text() == "not a checkpoint\n"
+    assert main(["evaluate", "--run", str(run), "--data", str(cache), "--params", str(params_file)]) == 0
+    assert main(train) == 0 and "nothing to do" in capsys.readouterr().err  # and now it is finished

@@ -76,3 +76,19 @@ def test_row_summary_and_table_cells():
     assert learnt.table_cell(learnt.row_summary({0: {"status": "not_applicable"}})) == "n/a"
     assert learnt.table_cell(learnt.row_summary({0: None})) == "?"  # evaluated before the rule existed
     assert "train.lr_new_modules" in learnt.hint_line("results/mosi/A6-seed0")
+
+
+def test_a_row_whose_prediction_reads_no_av_is_not_judged_and_says_why():
+    """ITHP's prediction reads the text only (a/v are training targets of its bottleneck): not_applicable with
+    the spec's reason, never marked; a row's hint names the param that sets its new modules' rate."""
+    from cpsl.evaluate.stage import _rate_setting, _reads_av
+
+    assert _reads_av({"ablation": "A6"}) == (True, None) and _reads_av({"ablation": "T0"})[0] is False
+    assert _reads_av({"ablation": "MAG"}) == (True, None)
+    reads, note = _reads_av({"ablation": "ITHP"})
+    assert reads is False and "training targets" in note
+    verdict = learnt.assess(reads, FLAT, NOISE, CONSTANT, note=note)
+    assert verdict["status"] == "not_applicable" and not verdict["av_not_learnt"] and verdict["note"] == note
+    assert _rate_setting("A6", "mosi") == "train.lr_new_modules"
+    assert _rate_setting("MAG", "demo") == "baselines.mag.mosi.train.lr_new_modules"
+    assert "baselines.mag.mosi.train.lr_new_modules" in learnt.hint_line("r", _rate_setting("MAG", "demo"))

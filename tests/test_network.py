@@ -161,3 +161,37 @@ def test_run_inference_rejects_bad_arrays(params):
         run_inference(model, short, 4, "cpu")
     with pytest.raises(ValueError, match="switches"):
         run_inference(model, arrays, 4, "cpu", params["loss"])
+
+
+def test_relative_position_cache_covers_both_transformers_signatures(monkeypatch):
+    """cpsl memoises DeBERTa-v2's build_relative_position (it copies a host scalar to the device on every call in
+    recent transformers). Recent releases call it with the query/key tensors, 4.x up to 4.45 with their sizes and a
+    device; the wrapper must pass either call through unchanged and reuse the result for equal lengths only."""
+    from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
+
+    from cpsl.model import text_encoder
+
+    calls = []
+
+    def original(*args, **kwargs):
+        calls.append((args, kwargs))
+        return torch.full((1,), float(len(calls)))
+
+    monkeypatch.setattr(deberta, "build_relative_position", original)
+    text_encoder.memoise_deberta_relative_positions()
+    memo = deberta.build_relative_position
+    assert memo is not original and memo.memoised_by_cpsl
+    text_encoder.memoise_deberta_relative_positions()  # idempotent
+    assert deberta.build_relative_position is memo
+    # recent signature: (query_layer, key_layer, bucket_size, max_position)
+    q, k = torch.zeros(2, 7, 4), torch.zeros(2, 7, 4)
+    first = memo(q, k, bucket_size=16, max_position=-1)
+    assert memo(torch.ones(3, 7, 4), k, bucket_size=16, max_position=-1) is first  # same lengths, same device
+    assert memo(torch.zeros(2, 9, 4), k, bucket_size=16, max_position=-1) is not first  # another length
+    assert calls[0] == ((q, k), {"bucket_size": 16, "max_position": -1})  # passed through unchanged
+    # 4.x signature: (query_size, key_size, bucket_size, max_position, device)
+    old = memo(7, 7, bucket_size=16, max_position=-1, device=torch.device("cpu"))
+    assert memo(7, 7, bucket_size=16, max_position=-1, device=torch.device("cpu")) is old
+    assert memo(7, 7, bucket_size=32, max_position=-1, device=torch.device("cpu")) is not old
+    assert calls[2] == ((7, 7), {"bucket_size": 16, "max_position": -1, "device": torch.device("cpu")})
+    assert len(calls) == 4

@@ -12,12 +12,10 @@ import json
 
 import numpy as np
 import pytest
-from train_helpers import D_A, D_V, VOCAB, one_thread, small_params, tiny_text_model
+from train_helpers import one_thread, planted_caches, small_params, tiny_text_model
 
-from cpsl.cache import write_cache
-from cpsl.data.planted import planted_splits, zero_streams
 from cpsl.evaluate.stage import run_evaluate
-from cpsl.train import loop
+from cpsl.train.recipe import Recipe
 from cpsl.train.stage import run_train
 
 SEEDS = (0, 1, 2)
@@ -34,31 +32,22 @@ def _one_thread():
     yield from one_thread()
 
 
-def _frozen_optimizer(model, tp):
+def _frozen_optimizer(self, tp, *args, **kwargs):
     """The trainer's optimizer with the new modules' group at lr 0: AdamW then never moves them (the update
     and the decoupled weight decay both scale with lr), so the a/v path keeps its random initialisation."""
-    optimizer = _REAL_OPTIMIZER(model, tp)
+    optimizer = _REAL_OPTIMIZER(self, tp, *args, **kwargs)
     optimizer.param_groups[1]["lr"] = 0.0
     return optimizer
 
 
-_REAL_OPTIMIZER = loop.make_optimizer
-
-
-def _cache(path, splits):
-    write_cache(path, splits, {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a",
-                               "visual_name": "v", "acoustic_dim": D_A, "visual_dim": D_V,
-                               "raw_manifest_sha256": {"words": "0"}})
-    return path
+_REAL_OPTIMIZER = Recipe.optimizer
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
     text = tiny_text_model(tmp / "text")
-    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=("visual",),
-                            gain=1.0, noise=0.3, seed=5)
-    caches = {"planted": _cache(tmp / "planted.h5", splits), "zeroed": _cache(tmp / "zeroed.h5", zero_streams(splits))}
+    caches = planted_caches(tmp)
     metrics = {}
     for seed in SEEDS:
         for name, ablation in (("planted", "A0"), ("zeroed", "A0"), ("t0", "T0")):
@@ -71,7 +60,7 @@ def runs(tmp_path_factory):
             run_evaluate(params, run, data_path=cache)
             metrics[(name, seed)] = json.loads((run / "metrics.json").read_text())
     with pytest.MonkeyPatch.context() as mp:  # the new modules frozen, the text encoder and the rest unchanged
-        mp.setattr(loop, "make_optimizer", _frozen_optimizer)
+        mp.setattr(Recipe, "optimizer", _frozen_optimizer)
         params = small_params(text, **SETTINGS)
         run = tmp / "frozen-A0"
         assert run_train(params, seed=SEEDS[0], ablation="A0", data_path=caches["planted"], out_dir=run) == 0

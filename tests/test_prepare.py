@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 
 import pytest
-from fixtures_data import LocalServer, free_port, make_params, write_fake_mirror
+from fixtures_data import LocalServer, force_copy, free_port, make_params, write_fake_mirror
 
 import cpsl.data.mirror as mirror_mod
 import cpsl.data.prepare as prepare_mod
@@ -25,7 +25,8 @@ def _check_manifest(out, dataset, source):
     spec = dataset_spec(dataset)
     assert set(manifest["files"]) == set(ROLES)
     for role, entry in manifest["files"].items():
-        assert set(entry) == {"name", "sha256", "size", "url"}
+        # a mirror file records how it was placed (reflink, hard link or copy)
+        assert set(entry) == {"name", "sha256", "size", "url"} | ({"placed"} if source == "mirror" else set())
         path = out / entry["name"]
         assert entry["name"] == spec.file(role).name
         assert entry["sha256"] == sha256_file(path) and entry["size"] == path.stat().st_size
@@ -72,16 +73,20 @@ def test_demo_damaged_file_is_regenerated(tmp_path):
 # ---------------------------------------------------------------- mirror
 
 
-def test_mirror_copies_checks_and_records_sdk_urls(tmp_path, capsys):
+def test_mirror_links_checks_and_records_sdk_urls(tmp_path, capsys):
     mirror, out = tmp_path / "mirror", tmp_path / "raw"
     src = write_fake_mirror(mirror, "mosi")
     prepare_mod.run_prepare(make_params("mosi", mirror=str(mirror)), out)
     manifest = _check_manifest(out, "mosi", "mirror")
     spec = dataset_spec("mosi")
+    placed = {manifest["files"][role]["placed"] for role in ROLES}
+    assert len(placed) == 1 and placed <= {"reflink", "hard link"}  # one file system: no byte copied
+    assert f"{placed.pop()} x4" in capsys.readouterr().out
     for role in ROLES:
         assert manifest["files"][role]["url"] == spec.file(role).url
         assert manifest["files"][role]["sha256"] == sha256_file(src[role])
-        assert os.stat(src[role]).st_ino != os.stat(out / spec.file(role).name).st_ino  # a copy, not a link
+        if manifest["files"][role]["placed"] == "hard link":
+            assert os.path.samefile(src[role], out / spec.file(role).name)
     assert json.loads((out / "folds.json").read_text()) == standard_folds("mosi")
     capsys.readouterr()
     prepare_mod.run_prepare(make_params("mosi", mirror=str(mirror)), out)
@@ -130,6 +135,7 @@ def test_copy_failing_midway_leaves_no_partial_file(tmp_path, monkeypatch):
             raise OSError("disk full")
         dst.write_bytes(src.read_bytes())
 
+    force_copy(monkeypatch)
     monkeypatch.setattr(mirror_mod, "_copy", half_copy_then_fail)
     with pytest.raises(OSError, match="disk full"):
         prepare_mod.run_prepare(make_params("mosi", mirror=str(mirror)), out)
@@ -147,6 +153,7 @@ def test_previous_manifest_is_removed_before_rewriting(tmp_path, monkeypatch):
     def fail(src_, dst):
         raise OSError("interrupted")
 
+    force_copy(monkeypatch)
     monkeypatch.setattr(mirror_mod, "_copy", fail)
     with pytest.raises(OSError):
         prepare_mod.run_prepare(make_params("mosi", mirror=str(mirror)), out)
@@ -234,3 +241,24 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     names = _listing(out)
     assert not any(n.endswith(".tmp") or n.startswith(".demo-build") for n in names)
     assert "notes.txt" in names
+
+
+def test_placement_is_the_cheapest_this_file_system_allows(tmp_path):
+    """reflink where FICLONE works (checked on this file system), else a hard link; a copy only when neither
+    works (forced: test_copy_failing_midway_leaves_no_partial_file). Verified by hand on a loop-mounted XFS
+    (reflink=1): reflink x4, own inodes, and a write to a raw file left the mirror unchanged."""
+    probe_src, probe = tmp_path / "probe-src", tmp_path / "probe"
+    probe_src.write_bytes(b"x" * 4096)
+    try:
+        mirror_mod._reflink(probe_src, probe)
+        expected = mirror_mod.REFLINK
+    except OSError:
+        expected = mirror_mod.HARD_LINK
+    src = write_fake_mirror(tmp_path / "mirror", "mosi")
+    out = tmp_path / "raw"
+    manifest = prepare_mod.run_prepare(make_params("mosi", mirror=str(tmp_path / "mirror")), out)
+    assert {manifest["files"][role]["placed"] for role in ROLES} == {expected}
+    for role in ROLES:
+        linked = os.path.samefile(src[role], out / src[role].name)
+        assert linked == (expected == mirror_mod.HARD_LINK)
+        assert sha256_file(out / src[role].name) == manifest["files"][role]["sha256"] == sha256_file(src[role])

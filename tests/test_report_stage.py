@@ -65,9 +65,11 @@ def grid(tmp_path_factory, base_params):
     for ablation, noise in (("A6", 0.3), ("A0", 1.2)):
         for seed in SEEDS:
             metrics[(ablation, seed)] = make_run(root, ablation, seed, noise, labels)[1]
-    (root / "A6-seed99").mkdir()  # a training still in progress: no metrics.json yet
+    (root / "A6-seed99").mkdir()  # a folder of a seed not configured: never read
     out = tmp_path_factory.mktemp("reports")
-    summary = run_report(base_params, results_dir=root, out_dir=out)
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A6", "A0", "T0"], list(SEEDS)
+    summary = run_report(params, results_dir=root, out_dir=out)
     return root, out, summary, metrics
 
 
@@ -84,9 +86,9 @@ def test_summary_values_over_seeds(grid):
     assert mae["ci95"] == pytest.approx(list(sps.t.interval(0.95, 2, loc=vals.mean(), scale=sps.sem(vals))))
     assert mae["per_seed"]["10"] == pytest.approx(metrics[("A6", 10)]["test"]["mae"])
     assert "valid" in a6 and "acc7" in a6["test"] and "corr_nonzero_subset" in a6["test"]
-    assert on_disk["skipped_folders_without_metrics"] == ["A6-seed99"]
-    # params.yaml: ablations A6, T0 x seeds 0, 1, 2
-    assert on_disk["configured"]["missing_runs"] == ["A6-seed1", "T0-seed0", "T0-seed1", "T0-seed2"]
+    assert on_disk["other_folders_not_read"] == ["A6-seed99"]
+    # configured: A6, A0, T0 x seeds 0, 2, 10; T0 was not trained
+    assert on_disk["configured"]["missing_runs"] == ["T0-seed0", "T0-seed2", "T0-seed10"]
 
 
 def test_paired_comparisons(grid):

@@ -96,7 +96,7 @@ def test_demo_grid_through_snakemake_slurm_executor(tmp_path):
             assert job["JobState"] == "COMPLETED", job
             gpu = job.get("TresPerJob", "")
             if rule in ("train", "evaluate"):
-                assert gpu == "gres:gpu:1", (rule, job)  # --gpus=train.nproc (1) from the rule's resource
+                assert gpu == "gres:gpu:1", (rule, job)  # --gpus=execution.nproc (1) from the rule's resource
             else:
                 assert "gpu" not in gpu and "gpu" not in job.get("TresPerNode", ""), (rule, job)
     train = by_rule["train"][0]
@@ -105,4 +105,4 @@ def test_demo_grid_through_snakemake_slurm_executor(tmp_path):
     # Inside the job step SLURM chose the GPU; cpsl took it as given rather than leasing one.
     train_logs = "".join(p.read_text() for p in (project / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
     assert re.search(r"cpsl train: CUDA_VISIBLE_DEVICES=\d set by the scheduler", train_logs), train_logs[-3000:]
-    assert not (project / ".cpsl").exists()
+    assert not (project / ".cpsl" / "gpu-locks").exists()  # (.cpsl/engine.lock: the main Snakemake's project lock)

@@ -1,4 +1,4 @@
-"""The three ways of running a training step (train.step; cpsl.train.step) agree, and the new one reads nothing back.
+"""The three ways of running a training step (execution.step; cpsl.train.step) agree; the new one reads nothing back.
 
 1. No host reads: the sync-free step body (forward, Eq. 4, backward, statistics, Eq. 5-6 + GE, norms, flags,
    clipping) and the device-side epoch sums run on the ``meta`` device, where every read of a value
@@ -15,7 +15,10 @@
    (2-process gloo DDP: tests/test_train_ddp.py.)
 3. The stop votes of sync-free DDP are read one step late; two gloo processes where only rank 1 gets SIGTERM
    both stop after the same step, and the resumed run ends with the weights of an uninterrupted one.
-4. ``auto`` is eager on a CPU; ``cuda_graph`` without CUDA is refused, naming the param.
+4. ``train.grad_clip`` clips the gradients the optimizer applies, in every mode (cuda_graph:
+   tests/test_cuda_graph_logic.py; DDP: tests/test_train_ddp.py): global norm at the threshold, direction unchanged,
+   nothing changed below it.
+5. ``auto`` is eager on a CPU; ``cuda_graph`` without CUDA is refused, naming the param.
 (CUDA graph capture itself needs a GPU: benchmarks/gpu_check_step.py.)
 """
 from __future__ import annotations
@@ -31,9 +34,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import (
     D_A,
     D_V,
+    GradRecorder,
+    NoSchedule,
+    assert_clipped,
     assert_same_tensors,
     ddp_stop_worker,
     free_port,
+    global_norm,
     load_model_states,
     make_cache,
     one_thread,
@@ -138,7 +145,7 @@ class CopiesToDevice(TorchDispatchMode):
 
 def _run_steps(mode, params, ablation, text, batches, steps_per_epoch):
     body = _body(params, ablation, text, CPU)
-    optimizer = make_optimizer(body.model, params["train"])
+    optimizer = make_optimizer(body.model, params["train"], params["execution"]["optimizer_impl"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(len(batches), 1))
     stepper = Stepper(mode, body, optimizer, scheduler, CPU, seed=0)
     torch.manual_seed(123)  # dropout / AME noise
@@ -182,7 +189,7 @@ def test_fit_gives_the_same_run_in_both_modes(setup, tmp_path):
     _, text, cache = setup
     out = {}
     for mode in ("eager", "sync_free"):
-        params = small_params(text, **{"train.epochs": 2, "train.step": mode})
+        params = small_params(text, **{"train.epochs": 2, "execution.step": mode})
         result = fit(RunSpec(params, "A6", 0, cache, tmp_path / mode, text), CPU)
         assert result.exit_code == 0
         out[mode] = ((tmp_path / mode / "history.csv").read_text(),
@@ -202,7 +209,7 @@ def test_stop_votes_are_read_one_step_late_and_flushed():
 def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step(setup, tmp_path):
     _, text, _ = setup
     cache = make_cache(tmp_path / "cache.h5", n_train=48, n_valid=8)  # 6 steps per epoch and rank
-    params = small_params(text, **{"train.epochs": 2, "train.nproc": 2, "train.step": "sync_free"})
+    params = small_params(text, **{"train.epochs": 2, "execution.nproc": 2, "execution.step": "sync_free"})
     plain, interrupted = tmp_path / "plain", tmp_path / "interrupted"
     # uninterrupted, then rank 1 alone gets SIGTERM before its step 2 of epoch 0, then the rerun resumes
     mp.start_processes(ddp_stop_worker, args=(2, free_port(), params, str(cache), str(plain), None), nprocs=2,
@@ -226,9 +233,75 @@ def test_step_mode_resolution_and_validation(setup):
     _, text, _ = setup
     assert step_mode("auto", CPU) == "eager"
     assert step_mode("sync_free", CPU) == "sync_free"
-    with pytest.raises(ValueError, match="train.step: cuda_graph needs one process on a CUDA device"):
+    with pytest.raises(ValueError, match="execution.step: cuda_graph needs one process on a CUDA device"):
         step_mode("cuda_graph", CPU)
-    params = copy.deepcopy(small_params(text))
-    params["train"]["step"] = "graphs"
-    with pytest.raises(ParamsError, match="train.step"):
-        validate_params(params, "test params")
+    for key, bad in (("step", "graphs"), ("optimizer_impl", "apex"), ("cuda_graph_scope", "all")):
+        params = copy.deepcopy(small_params(text))
+        params["execution"][key] = bad
+        with pytest.raises(ParamsError, match=f"'execution.{key}' must be one of"):
+            validate_params(params, "test params")
+
+
+def _applied_grads(mode, text, batch, clip):
+    """The gradients the optimizer is handed after one A6 step (modulation window open) with train.grad_clip."""
+    params = small_params(text, **{"train.grad_clip": clip})
+    body = _body(params, "A6", text, CPU)
+    recorder = GradRecorder(body.model.parameters())
+    torch.manual_seed(123)
+    Stepper(mode, body, recorder, NoSchedule(), CPU, seed=0).step(batch, EpochSums(CPU.device), epoch=0, step=0,
+                                                                 global_step=0, stop_requested=False)
+    return recorder.seen[0]
+
+
+@pytest.mark.parametrize("mode", ["eager", "sync_free"])
+def test_grad_clip_clips_what_the_optimizer_applies(setup, mode):
+    _, text, cache = setup
+    batch = {k: v[:8] for k, v in load_tensors(cache, "train").items()}
+    unclipped = _applied_grads(mode, text, batch, 0.0)
+    norm = global_norm(unclipped)
+    for clip in (norm / 10, norm / 2):
+        assert_clipped(_applied_grads(mode, text, batch, clip), unclipped, clip)
+    # below the threshold: exactly the unclipped gradients
+    for a, b in zip(_applied_grads(mode, text, batch, 2 * norm), unclipped):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_fused_adamw_gives_the_foreach_update_within_float_tolerance(setup):
+    """execution.optimizer_impl: the fused AdamW (fewer kernels on a GPU; on the CPU here) follows foreach's
+    trajectory: after 9 steps the weights agree to float32 rounding, while they moved by orders of magnitude more."""
+    _, text, cache = setup
+    data = load_tensors(cache, "train")
+    g = torch.Generator().manual_seed(0)
+    batches = [{k: v[idx] for k, v in data.items()} for idx in (torch.randperm(24, generator=g)[:8] for _ in range(9))]
+    runs = {impl: _run_steps("sync_free", small_params(text, **{"execution.optimizer_impl": impl, "train.lr": 1e-3}),
+                             "A6", text, batches, 3) for impl in ("foreach", "fused")}
+    torch.manual_seed(0)
+    initial = build_model(small_params(text), switches_for("A6"), D_A, D_V, text).state_dict()
+    moved = max((runs["foreach"][2][k] - initial[k]).abs().max().item() for k in initial
+                if initial[k].is_floating_point())
+    apart = max((runs["foreach"][2][k] - runs["fused"][2][k]).abs().max().item() for k in initial
+                if initial[k].is_floating_point())
+    assert moved > 1e-3 and apart < 1e-5, (moved, apart)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_capturable_adamw_keeps_its_learning_rates_on_the_device_and_the_schedule_updates_them(setup):
+    """execution.cuda_graph_scope step: a graph replaying AdamW reads the rate from a tensor; the scheduler must
+    update that tensor in place (a new float or a new tensor would leave the graph on the captured rate)."""
+    _, text, _ = setup
+    body = _body(small_params(text, **{"train.lr": 1e-5, "train.lr_new_modules": 1e-3}), "A6", text, CPU)
+    optimizer = make_optimizer(body.model, body.params["train"], capturable_on=torch.device("cpu"))
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert all(isinstance(r, torch.Tensor) for r in rates) and all(g["capturable"] for g in optimizer.param_groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(10, 4))
+    for step in range(1, 6):
+        scheduler.step()
+        assert [group["lr"] is r for group, r in zip(optimizer.param_groups, rates)] == [True, True]
+        factor = linear_warmup_decay(10, 4)(step)
+        assert [float(r) for r in rates] == pytest.approx([1e-5 * factor, 1e-3 * factor])
+    # a resume (checkpoints are read onto the CPU; a float rate from an older state) gives tensors again
+    saved = optimizer.state_dict()
+    saved["param_groups"][0]["lr"] = 2e-5
+    optimizer.load_state_dict(saved)
+    assert [type(g["lr"]) for g in optimizer.param_groups] == [torch.Tensor, torch.Tensor]
+    assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(2e-5)

@@ -7,13 +7,15 @@ import random
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from cpsl import run_folder
+from cpsl.errors import PipelineError
 from cpsl.train import checkpoint as ckpt
 from cpsl.train import stage
 from cpsl.train.data import BatchPlan
-from cpsl.train.distributed import torchrun_command
+from cpsl.train.distributed import DistContext, torchrun_command
 from cpsl.train.loop import linear_warmup_decay
 from cpsl.train.step import noise_generator
 
@@ -79,18 +81,50 @@ def test_fingerprint_and_finished_summary(tmp_path):
     # the code train runs is part of the run's identity: a state saved by other code is never resumed
     assert ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 100, code="other") != base
     run_folder.write_summary(tmp_path, {"fingerprint": base, "best_epoch": 2})
-    assert run_folder.finished_summary(tmp_path, base) is None  # no best.pt yet
-    (tmp_path / run_folder.BEST_FILE).write_bytes(b"x")
+    assert run_folder.finished_summary(tmp_path, base) == (None, None)  # no best.pt yet
+    run_folder.save_best(tmp_path, {"w": torch.ones(3)}, 2, {"valid/mae": 0.5}, {"fingerprint": base})
     (tmp_path / run_folder.HISTORY_FILE).write_text("epoch\n")
     (tmp_path / run_folder.DVCLIVE_DIR).mkdir()
-    assert run_folder.finished_summary(tmp_path, base)["best_epoch"] == 2
-    assert run_folder.finished_summary(tmp_path, others[0]) is None
+    assert run_folder.finished_summary(tmp_path, base)[0]["best_epoch"] == 2
+    assert run_folder.finished_summary(tmp_path, others[0]) == (None, None)
     # every declared output must be there: an engine deletes them before rerunning the stage
     for name in run_folder.TRAIN_OUTPUTS:
         target = tmp_path / name
         moved = target.rename(tmp_path / "aside")
-        assert run_folder.finished_summary(tmp_path, base) is None, name
+        assert run_folder.finished_summary(tmp_path, base) == (None, None), name
         moved.rename(target)
+
+
+def test_a_damaged_or_linked_best_pt_is_not_a_finished_run(tmp_path):
+    """Issue 16, item 2: a best.pt that does not load, is a symbolic link, or belongs to another run makes a run
+    that otherwise looks finished unfinished, and says why."""
+    run_folder.write_summary(tmp_path, {"fingerprint": "f", "best_epoch": 2})
+    (tmp_path / run_folder.HISTORY_FILE).write_text("epoch\n")
+    (tmp_path / run_folder.DVCLIVE_DIR).mkdir()
+    best = tmp_path / run_folder.BEST_FILE
+    run_folder.save_best(tmp_path, {"w": torch.ones(1000)}, 2, {"valid/mae": 0.5}, {"fingerprint": "f"})
+    assert run_folder.finished_summary(tmp_path, "f")[0] is not None
+    intact = best.read_bytes()
+
+    best.write_bytes(intact[:1000])  # truncated
+    summary, why = run_folder.finished_summary(tmp_path, "f")
+    assert summary is None and f"{best} cannot be loaded with weights_only=True" in why and "\n" not in why
+    assert run_folder.best_record(tmp_path) is None
+
+    best.unlink()
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    best.symlink_to(tmp_path / "notes.txt")
+    why = f"{best} is a symbolic link (to {tmp_path / 'notes.txt'}), not a regular file"
+    assert run_folder.finished_summary(tmp_path, "f") == (None, why)
+    best.unlink()  # even a link to an intact copy of this run's own checkpoint: its target can change or vanish
+    (tmp_path / "copy.pt").write_bytes(intact)
+    best.symlink_to(tmp_path / "copy.pt")
+    assert "is a symbolic link" in run_folder.finished_summary(tmp_path, "f")[1]
+    assert run_folder.best_record(tmp_path) is None
+
+    best.unlink()
+    run_folder.save_best(tmp_path, {"w": torch.ones(3)}, 2, {"valid/mae": 0.5}, {"fingerprint": "other"})
+    assert "was written by another run" in run_folder.finished_summary(tmp_path, "f")[1]
 
 
 def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, monkeypatch):
@@ -98,7 +132,7 @@ def test_nproc_above_one_relaunches_the_same_command_under_torchrun(tmp_path, mo
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(stage.distributed, "relaunch",
                         lambda n, args, pass_fds=(): launched.update(n=n, args=args) or 7)
-    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "train": {"nproc": 2, "device": "cpu"}}
+    params = {"ablations": ["A6", "T0"], "dataset": "mosi", "execution": {"nproc": 2, "device": "cpu"}}
     code = stage.run_train(params, seed=1, data_path=tmp_path / "c.h5", out_dir=tmp_path / "run",
                            params_file="p.yaml", overrides=["cp.eta=0.3"])
     assert code == 7 and launched["n"] == 2
@@ -117,3 +151,14 @@ def test_best_checkpoint_loads_weights_only_with_its_meta(tmp_path):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["meta"] == meta and torch.equal(best["model"]["weight"], model.weight)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temporary file
+
+
+def test_a_state_saved_by_another_number_of_processes_is_one_clear_error(tmp_path):
+    """execution.nproc is no param (changing it reruns nothing), but an interrupted run can only continue with
+    the world size that saved its per-rank RNG and sampler position: one line naming both, exit 1, not a
+    traceback."""
+    saved = {"fingerprint": "f", "world_size": 2, "best": None, "epoch": 1, "step_in_epoch": 3}
+    one = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    with pytest.raises(PipelineError, match=r"written by 2 processes, this run has 1: resume with the same world "
+                                            r"size \(execution.nproc 2\)"):
+        ckpt._best_to_keep(saved, tmp_path, "f", one)

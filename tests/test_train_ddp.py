@@ -11,9 +11,11 @@
    MSE there: with L1 the gradient of the task head's LayerNorm bias is a sum of +-1/B signs that cancels to
    exactly 0 in one summation order and to ~1e-9 in another, and Adam turns that rounding into updates of
    ~0.1 lr, a real but meaningless difference.
-3. `cpsl train` with train.nproc 2 re-launches itself under torchrun (gloo) and writes a run with world size 2.
-4. The sync-free step and the eager reference step (train.step auto on CPU) give the same A6 run under DDP:
+3. `cpsl train` with execution.nproc 2 re-launches itself under torchrun (gloo) and writes a run with world size 2.
+4. The sync-free step and the eager reference step (execution.step auto on CPU) give the same A6 run under DDP:
    bit-identical weights on both ranks and the same history (losses, coefficients, telemetry).
+5. ``train.grad_clip`` clips the DDP-averaged gradients, in eager and sync-free: on both ranks the optimizer gets
+   the same gradients, scaled to the threshold, in the unclipped direction.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from train_helpers import (
     D_A,
     D_V,
     REPO,
+    assert_clipped,
     assert_same_tensors,
+    ddp_clip_worker,
     ddp_worker,
     free_port,
     load_model_states,
@@ -60,15 +64,15 @@ def ddp_runs(tmp_path_factory):
     text = tiny_text_model(tmp / "text")
     cache = make_cache(tmp / "cache.h5", n_train=16, n_valid=8)
     # 3 epochs x 2 steps; the gm window covers all of them
-    common = {"train.epochs": 3, "train.warmup_ratio": 0.0, "train.nproc": 2}
-    a6 = small_params(text, ablations=["A6"], **common, **{"train.step": "sync_free"})
+    common = {"train.epochs": 3, "train.warmup_ratio": 0.0, "execution.nproc": 2}
+    a6 = small_params(text, ablations=["A6"], **common, **{"execution.step": "sync_free"})
     c1 = small_params(text, ablations=["C1"], **common, **NO_DROPOUT)
-    a6_eager = small_params(text, ablations=["A6"], **common)  # train.step auto: eager on the CPU
+    a6_eager = small_params(text, ablations=["A6"], **common)  # execution.step auto: eager on the CPU
     jobs = [("a6", a6, "A6", str(cache), str(tmp / "run_a6")), ("c1", c1, "C1", str(cache), str(tmp / "run_c1")),
             ("a6eager", a6_eager, "A6", str(cache), str(tmp / "run_a6eager"))]
     mp.start_processes(ddp_worker, args=(2, free_port(), jobs, str(tmp)), nprocs=2, join=True, start_method="spawn")
 
-    single = small_params(text, ablations=["C1"], **{**common, "train.nproc": 1}, **NO_DROPOUT)
+    single = small_params(text, ablations=["C1"], **{**common, "execution.nproc": 1}, **NO_DROPOUT)
     ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     torch.manual_seed(0)  # fit seeds the initialisation the same way
     initial = build_model(single, switches_for("C1"), D_A, D_V, text).state_dict()
@@ -117,7 +121,7 @@ def test_two_processes_of_4_match_one_process_of_8(ddp_runs):
 
 def test_cpsl_train_with_nproc_2_relaunches_itself_under_torchrun(ddp_runs):
     tmp, _, _ = ddp_runs
-    params = small_params(str(tmp / "text"), **{"train.epochs": 1, "train.nproc": 2})
+    params = small_params(str(tmp / "text"), **{"train.epochs": 1, "execution.nproc": 2})
     params_file = write_params(tmp / "params_nproc2.yaml", params)
     run = tmp / "run_cli"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -130,3 +134,19 @@ def test_cpsl_train_with_nproc_2_relaunches_itself_under_torchrun(ddp_runs):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2  # 16 samples / global batch 8
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 0
+
+
+def test_grad_clip_clips_under_ddp(ddp_runs):
+    tmp, _, _ = ddp_runs
+    out = tmp / "clip"
+    out.mkdir()
+    params = small_params(str(tmp / "text"), ablations=["A6"], **{"execution.nproc": 2, "train.grad_clip": 0.05})
+    mp.start_processes(ddp_clip_worker, args=(2, free_port(), params, str(tmp / "cache.h5"), str(out)), nprocs=2,
+                       join=True, start_method="spawn")
+    for mode in ("eager", "sync_free"):
+        grads = {(clip, rank): torch.load(out / f"clip-{mode}-{clip}-rank{rank}.pt", weights_only=True)
+                 for clip in (0.05, 0.0) for rank in (0, 1)}
+        for clip in (0.05, 0.0):  # DDP: both ranks apply the same gradients
+            for a, b in zip(grads[clip, 0], grads[clip, 1]):
+                assert (a is None and b is None) or torch.equal(a, b)
+        assert_clipped(grads[0.05, 0], grads[0.0, 0], 0.05)

@@ -70,7 +70,7 @@ def test_nan_loss_in_epoch_1_keeps_the_epoch_0_checkpoints(setup, tmp_path, monk
 
     monkeypatch.setattr(step_module, "total_loss", poisoned_loss)
     run = tmp_path / "run"
-    params = small_params(text, **{"train.epochs": 3, "train.step": mode})
+    params = small_params(text, **{"train.epochs": 3, "execution.step": mode})
     assert run_train(params, seed=0, data_path=cache, out_dir=run) == 3
     report = _report(run)
     assert (report["epoch"], report["step_in_epoch"], report["global_step"]) == (1, 0, 2)
@@ -97,7 +97,7 @@ def test_non_finite_gradient_names_the_parameter(setup, tmp_path, monkeypatch, m
 
     monkeypatch.setattr(step_module, "modulate_gradients", poisoned_modulation)
     run = tmp_path / "run"
-    params = small_params(text, **{"train.step": mode})
+    params = small_params(text, **{"execution.step": mode})
     assert run_train(params, seed=0, data_path=cache, out_dir=run) == loop.EXIT_COLLAPSE
     report = _report(run)
     assert (report["epoch"], report["step_in_epoch"]) == (0, 0)

@@ -7,6 +7,7 @@ the run; its final weights, best checkpoint and history equal those of an uninte
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,6 +83,16 @@ def test_finished_run_is_not_retrained_but_changed_params_are(tmp_path, capfd):
     stamp = (run / "best.pt").stat().st_mtime_ns
 
     assert run_train(params, seed=0, data_path=cache, out_dir=run) == 0
+    assert (run / "best.pt").stat().st_mtime_ns == stamp
+    assert "already trained" in capfd.readouterr().err
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["params"]["execution"] == params["execution"]  # how the run was executed is on record
+
+    # how a run is executed is not part of its identity (issue 17): no retraining for another step mode or
+    # validation chunk size
+    other_execution = small_params(text, **{"train.epochs": 1, "execution.step": "eager",
+                                            "execution.eval_batch_size": 3})
+    assert run_train(other_execution, seed=0, data_path=cache, out_dir=run) == 0
     assert (run / "best.pt").stat().st_mtime_ns == stamp
     assert "already trained" in capfd.readouterr().err
 

@@ -140,7 +140,8 @@ def test_both_engines_keep_the_raw_folder_when_prepare_reruns():
     # running it, and Snakemake deletes a job's outputs before rerunning it: the raw downloads must survive
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     outs = dvc["stages"]["prepare"]["outs"]
-    assert outs == [{"data/raw/${dataset}": {"persist": True}}]
+    # cache: false: DVC keeps no second copy of the raw data and never moves/chmods it (issue 17)
+    assert outs == [{"data/raw/${dataset}": {"persist": True, "cache": False}}]
     rule = (REPO / "workflow" / "rules" / "data.smk").read_text().split("rule prepare:")[1].split("\nrule ")[0]
     assert "update(directory(str(paths.raw_dir(DATASET))))" in rule
 
@@ -162,7 +163,7 @@ def test_dvc_exp_run_without_lock_keeps_the_raw_folder(tmp_path):
 
 
 def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
-    """`--resources gpu=N` / the SLURM executor see the GPUs a job needs: train.nproc for train, one for
+    """`--resources gpu=N` / the SLURM executor see the GPUs a job needs: execution.nproc for train, one for
     evaluate, none for the data and report stages."""
     smk, _ = pipelines
     for job in smk:
@@ -174,7 +175,7 @@ def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
     for name in ("Snakefile", "workflow", "src"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"]["nproc"] = 4
+    params["execution"]["nproc"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}
 

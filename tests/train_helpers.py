@@ -65,13 +65,30 @@ def make_cache(path: Path, n_train: int = 16, n_valid: int = 8, n_test: int = 8,
     return Path(path)
 
 
+def planted_caches(folder: Path, signal: tuple[str, ...] = ("visual",)) -> dict[str, Path]:
+    """The planted-signal study's two caches in ``folder``: {"planted": label in the ``signal`` streams (default the
+    visual stream only; the others carry noise), "zeroed": the same with a/v zeroed} (cpsl.data.planted; 192/32/48
+    segments, length 12)."""
+    from cpsl.data.planted import planted_splits, zero_streams
+
+    splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=signal,
+                            gain=1.0, noise=0.3, seed=5)
+    attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a", "visual_name": "v",
+             "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
+    out = {}
+    for name, data in (("planted", splits), ("zeroed", zero_streams(splits))):
+        out[name] = Path(folder) / f"{name}.h5"
+        write_cache(out[name], data, attrs)
+    return out
+
+
 def small_params(text_model: str, **overrides) -> dict:
     """params.yaml with the dataset set to mosi (so text.model is used), a tiny model and short training."""
     params = load_params(REPO / "params.yaml")
     settings = {
         "dataset": "mosi", "text.model": text_model, "model.intermediate_dim": 8, "model.fusion_dim": 8,
         "train.epochs": 2, "train.batch_size": 8, "train.lr": 1e-3, "train.warmup_ratio": 0.1,
-        "train.device": "cpu", "train.nproc": 1, "eval.batch_size": 8,
+        "execution.device": "cpu", "execution.nproc": 1, "execution.eval_batch_size": 8,
         "train.lr_new_modules": None,  # one rate for every module, as these tests were calibrated
     }
     settings.update(overrides)
@@ -178,3 +195,74 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class GradRecorder:
+    """Stands in for the optimizer: ``step()`` records (clones of) the gradients it would apply, per parameter."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        self.seen: list[list] = []
+
+    def step(self):
+        self.seen.append([None if p.grad is None else p.grad.detach().clone() for p in self.params])
+
+
+class NoSchedule:
+    def step(self):
+        pass
+
+
+def global_norm(grads: list) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads if g is not None])))
+
+
+def assert_clipped(clipped: list, unclipped: list, clip: float) -> None:
+    """``clipped`` is ``unclipped`` scaled down to global norm ``clip`` (torch's rule: clip / (norm + 1e-6)),
+    every tensor by the same factor: the direction is unchanged."""
+    norm = global_norm(unclipped)
+    assert norm > clip, "the test needs gradients above the threshold"
+    assert global_norm(clipped) <= clip * (1 + 1e-6), (global_norm(clipped), clip)
+    factor = clip / (norm + 1e-6)
+    assert [g is None for g in clipped] == [g is None for g in unclipped]
+    for c, u in zip(clipped, unclipped):
+        if u is not None:
+            torch.testing.assert_close(c, u * factor, rtol=1e-5, atol=1e-12)
+
+
+def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_path: str, out_dir: str) -> None:
+    """torch.multiprocessing entry point: one step of A6 under gloo DDP (this rank's half of one batch), from the
+    same initial state, for execution.step eager and sync_free and train.grad_clip as given in ``params`` and 0; saves
+    the gradients the optimizer would apply to out_dir/clip-<mode>-<clip>-rank<r>.pt."""
+    import copy
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cpsl.ablations import switches_for
+    from cpsl.model.network import build_model
+    from cpsl.train.data import load_tensors
+    from cpsl.train.distributed import shutdown
+    from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
+
+    ctx = _join_gloo(rank, world_size, port)
+    try:
+        data = load_tensors(Path(data_path), "train")
+        half = 8 // world_size
+        batch = {k: v[rank * half:(rank + 1) * half] for k, v in data.items()}
+        switches = switches_for("A6")
+        for mode in ("eager", "sync_free"):
+            for clip in (params["train"]["grad_clip"], 0.0):
+                run_params = copy.deepcopy(params)
+                run_params["train"]["grad_clip"] = clip
+                torch.manual_seed(0)
+                model = build_model(run_params, switches, D_A, D_V, run_params["text"]["model"])
+                net = DistributedDataParallel(LossStep(model, run_params["loss"], switches),
+                                              find_unused_parameters=True)
+                body = StepBody(net, model, run_params, switches, ctx, use_bf16=False)
+                recorder = GradRecorder(model.parameters())
+                torch.manual_seed(100 + rank)  # per-rank dropout / AME noise, as fit seeds it
+                Stepper(mode, body, recorder, NoSchedule(), ctx, seed=0).step(
+                    batch, EpochSums(ctx.device), epoch=0, step=0, global_step=0, stop_requested=False)
+                torch.save(recorder.seen[0], Path(out_dir) / f"clip-{mode}-{clip}-rank{rank}.pt")
+    finally:
+        shutdown(ctx)

@@ -11,7 +11,8 @@ arguments given on the command line (--out, --raw, --data, --run, --results) are
 folder, as usual.
 
 Exit codes: 0 done, 1 an input or environment problem the user can fix (one line naming the file/key/segment),
-2 invalid params or arguments, 3 collapse guard (train), 128+N interrupted by signal N (train).
+2 invalid params, arguments or CPSL_* environment variables, 3 collapse guard (train), 128+N interrupted by signal
+N (train).
 ``--debug`` shows the traceback instead of the one line.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys
 from pathlib import Path
 
 from cpsl.config import SEED_MAX, ParamsError, load_params
+from cpsl.engine_guard import stage_guard
+from cpsl.env_vars import EnvVarError, check_environment
 from cpsl.errors import PipelineError, describe_os_error
 from cpsl.io_utils import remove_stale_temporaries
 
@@ -52,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="raw folder (default data/raw/<dataset>)")
     p.add_argument("--out", help="output .h5 (default data/processed/<dataset>.h5)")
 
-    p = sub.add_parser("train", help="train one (ablation, seed) run; spawns torchrun when train.nproc > 1")
+    p = sub.add_parser("train", help="train one (ablation, seed) run; spawns torchrun when execution.nproc > 1")
     _common(p)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--ablation", help="Table 2 ID (default: params 'ablation')")
+    p.add_argument("--ablation", help="row ID: a Table 2 ID, T0 or a Table 1 baseline such as MAG "
+                                      "(default: the first of params 'ablations')")
     p.add_argument("--data", help="cached .h5 (default data/processed/<dataset>.h5)")
     p.add_argument("--out", help="run folder (default results/<dataset>/<ablation>-seed<k>)")
 
@@ -68,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--results", help="results folder (default results/<dataset>)")
     p.add_argument("--out", help="reports folder (default reports/<dataset>)")
+    p.add_argument("--grid", action="store_true",
+                   help="report the whole Table 2 grid plus 'ablations' (what `snakemake --config grid=true` trains)")
+    p.add_argument("--table1", action="store_true",
+                   help="report T0, A6 and every Table 1 baseline too (what `snakemake --config table1=true` trains)")
+    p.add_argument("--strict", action="store_true",
+                   help="a configured run without metrics.json is an error (default: a warning naming it)")
 
     p = sub.add_parser("deps", help="the package files each stage runs; --write-dvc puts them into dvc.yaml")
     p.add_argument("stages", nargs="*", help="stages to list (default: all)")
@@ -115,16 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(here)  # main() is also called in-process (tests, torchrun workers)
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+def _fail(args: argparse.Namespace, message: str, code: int, label: str | None = None) -> int:
     if args.debug:
         raise  # noqa: PLE0704 - re-raise the exception being handled, with its traceback
-    label = "invalid params" if code == EXIT_PARAMS else "error"
+    label = label or ("invalid params" if code == EXIT_PARAMS else "error")
     # one line: a message that carries a newline (e.g. from a library) must not look like a traceback
     print(f"cpsl {args.stage}: {label}: {' '.join(str(message).split())}", file=sys.stderr)
     return code
 
 
 def _main(args: argparse.Namespace) -> int:
+    try:
+        check_environment()  # CPSL_* variables, like params: before any work
+    except EnvVarError as exc:
+        return _fail(args, str(exc), EXIT_PARAMS, "invalid environment")
     try:
         _to_project_root(args)
         params = load_params(args.params, overrides=args.overrides)
@@ -133,7 +147,8 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(args, str(exc), EXIT_PARAMS)
 
     try:
-        return _dispatch(args, params)
+        with stage_guard():  # one workflow run per project: busy while a Snakemake (not this job's own) runs
+            return _dispatch(args, params)
     except ParamsError as exc:
         return _fail(args, str(exc), EXIT_PARAMS)
     except PipelineError as exc:
@@ -159,10 +174,11 @@ def _to_project_root(args: argparse.Namespace) -> None:
 
 
 def _check_args(args: argparse.Namespace, params: dict) -> None:
-    from cpsl.ablations import ABLATIONS
+    from cpsl.rows import ROWS
 
-    if getattr(args, "ablation", None) is not None and args.ablation not in ABLATIONS:
-        raise ParamsError(f"--ablation {args.ablation!r} is not a Table 2 ID; use one of {', '.join(ABLATIONS)}")
+    if getattr(args, "ablation", None) is not None and args.ablation not in ROWS:
+        raise ParamsError(f"--ablation {args.ablation!r} is not a Table 2 ID, T0 or a Table 1 baseline; use one "
+                          f"of {', '.join(ROWS)}")
     if getattr(args, "seed", None) is not None and not 0 <= args.seed <= SEED_MAX:
         raise ParamsError(f"--seed {args.seed} is out of range; use an integer in [0, {SEED_MAX}]")
 
@@ -187,7 +203,8 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
         from cpsl.report.stage import run_report
         remove_stale_temporaries(args.out or paths.reports_dir(params["dataset"]),
                                  [paths.summary_path(params["dataset"]).name, *paths.REPORT_FILES])
-        run_report(params, results_dir=args.results, out_dir=args.out)
+        run_report(params, results_dir=args.results, out_dir=args.out, grid=args.grid, strict=args.strict,
+                   table1=args.table1)
     return 0
 
 

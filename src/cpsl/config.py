@@ -10,50 +10,23 @@ from __future__ import annotations
 import copy
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
-from cpsl.ablations import ABLATIONS
+from cpsl.baselines import registry as baselines_registry
 from cpsl.errors import ParamsError
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One leaf of the schema: its type(s) and an optional range/choice check."""
-
-    types: tuple
-    check: Callable[[Any], bool] | None = None
-    expect: str = ""  # human description of the allowed values, used in errors
-    nullable: bool = False
-
-
-def _num(lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> Spec:
-    def check(v):
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return False
-        if hi is not None and (v >= hi if hi_open else v > hi):
-            return False
-        return True
-
-    lb = "" if lo is None else ("(" if lo_open else "[") + str(lo)
-    ub = "" if hi is None else str(hi) + (")" if hi_open else "]")
-    expect = f"{'an integer' if integer else 'a number'}" + (f" in {lb or '(-inf'}, {ub or 'inf)'}" if lb or ub else "")
-    return Spec((int,) if integer else (int, float), check, expect)
-
-
-def _choice(*options) -> Spec:
-    return Spec((str,), lambda v: v in options, "one of " + ", ".join(options))
-
-
-_BOOL = Spec((bool,), None, "true or false")
-_STR = Spec((str,), lambda v: bool(v.strip()), "a non-empty string")
+from cpsl.param_types import BOOL as _BOOL
+from cpsl.param_types import STRING as _STR
+from cpsl.param_types import Spec
+from cpsl.param_types import choice as _choice
+from cpsl.param_types import number as _num
+from cpsl.rows import ROWS
 
 
 def _ablation_list(v) -> bool:
-    return len(v) > 0 and all(isinstance(a, str) and a in ABLATIONS for a in v) and len(set(v)) == len(v)
+    return len(v) > 0 and all(isinstance(a, str) and a in ROWS for a in v) and len(set(v)) == len(v)
 
 
 # train.* keys the demo may set for itself (demo.train): its ~100 training segments give 14 steps per epoch,
@@ -75,17 +48,15 @@ def _seed_list(v) -> bool:
             and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in v))
 
 
+# The params section of execution settings (see SCHEMA).
+EXECUTION = "execution"
+
 SCHEMA: dict = {
     "dataset": _choice("demo", "mosi", "mosei"),
-    "ablations": Spec((list,), _ablation_list, "a non-empty list of distinct IDs among " + ", ".join(ABLATIONS)),
+    "ablations": Spec((list,), _ablation_list, "a non-empty list of distinct row IDs among " + ", ".join(ROWS)),
     "data": {
         "mirror": Spec((str,), lambda v: bool(v.strip()), "a folder path or null", nullable=True),
         "max_seq_len": _num(4, 512, integer=True),
-        "download": {
-            "retries": _num(1, 100, integer=True),
-            "backoff_s": _num(0, 600),
-            "timeout_s": _num(0, 3600, lo_open=True),
-        },
     },
     "demo": {
         "seed": _num(0, integer=True),
@@ -133,14 +104,38 @@ SCHEMA: dict = {
         "warmup_ratio": _num(0, 1, hi_open=True),
         "batch_size": _num(1, integer=True),
         "seeds": Spec((list,), _seed_list, "a non-empty list of distinct integers in [0, 4294967295]"),
-        "nproc": _num(1, 1024, integer=True),
-        "device": _choice("auto", "cpu", "cuda"),
         "bf16": _BOOL,
         "grad_clip": _num(0),
-        "step": _choice("auto", "eager", "sync_free", "cuda_graph"),
     },
-    "eval": {"batch_size": _num(1, integer=True), "reliance_permutations": _num(0, 100, integer=True)},
+    "eval": {"reliance_permutations": _num(0, 100, integer=True)},
+    # HOW a stage runs, never WHAT it computes: no stage declares this section as a param (STAGE_PARAMS), so
+    # changing it reruns nothing; runs record it (train_summary.json, metrics.json) and the run fingerprint and
+    # the report's consistency check (cpsl.run_identity) leave it out.
+    EXECUTION: {
+        "device": _choice("auto", "cpu", "cuda"),
+        "nproc": _num(1, 1024, integer=True),
+        "step": _choice("auto", "eager", "sync_free", "cuda_graph"),
+        "optimizer_impl": _choice("foreach", "fused"),  # AdamW kernels: the same update up to float rounding
+        "cuda_graph_scope": _choice("body", "step"),     # step: capturable AdamW inside the graph too
+        "eval_batch_size": _num(1, integer=True),
+        "download": {
+            "retries": _num(1, 100, integer=True),
+            "backoff_s": _num(0, 600),
+            "timeout_s": _num(0, 3600, lo_open=True),
+        },
+    },
 }
+
+# Keys that moved into the execution section (issue 17): an old params file fails naming the new place.
+MOVED_KEYS = {
+    "data.download": "execution.download",
+    "train.nproc": "execution.nproc",
+    "train.device": "execution.device",
+    "train.step": "execution.step",
+    "eval.batch_size": "execution.eval_batch_size",
+}
+# the Table 1 baselines' sections (baselines.<name>.{mosi,mosei}), declared next to each baseline's row
+SCHEMA["baselines"] = baselines_registry.schema(SCHEMA["train"])
 
 
 def _validate(node: Any, schema: Any, path: str, source: str) -> None:
@@ -175,6 +170,24 @@ def _validate(node: Any, schema: Any, path: str, source: str) -> None:
         raise ParamsError(f"{source}: '{path}' must be {spec.expect}, got {node!r}")
 
 
+def _refuse_moved_keys(params: Mapping, source: str) -> None:
+    """An old params file (or ``-S train.nproc=2``) fails naming where each moved key lives now, before the
+    missing execution section or the unknown key is reported without that hint."""
+    moved = []
+    for old, new in MOVED_KEYS.items():
+        node = params
+        for key in old.split("."):
+            node = node.get(key, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is not _ABSENT:
+            moved.append(f"'{old}' moved to '{new}'")
+    if moved:
+        raise ParamsError(f"{source}: unknown key: {'; '.join(moved)} (the execution section holds what changes "
+                          f"how a stage runs, never its results; see the README's Params)")
+
+
+_ABSENT = object()
+
+
 def _cross_checks(p: dict, source: str) -> None:
     from cpsl.ablations import ALIASES
 
@@ -187,17 +200,20 @@ def _cross_checks(p: dict, source: str) -> None:
         raise ParamsError(f"{source}: 'demo.min_segments' ({p['demo']['min_segments']}) exceeds 'demo.max_segments'")
     if p["gm"]["start_epoch"] > p["gm"]["end_epoch"]:
         raise ParamsError(f"{source}: 'gm.start_epoch' ({p['gm']['start_epoch']}) exceeds 'gm.end_epoch'")
-    if p["train"]["batch_size"] % p["train"]["nproc"]:
-        raise ParamsError(
-            f"{source}: 'train.batch_size' ({p['train']['batch_size']}) is the global batch and must be "
-            f"divisible by 'train.nproc' ({p['train']['nproc']})"
-        )
+    batches = {"train.batch_size": p["train"]["batch_size"]}
+    batches.update({f"baselines.{name}.{ds}.train.batch_size": section[ds]["train"]["batch_size"]
+                    for name, section in p["baselines"].items() for ds in baselines_registry.DATASETS})
+    for key, batch in batches.items():
+        if batch % p[EXECUTION]["nproc"]:
+            raise ParamsError(f"{source}: '{key}' ({batch}) is the global batch and must be divisible by "
+                              f"'execution.nproc' ({p[EXECUTION]['nproc']})")
 
 
 def validate_params(params: Mapping, source: str = "params") -> dict:
     """Validate a params mapping against :data:`SCHEMA`; return a deep copy. With ``dataset: demo`` the
     returned ``train`` section has ``demo.train`` applied (validated like any train value)."""
     params = copy.deepcopy(dict(params))
+    _refuse_moved_keys(params, source)
     _validate(params, SCHEMA, "", source)
     if params["dataset"] == "demo" and params["demo"]["train"]:
         params["train"].update(params["demo"]["train"])
@@ -282,23 +298,30 @@ def apply_overrides(params: Mapping, overrides: list[str], source: str = "params
 
 
 # Params each stage depends on (dotted prefixes). The Snakefile and dvc.yaml declare exactly these,
-# so that changing e.g. cp.eta reruns training and what follows, never a data stage.
+# so that changing e.g. cp.eta reruns training and what follows, never a data stage. The execution section is
+# in no list: how a stage runs never makes its outputs out of date.
 STAGE_PARAMS: dict[str, list[str]] = {
-    "prepare": ["dataset", "data.mirror", "data.download", "demo.seed", "demo.videos", "demo.min_segments",
-                "demo.max_segments"],
+    "prepare": ["dataset", "data.mirror", "demo.seed", "demo.videos", "demo.min_segments", "demo.max_segments"],
     "align": ["dataset", "data.max_seq_len", "text.model", "demo.text_model"],
-    "train": ["dataset", "text.model", "demo.text_model", "demo.train", "model", "loss", "gm", "cp", "train"],
+    "train": ["dataset", "text.model", "demo.text_model", "demo.train", "model", "loss", "gm", "cp", "train",
+              "baselines"],
     "evaluate": ["dataset", "eval", "train.batch_size"],
     "report": ["dataset", "ablations", "train.seeds"],
 }
 
 
-def stage_slice(params: Mapping, stage: str) -> dict:
-    """{dotted key: value} of the params ``stage`` reads (STAGE_PARAMS): what identifies its work."""
+def stage_slice(params: Mapping, stage: str, missing_ok: bool = False) -> dict:
+    """{dotted key: value} of the params ``stage`` reads (STAGE_PARAMS): what identifies its work. ``missing_ok``:
+    leave out the keys ``params`` lacks (a row's run params hold only the sections it reads: cpsl.rows)."""
     out = {}
     for dotted in STAGE_PARAMS[stage]:
         node = params
-        for key in dotted.split("."):
-            node = node[key]
+        try:
+            for key in dotted.split("."):
+                node = node[key]
+        except KeyError:
+            if missing_ok:
+                continue
+            raise
         out[dotted] = node
     return out

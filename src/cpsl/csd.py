@@ -8,7 +8,9 @@ Layout (as written by mmsdk's ``writeCSD`` and served by the CMU server)::
 
 mmsdk returns metadata as bytes on Python 3 and calls ``input()`` when fields are missing; this module
 decodes metadata, never prompts, and turns every malformed case into a :class:`CSDError` that names
-the file and the video.
+the file and the video. Every link it follows and every dataset it reads is first checked by
+:mod:`cpsl.csd_safety` (hard links only, data stored in this file, bounded sizes), so a hostile file is refused
+before any of its data is read.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Iterator, Mapping
 import h5py
 import numpy as np
 
+from cpsl.csd_safety import check_dataset, hard_member
 from cpsl.errors import PipelineError
 from cpsl.io_utils import atomic_path
 
@@ -57,24 +60,46 @@ class ComputationalSequence:
             self._h5 = h5py.File(self.path, "r")
         except OSError as exc:
             raise CSDError(f"{self.path}: not a readable HDF5 computational sequence ({exc})") from exc
-        roots = list(self._h5.keys())
-        if len(roots) != 1:
+        self._size = self.path.stat().st_size
+        try:
+            self._open_groups()
+        except BaseException:
             self.close()
+            raise
+
+    def _open_groups(self) -> None:
+        roots = list(self._h5.keys())  # link names only: nothing is traversed before hard_member checks it
+        if len(roots) != 1:
             raise CSDError(f"{self.path}: expected exactly one root group, found {roots}")
         self.root_name = roots[0]
-        root = self._h5[self.root_name]
-        if "data" not in root:
-            self.close()
-            raise CSDError(f"{self.path}: root group '{self.root_name}' has no 'data' group")
-        self._data = root["data"]
+        root = self._member(self._h5, self.root_name)
+        try:
+            self._data = self._member(root, "data")
+        except KeyError:
+            raise CSDError(f"{self.path}: root group '{self.root_name}' has no 'data' group") from None
         self.metadata: dict[str, str] = {}
-        if "metadata" in root:
-            for key, ds in root["metadata"].items():
-                try:
-                    self.metadata[key] = _decode(ds[0]) if ds.shape else _decode(ds[()])
-                except Exception as exc:  # noqa: BLE001 - any h5 read error means a corrupt file
-                    self.close()
-                    raise CSDError(f"{self.path}: unreadable metadata field '{key}' ({exc})") from exc
+        try:
+            fields = self._member(root, "metadata")
+        except KeyError:
+            return
+        for key in fields.keys():
+            ds = self._member(fields, key)
+            try:
+                self._check(ds)
+                self.metadata[key] = _decode(ds[0]) if ds.shape else _decode(ds[()])
+            except CSDError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any h5 read error means a corrupt file
+                raise CSDError(f"{self.path}: unreadable metadata field '{key}' ({exc})") from exc
+
+    def _member(self, group: h5py.Group, name: str):
+        """``group[name]``, refused (csd_safety) unless a hard link of this file; KeyError when absent."""
+        return hard_member(self.path, group, name)
+
+    def _check(self, ds: h5py.Dataset) -> None:
+        if not isinstance(ds, h5py.Dataset):
+            raise CSDError(f"{self.path}: HDF5 object '{ds.name}' is a group, expected a dataset")
+        check_dataset(self.path, ds.id, ds.name, self._size)
 
     def close(self) -> None:
         try:
@@ -92,21 +117,27 @@ class ComputationalSequence:
         return list(self._data.keys())
 
     def __contains__(self, video_id: str) -> bool:
-        return video_id in self._data
+        # H5Lexists never traverses the link (h5py's `in` would follow an external one)
+        return bool(video_id) and "/" not in video_id and self._data.id.links.exists(video_id.encode("utf-8"))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.video_ids())
 
     def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(intervals (T,2) float64, features (T,d))`` for one video, checked for shape."""
-        if video_id not in self._data:
-            raise CSDError(f"{self.path}: video '{video_id}' not found")
-        group = self._data[video_id]
         try:
-            intervals = np.asarray(group["intervals"][()], dtype=np.float64)
-            features = group["features"][()]
+            group = self._member(self._data, video_id)
+        except KeyError:
+            raise CSDError(f"{self.path}: video '{video_id}' not found") from None
+        try:
+            arrays = [self._member(group, name) for name in ("intervals", "features")]
         except KeyError as exc:
             raise CSDError(f"{self.path}: video '{video_id}' lacks {exc}") from exc
+        for ds in arrays:
+            self._check(ds)  # before any of its data is read
+        try:
+            intervals = np.asarray(arrays[0][()], dtype=np.float64)
+            features = arrays[1][()]
         except Exception as exc:  # noqa: BLE001 - truncated/corrupt chunks raise assorted h5py errors
             raise CSDError(f"{self.path}: video '{video_id}' is unreadable ({exc})") from exc
         if intervals.ndim == 1 and intervals.shape[0] == 2:
@@ -150,7 +181,10 @@ class ComputationalSequence:
         ids = self.video_ids()
         if not ids:
             raise CSDError(f"{self.path}: holds no videos")
-        shape = self._data[ids[0]]["features"].shape
+        try:
+            shape = self._member(self._member(self._data, ids[0]), "features").shape
+        except KeyError as exc:
+            raise CSDError(f"{self.path}: video '{ids[0]}' lacks {exc}") from exc
         return int(shape[1]) if len(shape) > 1 else 1
 
 

@@ -7,7 +7,7 @@ per device it needs, sets ``CUDA_VISIBLE_DEVICES`` to those devices (inherited b
 and keeps the locks until it exits. The kernel drops a flock when its last holder dies, so a killed job
 frees its devices and a restarted Snakemake never hands out a device that a live job still holds.
 
-Environment (none needed on an ordinary multi-GPU box):
+Environment (none needed on an ordinary multi-GPU box; validated at start-up by cpsl.env_vars):
 
 - ``CPSL_GPU_SLOTS``: jobs that may share one device (default 1). Declare ``--resources gpu=<GPUs x slots>``.
 - ``CPSL_GPU_LOCK_DIR``: folder of the lock files (default ``.cpsl/gpu-locks`` in the working directory;
@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cpsl.env_vars import env_value
 from cpsl.errors import PipelineError
 
 DEFAULT_LOCK_DIR = ".cpsl/gpu-locks"
@@ -39,9 +40,9 @@ class GpuLeaseError(PipelineError):
 def device_count() -> int:
     """Devices on this machine: ``CPSL_GPU_COUNT`` if set, else ``nvidia-smi -L``, else 0. Never imports
     torch: CUDA must not be initialised before ``CUDA_VISIBLE_DEVICES`` is set."""
-    forced = os.environ.get("CPSL_GPU_COUNT")
-    if forced is not None and forced.strip():
-        return int(forced)
+    forced = env_value("CPSL_GPU_COUNT")
+    if forced is not None:
+        return forced
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -51,14 +52,12 @@ def device_count() -> int:
 
 
 def slots_per_device() -> int:
-    slots = int(os.environ.get("CPSL_GPU_SLOTS", "1"))
-    if slots < 1:
-        raise GpuLeaseError(f"CPSL_GPU_SLOTS must be >= 1, got {slots}")
-    return slots
+    slots = env_value("CPSL_GPU_SLOTS")
+    return 1 if slots is None else slots
 
 
 def lock_dir() -> Path:
-    return Path(os.environ.get("CPSL_GPU_LOCK_DIR") or DEFAULT_LOCK_DIR)
+    return env_value("CPSL_GPU_LOCK_DIR") or Path(DEFAULT_LOCK_DIR)
 
 
 @dataclass
@@ -136,8 +135,8 @@ def lease(n: int, count: int | None = None, slots: int | None = None, folder: Pa
     folder = lock_dir() if folder is None else Path(folder)
     if n > count:
         raise GpuLeaseError(f"this job needs {n} GPUs but the machine has {count}")
-    if wait_s is None and os.environ.get("CPSL_GPU_WAIT_S"):
-        wait_s = float(os.environ["CPSL_GPU_WAIT_S"])
+    if wait_s is None:
+        wait_s = env_value("CPSL_GPU_WAIT_S")
     start, told = time.monotonic(), False
     while True:
         got = try_lease(n, count, slots, folder)
@@ -156,7 +155,7 @@ def lease(n: int, count: int | None = None, slots: int | None = None, folder: Pa
 def should_lease(device_preference: str) -> bool:
     """Lease unless told not to, on the CPU, under torchrun (the launcher holds it), or when a scheduler
     (SLURM, a user) already set ``CUDA_VISIBLE_DEVICES``."""
-    return (os.environ.get("CPSL_GPU_LEASE", "1") != "0" and device_preference != "cpu"
+    return (env_value("CPSL_GPU_LEASE") is not False and device_preference != "cpu"
             and "WORLD_SIZE" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ)
 
 
@@ -171,7 +170,7 @@ def job_devices(n: int, device_preference: str, what: str = "cpsl"):
         yield None
         return
     count = device_count()
-    if count == 0:  # a CPU machine: train.device auto falls back to the CPU, cuda fails later with its message
+    if count == 0:  # a CPU machine: execution.device auto falls back to the CPU, cuda fails later with its message
         yield None
         return
     held = lease(n, count=count)

@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by all stages: atomic writes and hashing.
+"""Small I/O helpers shared by all stages: atomic writes, hashing, and text cells safe for spreadsheets.
 
 Outputs are written next to their final path and renamed into place only when complete, so an
 interrupted stage never leaves a half-written file where the next stage (or DVC) would trust it.
@@ -90,3 +90,27 @@ def check_free_space(folder: str | Path, need_bytes: int, what: str) -> None:
     if free < need_bytes:
         raise PipelineError(f"{folder}: {free / 1e6:.0f} MB free, about {need_bytes / 1e6:.0f} MB needed for {what}; "
                             f"free some space (or write elsewhere with --out) and rerun")
+
+
+# A spreadsheet opening a CSV evaluates a cell starting with one of these as a formula (OWASP "CSV injection"):
+# a segment id like `=HYPERLINK(...)` or `-2+3+cmd|x` must stay text. The apostrophe itself is included so that
+# spreadsheet_text/plain_text are exact inverses.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell for a CSV file: prefixed with ``'`` (shown as text) when it starts like a formula; numbers
+    such as ``-0.5`` are left alone. :func:`plain_text` undoes it."""
+    text = str(text)
+    if not text.startswith(FORMULA_START):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
+
+
+def plain_text(cell: str) -> str:
+    """The text a :func:`spreadsheet_text` cell stands for."""
+    return cell[1:] if cell.startswith("'") else cell

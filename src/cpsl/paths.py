@@ -40,5 +40,6 @@ def summary_path(dataset: str) -> Path:
 
 # Files the report stage writes into reports_dir(dataset), besides summary.json.
 REPORT_FILES = (
-    "table1.md", "table2.md", "table2.csv", "figure2_losses.png", "figure3_modulation.png", "history_mean.csv",
+    "table1.md", "table1.csv", "table2.md", "table2.csv", "figure2_losses.png", "figure3_modulation.png",
+    "history_mean.csv",
 )

@@ -8,7 +8,8 @@ readers and their writers (train writes, evaluate and report read; docs/DESIGN.m
     state/last.pt       resumable training state (not a pipeline output; cpsl.train.checkpoint)
     collapse.json       only when the collapse guard stopped the run
     metrics.json        written by evaluate
-    predictions.csv     written by evaluate: split, segment_id, label, prediction
+    predictions.csv     written by evaluate: split, segment_id, label, prediction (text cells that a spreadsheet
+                        would run as a formula get a leading ' : cpsl.io_utils.spreadsheet_text)
 
 Every write is atomic (cpsl.io_utils.atomic_path). torch is imported only by the .pt helpers, so the report
 stage reads this folder without loading it.
@@ -18,11 +19,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
 import shutil
 from pathlib import Path
 
 from cpsl.errors import PipelineError
-from cpsl.io_utils import atomic_path, write_json_atomic
+from cpsl.io_utils import atomic_path, plain_text, spreadsheet_text, write_json_atomic
 from cpsl.names import COUNTS, LOSS_TERMS, TELEMETRY
 
 BEST_FILE = "best.pt"
@@ -40,14 +43,15 @@ EVALUATE_OUTPUTS = (METRICS_FILE, PREDICTIONS_FILE)
 # files train writes atomically: a SIGKILLed run leaves `.<name>.*.tmp` next to them
 TRAIN_FILES = (BEST_FILE, STATE_FILE, HISTORY_FILE, SUMMARY_FILE, COLLAPSE_FILE)
 
-HISTORY_COLUMNS = (
-    ("epoch",)
-    + tuple(f"train/{t}" for t in LOSS_TERMS)
-    + tuple(f"valid/{t}" for t in LOSS_TERMS)
-    + ("valid/mae", "valid/corr")
-    + tuple(f"gm/{t}" for t in TELEMETRY)
-    + COUNTS
-)
+def history_columns(terms, means=(), counts=()) -> tuple[str, ...]:
+    """history.csv's columns for a row whose recipe has loss ``terms`` ("total" first) and per-epoch telemetry
+    columns ``means`` (averaged over steps) and ``counts`` (summed): cpsl.train.recipe."""
+    return (("epoch",) + tuple(f"train/{t}" for t in terms) + tuple(f"valid/{t}" for t in terms)
+            + ("valid/mae", "valid/corr") + tuple(means) + tuple(counts))
+
+
+# the CP+SL rows' columns: the Eq. 4 terms and the modulation telemetry (any row: the columns of its recipe)
+HISTORY_COLUMNS = history_columns(LOSS_TERMS, tuple(f"gm/{t}" for t in TELEMETRY), COUNTS)
 PREDICTION_COLUMNS = ("split", "segment_id", "label", "prediction")
 META_KEYS = ("params", "ablation", "seed", "acoustic_dim", "visual_dim", "text_model")
 
@@ -82,9 +86,21 @@ def save_best(run_dir: Path, state_dict: dict, epoch: int, valid: dict, meta: di
     save_pt(Path(run_dir) / BEST_FILE, {"model": state_dict, "epoch": epoch, "valid": dict(valid), "meta": meta})
 
 
+def _short(exc: BaseException) -> str:
+    """The first line of an error, short: torch's unpickling messages run to paragraphs."""
+    text = " ".join(str(exc).strip().splitlines()[:1]) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _retrain_hint(run_dir: Path) -> str:
+    named = re.match(r"^(?P<ablation>.+)-seed(?P<seed>\d+)$", Path(run_dir).name)
+    command = f"cpsl train --ablation {named['ablation']} --seed {named['seed']}" if named else "cpsl train"
+    return f"rerun `{command}` (it trains this run again), then evaluate"
+
+
 def load_best(run_dir: Path) -> dict:
     """best.pt, checked: loads with weights_only=True and has the keys evaluate needs."""
-    from cpsl.ablations import ABLATIONS
+    from cpsl.rows import ROWS
 
     path = Path(run_dir) / BEST_FILE
     if not path.is_file():
@@ -92,38 +108,66 @@ def load_best(run_dir: Path) -> dict:
     try:
         best = load_pt(path)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; the message must name the file
-        raise RunFolderError(f"{path}: cannot be loaded with weights_only=True: {exc}") from exc
+        raise RunFolderError(f"{path}: cannot be loaded with weights_only=True ({_short(exc)}): a damaged or "
+                             f"foreign checkpoint; {_retrain_hint(run_dir)}") from exc
     for key in ("model", "epoch", "meta"):
         if key not in best:
-            raise RunFolderError(f"{path}: missing key '{key}'")
+            raise RunFolderError(f"{path}: missing key '{key}'; {_retrain_hint(run_dir)}")
     missing = [k for k in META_KEYS if k not in best["meta"]]
     if missing:
-        raise RunFolderError(f"{path}: 'meta' lacks {missing}")
-    if best["meta"]["ablation"] not in ABLATIONS:
-        raise RunFolderError(f"{path}: unknown ablation {best['meta']['ablation']!r}")
+        raise RunFolderError(f"{path}: 'meta' lacks {missing}; {_retrain_hint(run_dir)}")
+    if best["meta"]["ablation"] not in ROWS:
+        raise RunFolderError(f"{path}: unknown row {best['meta']['ablation']!r}")
     return best
 
 
-def best_record(run_dir: Path) -> dict | None:
-    """{"epoch", "fingerprint", "valid"} recorded in best.pt, or None when it is absent or unreadable."""
+def _read_record(path: Path) -> dict:
     import torch
 
-    try:  # mmap: only the small fields are read, not the weights
-        best = torch.load(Path(run_dir) / BEST_FILE, map_location="cpu", weights_only=True, mmap=True)
-        return {"epoch": int(best["epoch"]), "fingerprint": best["meta"].get("fingerprint"),
-                "valid": dict(best["valid"])}
+    # mmap: only the small fields are read, not the weights
+    best = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {"epoch": int(best["epoch"]), "fingerprint": best["meta"].get("fingerprint"), "valid": dict(best["valid"])}
+
+
+def best_problem(run_dir: Path, fingerprint: str) -> str | None:
+    """Why best.pt cannot count as this run's checkpoint, or None when it can: it must be a regular file (not a
+    symbolic link, whose target can change or vanish behind the run's back) that loads with weights_only=True
+    and records this run's fingerprint."""
+    path = Path(run_dir) / BEST_FILE
+    if path.is_symlink():
+        return f"{path} is a symbolic link (to {os.readlink(path)}), not a regular file"
+    if not path.is_file():
+        return f"{path} is missing" if not path.exists() else f"{path} is not a regular file"
+    try:
+        record = _read_record(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable best.pt is a damaged one
+        return f"{path} cannot be loaded with weights_only=True ({_short(exc)})"
+    if record["fingerprint"] != fingerprint:
+        return f"{path} was written by another run (other params, data or code)"
+    return None
+
+
+def best_record(run_dir: Path) -> dict | None:
+    """{"epoch", "fingerprint", "valid"} recorded in best.pt, or None when it is absent, unreadable or not a
+    regular file (best_problem)."""
+    path = Path(run_dir) / BEST_FILE
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        return _read_record(path)
     except Exception:  # noqa: BLE001 - any unreadable best.pt means "no usable best.pt"
         return None
 
 
 # ----------------------------------------------------------------------------------------------- history
-def write_history(run_dir: Path, rows: list[dict]) -> None:
+def write_history(run_dir: Path, rows: list[dict], columns=HISTORY_COLUMNS) -> None:
+    """history.csv with ``columns`` (the row's: :func:`history_columns`)."""
     with atomic_path(Path(run_dir) / HISTORY_FILE, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: _fmt(row[k]) for k in HISTORY_COLUMNS})
+                writer.writerow({k: _fmt(row[k]) for k in columns})
 
 
 def _fmt(value) -> str:
@@ -161,7 +205,8 @@ def write_predictions(run_dir: Path, rows: list[tuple[str, str, float, float]]) 
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(PREDICTION_COLUMNS)
             # repr of the float32 value widened to float64: exact, so the report recomputes identical metrics
-            writer.writerows((s, seg, repr(float(lab)), repr(float(pred))) for s, seg, lab, pred in rows)
+            writer.writerows((spreadsheet_text(s), spreadsheet_text(seg), repr(float(lab)), repr(float(pred)))
+                             for s, seg, lab, pred in rows)
 
 
 def read_predictions(run_dir: Path, split: str = "test") -> dict[str, tuple[float, float]]:
@@ -175,10 +220,10 @@ def read_predictions(run_dir: Path, split: str = "test") -> dict[str, tuple[floa
         if not reader.fieldnames or not set(PREDICTION_COLUMNS) <= set(reader.fieldnames):
             raise RunFolderError(f"{path}: needs columns {sorted(PREDICTION_COLUMNS)}, has {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
-            if row["split"] != split:
+            if plain_text(row["split"]) != split:
                 continue
             try:
-                out[row["segment_id"]] = (float(row["label"]), float(row["prediction"]))
+                out[plain_text(row["segment_id"])] = (float(row["label"]), float(row["prediction"]))
             except ValueError:
                 raise RunFolderError(f"{path}: line {line}: label/prediction not numbers: {row}") from None
     if not out:
@@ -219,18 +264,22 @@ def read_summary(run_dir: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def finished_summary(run_dir: Path, fingerprint: str) -> dict | None:
-    """The summary of a finished run with this fingerprint whose every declared output (TRAIN_OUTPUTS) is
-    present, else None: an engine deletes outputs before rerunning a stage, and a run missing any of them
-    must be redone, never reported as done."""
+def finished_summary(run_dir: Path, fingerprint: str) -> tuple[dict | None, str | None]:
+    """(summary, None) for a finished run with this fingerprint whose every declared output (TRAIN_OUTPUTS) is
+    present and whose best.pt is intact (best_problem), else (None, why) where ``why`` says what is wrong with
+    a run that otherwise looks finished (None for a run that is simply not finished): an engine deletes outputs
+    before rerunning a stage, and a run missing or with a damaged output must be redone, never reported as done."""
     run_dir = Path(run_dir)
-    if not all((run_dir / name).exists() for name in TRAIN_OUTPUTS):
-        return None
+    if not all((run_dir / name).exists() or (run_dir / name).is_symlink() for name in TRAIN_OUTPUTS):
+        return None, None
     try:
         summary = read_summary(run_dir)
     except RunFolderError:
-        return None
-    return summary if summary is not None and summary.get("fingerprint") == fingerprint else None
+        return None, None
+    if summary is None or summary.get("fingerprint") != fingerprint:
+        return None, None
+    problem = best_problem(run_dir, fingerprint)
+    return (summary, None) if problem is None else (None, problem)
 
 
 def clear_train_outputs(run_dir: Path) -> None:

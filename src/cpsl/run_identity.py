@@ -13,8 +13,9 @@ from cpsl import run_folder
 from cpsl.errors import PipelineError
 
 # the rows being trained (a row can be trained alone or beside others: `ablations`), the list of seeds (a row
-# may be trained a seed at a time) and the evaluation settings (evaluate only, not training)
-PER_RUN_KEYS = ("ablations", "train.seeds", "eval")
+# may be trained a seed at a time), the evaluation settings (evaluate only, not training) and how a run was
+# executed (device, processes, step mode, ...: cpsl.config.EXECUTION, never what it computes)
+PER_RUN_KEYS = ("ablations", "train.seeds", "eval", "execution")
 
 
 class MixedParamsError(PipelineError):

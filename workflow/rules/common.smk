@@ -1,9 +1,8 @@
 # Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files.
 import json
 
-from cpsl import deps, paths
-from cpsl.ablations import PAPER_ROWS, canonical
-from cpsl.config import STAGE_PARAMS
+from cpsl import deps, paths, rows, run_folder
+from cpsl.config import stage_slice
 
 DATASET = config["dataset"]
 ABLATIONS = config["ablations"]
@@ -16,28 +15,40 @@ def code(stage):
     return deps.stage_files(stage, root=workflow.basedir)
 
 
-def params_slice(stage):
-    """The stage's params as one JSON string: Snakemake reruns the rule when it changes."""
-    out = {}
-    for dotted in STAGE_PARAMS[stage]:
-        node = config
-        for key in dotted.split("."):
-            node = node[key]
-        out[dotted] = node
-    return json.dumps(out, sort_keys=True)
+def params_slice(stage, row=None):
+    """The stage's params as one JSON string: Snakemake reruns the rule when it changes. With ``row``, only the
+    params that row's runs read (cpsl.rows.run_params): an edit of a baseline's section reruns that baseline only."""
+    source = rows.run_params(config, row) if row is not None else config
+    return json.dumps(stage_slice(source, stage, missing_ok=row is not None), sort_keys=True)
+
+
+# the run folders' row wildcard: every row ID (Table 2 IDs, T0, the Table 1 baselines)
+ROW_PATTERN = rows.snakemake_pattern()
 
 
 def run_dir(ablation, seed):
     return str(paths.run_dir(DATASET, ablation, seed))
 
 
+def _flag(name):
+    return str(config.get(name, "false")).lower() in ("1", "true", "yes")
+
+
+GRID, TABLE1 = _flag("grid"), _flag("table1")  # the --config workflow switches
+
+
 def grid_ablations():
-    """The rows to train, each once: `--config grid=true` the whole Table 2 grid plus the configured rows
-    (T0); otherwise the configured `ablations`. Duplicate paper rows map to one run (B1 -> A1, ...)."""
-    rows = list(ABLATIONS)
-    if str(config.get("grid", "false")).lower() in ("1", "true", "yes"):
-        rows = list(PAPER_ROWS) + rows
-    return list(dict.fromkeys(canonical(a) for a in rows))
+    """The rows to train, each once: the configured `ablations`; `--config grid=true` adds the whole Table 2
+    grid, `--config table1=true` T0, A6 and every Table 1 baseline. Duplicate paper rows map to one run (B1 -> A1)."""
+    return rows.trained_rows(ABLATIONS, GRID, TABLE1)
+
+
+def declared_outputs():
+    """Every output a job of this run declares, up to the evaluate stage (the report's are report_outputs())."""
+    cache = paths.processed_path(DATASET)
+    runs = [f"{run_dir(a, s)}/{name}" for a in grid_ablations() for s in SEEDS
+            for name in run_folder.TRAIN_OUTPUTS + run_folder.EVALUATE_OUTPUTS]
+    return [str(paths.raw_dir(DATASET)), str(cache), str(cache.with_suffix(".report.json"))] + runs
 
 
 def report_outputs():

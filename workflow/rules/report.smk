@@ -16,4 +16,6 @@ rule report:
     params:
         slice=params_slice("report"),
     shell:
-        "cpsl report"
+        # the report reads exactly these runs: the configured rows, plus the whole grid (grid=true) or Table 1's rows
+        # (table1=true)
+        "cpsl report" + (" --grid" if GRID else "") + (" --table1" if TABLE1 else "")

@@ -25,11 +25,17 @@ Choices where the SDK or the paper leave room:
   become inf in the float32 cache: it is replaced by 0 too and counted separately
   (``float32_overflow_replaced``).
 * Words must be UTF-8 bytes: a numeric word stream or undecodable bytes are errors naming the video.
+* Video ids (folds.json, every file's videos) must be 1-128 printable characters without '/' (:func:`id_problem`):
+  an id becomes an HDF5 name, a segment id and a CSV cell. An interval that ends before it starts (word, frame
+  or segment) is an error naming the file, the video and the row: the CMU files cannot be checked here (no
+  download in this project's sessions, and mmsdk ships no data), so a real file with one would fail loudly
+  rather than silently shift the word-level means.
 """
 from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -48,8 +54,10 @@ from cpsl.align.word_align import (
 )
 from cpsl.cache import SPLITS, write_cache
 from cpsl.csd import ComputationalSequence, CSDError
+from cpsl.csd_safety import NotSelfContainedError
 from cpsl.errors import PipelineError
-from cpsl.io_utils import remove_stale_temporaries, sha256_file, write_json_atomic
+from cpsl.file_hashes import HashRecords, records_path
+from cpsl.io_utils import remove_stale_temporaries, write_json_atomic
 from cpsl.text_model import text_model_for
 
 ROLES = ("words", "acoustic", "visual", "labels")
@@ -115,8 +123,38 @@ def check_hashes(raw_dir: Path, manifest: dict, digests: Mapping[str, "Future[st
                              f"{found[:12]}...); rerun `cpsl prepare`")
 
 
+MAX_ID_LENGTH = 128  # YouTube ids (MOSI, MOSEI) have 11 characters, MOSEI's numeric ones fewer
+
+
+def id_problem(vid: str) -> str | None:
+    """Why ``vid`` cannot be a video id (it becomes an HDF5 name, a segment id, a CSV cell), or None."""
+    if not vid:
+        return "is empty"
+    if len(vid) > MAX_ID_LENGTH:
+        return f"is {len(vid)} characters long (at most {MAX_ID_LENGTH})"
+    if "/" in vid:
+        return "contains '/' (HDF5 reads it as a path of nested groups)"
+    if vid in (".", ".."):
+        return "is a path component, not a name"
+    odd = next((c for c in vid if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")), None)
+    if odd is not None:
+        return f"contains the control character U+{ord(odd):04X}"
+    if vid != vid.strip():
+        return "starts or ends with white space"
+    return None
+
+
+def check_video_id(vid: str, where) -> None:
+    """Refuse a video id of ``where`` (a file) that :func:`id_problem` objects to, in one line."""
+    problem = id_problem(vid)
+    if problem:
+        shown = repr(vid[:40] + ("..." if len(vid) > 40 else ""))
+        raise AlignError(f"{where}: video id {shown} {problem}; a video id is 1-{MAX_ID_LENGTH} printable "
+                         f"characters without '/' (fix or re-download the file)")
+
+
 def load_folds(path: Path) -> dict[str, str]:
-    """video id -> split, checking that no video sits in two splits."""
+    """video id -> split, checking that no video sits in two splits and that every id is a valid one."""
     folds = _load_json(path, "folds file")
     where: dict[str, str] = {}
     for split in SPLITS:
@@ -124,6 +162,7 @@ def load_folds(path: Path) -> dict[str, str]:
         if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
             raise AlignError(f"{path}: key '{split}' must be a list of video ids")
         for vid in ids:
+            check_video_id(vid, f"{path} (split '{split}')")
             if vid in where and where[vid] != split:
                 raise AlignError(f"{path}: video '{vid}' is in both '{where[vid]}' and '{split}'")
             where[vid] = split
@@ -160,7 +199,8 @@ def _check_ordered(seq: ComputationalSequence, vid: str, intervals: np.ndarray, 
     bad = np.flatnonzero(intervals[:, 1] < intervals[:, 0] - EPSILON)
     if len(bad):
         i = int(bad[0])
-        raise AlignError(f"{seq.path}: video '{vid}' {what} {i} ends before it starts {intervals[i].tolist()}")
+        raise AlignError(f"{seq.path}: video '{vid}' {what} {i} (row {i} of its intervals) ends before it starts "
+                         f"{intervals[i].tolist()}")
 
 
 def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims,
@@ -176,6 +216,7 @@ def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims
     for role in FEATURE_ROLES:
         seq = seqs[role]
         frame_iv, feats = seq.read(vid)
+        _check_ordered(seq, vid, frame_iv, "frame")  # a reversed frame would silently change the word means
         feats = _numeric(seq, vid, feats)
         dims.check(role, seq, vid, feats)
         means, counts = frame_means(frame_iv, feats, word_iv)
@@ -217,7 +258,7 @@ def _open_all(raw_dir: Path, manifest: dict) -> dict[str, ComputationalSequence]
     try:
         for role in ROLES:
             seqs[role] = ComputationalSequence(raw_dir / manifest["files"][role]["name"])
-    except CSDError:
+    except (CSDError, NotSelfContainedError):
         for seq in seqs.values():
             seq.close()
         raise
@@ -238,6 +279,9 @@ def _align_all(raw_dir: Path, manifest: dict, fold_of: Mapping[str, str]):
     seqs = _open_all(raw_dir, manifest)
     try:
         present = {role: set(seq.video_ids()) for role, seq in seqs.items()}
+        for role, seq in seqs.items():
+            for vid in sorted(present[role]):
+                check_video_id(vid, seq.path)
         every = set().union(*present.values())
         not_in_folds = sorted(every - set(fold_of))
         dims = _Dims()
@@ -274,13 +318,15 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
     tokenizer = load_tokenizer(text_model)  # before the heavy work: a bad model name fails fast
 
     # Hash the raw files in background threads (hashlib releases the GIL) while aligning: the hash of
-    # MOSI's ~1 GB of frames would otherwise cost as much as the alignment itself. Nothing is written
-    # before every digest has matched.
+    # MOSI's ~1 GB of frames would otherwise cost as much as the alignment itself. A file whose stat record
+    # (prepare's) still matches is not read again (cpsl.file_hashes). Nothing is written before every digest
+    # has matched.
+    records = HashRecords(records_path(raw_dir))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = {role: pool.submit(sha256_file, raw_dir / manifest["files"][role]["name"]) for role in ROLES}
+        digests = {role: pool.submit(records.sha256, raw_dir / manifest["files"][role]["name"]) for role in ROLES}
         try:
             aligned = _align_all(raw_dir, manifest, fold_of)
-        except (AlignError, CSDError):
+        except (AlignError, CSDError, NotSelfContainedError):
             check_hashes(raw_dir, manifest, digests)  # a changed file explains the failure better
             raise
         check_hashes(raw_dir, manifest, digests)
@@ -316,6 +362,7 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json_atomic(report_path_for(out_path), report)
+    records.save()  # after the outputs: a killed align leaves them as they were
     print(format_report(report))
     return report
 

@@ -2,21 +2,29 @@
 check every raw file must pass before it is put in the raw folder.
 
 A mirror is a folder holding the dataset's files under the SDK's names. All names are checked before
-anything is copied, so a missing file fails at once with the full list. Each file must open as a
+anything is placed, so a missing file fails at once with the full list. Each file must open as a
 computational sequence with at least one readable video; a corrupt or truncated file fails naming it.
 
-Files are copied (``shutil.copyfile``, which uses in-kernel ``sendfile`` on Linux) to a temporary path
-and renamed into place. Hard links are available (``link=True``) but not the default: a link shares
-the inode with the user's mirror, so DVC caching the raw folder (it moves outputs and makes them
-read-only) or any in-place edit would silently change the mirror too.
+One copy of the data (issue 17: MOSEI's .csd files are 16 GB): each file is placed in the raw folder by
+:func:`place_file`, without copying its bytes where the file system allows it: a reflink (a copy-on-write clone,
+FICLONE: btrfs, XFS, bcachefs, ...; a separate inode, so nothing done to one name can reach the other), else a
+hard link (same file system: the same inode under a second name), else a copy. Each is made at a temporary path
+and renamed into place. A hard link makes the raw file and the mirror file one file, so nothing may write to a
+raw file in place: every stage writes new files and renames them (which replaces a name, never the linked
+inode), opens raw files read-only, and never changes their mode or times; DVC does not cache the raw folder
+(``cache: false`` in dvc.yaml: it would move the file into its cache and make it read-only, i.e. chmod the
+mirror's inode). tests/test_mirror_links.py checks the mirror's bytes, mode and times after prepare, a rerun
+and ``dvc repro --force``.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
 
 from cpsl.csd import CSDError, open_csd
+from cpsl.csd_safety import NotSelfContainedError, check_file
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError
 from cpsl.io_utils import atomic_path
 
@@ -35,6 +43,7 @@ def check_csd_file(path: str | Path, shown_as: str | None = None) -> None:
     if path.stat().st_size == 0:
         raise RawDataError(f"{label}: file is empty")
     try:
+        check_file(path, shown_as=label)  # self-contained and bounded (cpsl.csd_safety), before any data is read
         with open_csd(path) as seq:
             ids = seq.video_ids()
             if not ids:
@@ -43,18 +52,53 @@ def check_csd_file(path: str | Path, shown_as: str | None = None) -> None:
                 seq.read(vid)
     except CSDError as exc:
         raise RawDataError(f"{label}: corrupt or truncated computational sequence ({exc})") from exc
-    except RawDataError:
+    except (RawDataError, NotSelfContainedError):
         raise
     except Exception as exc:  # noqa: BLE001 - h5py raises assorted errors on damaged files
         raise RawDataError(f"{label}: corrupt or truncated computational sequence ({exc})") from exc
 
 
-def _copy(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
+# linux/fs.h: _IOW(0x94, 9, int): make the destination share the source's extents (copy on write)
+FICLONE = 0x40049409
+
+# what place_file did, as printed and recorded in the manifest ("placed")
+REFLINK, HARD_LINK, COPY = "reflink", "hard link", "copy"
 
 
-def fetch_from_mirror(spec: DatasetSpec, mirror_dir: str | Path, out_dir: str | Path, link: bool = False) -> dict:
-    """Copy (or hard-link) the dataset's four files from ``mirror_dir`` into ``out_dir``; return role -> path."""
+def _reflink(src: Path, dest: Path) -> None:
+    with open(src, "rb") as s, open(dest, "xb") as d:
+        fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+
+
+def _hard_link(src: Path, dest: Path) -> None:
+    os.link(src, dest)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)  # in-kernel sendfile on Linux
+
+
+def place_file(src: Path, dest: Path) -> str:
+    """Give ``dest`` (a new path) the bytes of ``src`` without a second copy where possible: a reflink, else a
+    hard link, else a copy (another file system, or one that refuses both). Returns which (REFLINK, HARD_LINK,
+    COPY). The reflink is tried first: it costs no space either, and the two names stay independent files."""
+    try:
+        _reflink(src, dest)
+        return REFLINK
+    except OSError:  # EOPNOTSUPP/EINVAL (ext4, tmpfs, ...), EXDEV (another file system)
+        dest.unlink(missing_ok=True)
+    try:
+        _hard_link(src, dest)
+        return HARD_LINK
+    except OSError:  # EXDEV, EPERM (fs.protected_hardlinks on a file of another user), EMLINK, ...
+        pass
+    _copy(src, dest)
+    return COPY
+
+
+def fetch_from_mirror(spec: DatasetSpec, mirror_dir: str | Path, out_dir: str | Path) -> dict:
+    """Check the dataset's four files in ``mirror_dir`` and place them in ``out_dir`` (:func:`place_file`);
+    return role -> (path, how it was placed)."""
     mirror_dir = Path(mirror_dir).expanduser()
     if not mirror_dir.is_dir():
         raise RawDataError(
@@ -69,15 +113,10 @@ def fetch_from_mirror(spec: DatasetSpec, mirror_dir: str | Path, out_dir: str | 
     for role in ROLES:  # check all before writing anything, so a bad mirror changes nothing
         check_csd_file(mirror_dir / spec.file(role).name, shown_as=f"mirror file {mirror_dir / spec.file(role).name}")
     out_dir = Path(out_dir)
-    paths = {}
+    placed = {}
     for role in ROLES:
         src, dest = mirror_dir / spec.file(role).name, out_dir / spec.file(role).name
         with atomic_path(dest, suffix=".part") as tmp:
-            try:
-                if not link:
-                    raise OSError("copy requested")
-                os.link(src, tmp)
-            except OSError:
-                _copy(src, tmp)
-        paths[role] = dest
-    return paths
+            how = place_file(src, tmp)
+        placed[role] = (dest, how)
+    return placed

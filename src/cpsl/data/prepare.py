@@ -4,7 +4,8 @@
 Sources, chosen from params:
 
 * ``dataset: demo``            -> generated offline by :mod:`cpsl.data.demo` (``data.mirror`` is ignored);
-* ``mosi``/``mosei`` + mirror  -> copied from ``data.mirror`` and checked (:mod:`cpsl.data.mirror`);
+* ``mosi``/``mosei`` + mirror  -> checked, then reflinked, hard-linked or (last resort) copied from ``data.mirror``
+                                  (:mod:`cpsl.data.mirror`; the manifest records which: ``placed``);
 * ``mosi``/``mosei``           -> downloaded from the URLs in mmsdk's tables (:mod:`cpsl.data.download`).
 
 Completeness protocol: ``manifest.json`` is removed before anything in the folder changes and written
@@ -14,6 +15,9 @@ whose sha256 hashes verify is left alone. For the demo, the files are regenerate
 (< 1 s) and compared by hash, so a change of ``demo.seed`` is noticed even though the manifest does
 not record it. A download re-run keeps files a previous, interrupted run already completed (they
 passed the same check before their rename), so only the missing ones are fetched again.
+
+Hashes: a file is read again only when its stat record changed (:mod:`cpsl.file_hashes`); with a hard-linked
+mirror the raw file and the mirror file are one inode, so one read verifies both.
 """
 from __future__ import annotations
 
@@ -21,15 +25,17 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Mapping
 
 from cpsl import paths as cpsl_paths
 from cpsl.csd import open_csd
 from cpsl.data.download import download_file
-from cpsl.data.mirror import check_csd_file, fetch_from_mirror
+from cpsl.data.mirror import COPY, check_csd_file, fetch_from_mirror
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError, dataset_spec, standard_folds
-from cpsl.io_utils import sha256_file, write_json_atomic
+from cpsl.file_hashes import HashRecords, records_path
+from cpsl.io_utils import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FOLDS_NAME = "folds.json"
@@ -41,8 +47,15 @@ def source_for(params: Mapping) -> str:
     return "mirror" if params["data"]["mirror"] else "download"
 
 
-def _file_entry(path: Path, url: str | None) -> dict:
-    return {"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size, "url": url}
+def _file_entries(files: dict, spec: DatasetSpec, records: HashRecords, placed: dict | None = None) -> dict:
+    """role -> manifest entry of ``files[role]`` (hashed in parallel); ``placed``: role -> how a mirror file
+    was put there."""
+    digests = dict(zip(ROLES, records.sha256_many(files[role] for role in ROLES)))
+    entries = {role: {"name": files[role].name, "sha256": digests[role], "size": files[role].stat().st_size,
+                      "url": spec.file(role).url} for role in ROLES}
+    for role, how in (placed or {}).items():
+        entries[role]["placed"] = how
+    return entries
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
@@ -59,7 +72,8 @@ def read_manifest(out_dir: str | Path) -> dict | None:
     return manifest
 
 
-def _manifest_verifies(manifest: dict | None, out_dir: Path, dataset: str, source: str, spec: DatasetSpec) -> bool:
+def _manifest_verifies(manifest: dict | None, out_dir: Path, dataset: str, source: str, spec: DatasetSpec,
+                       records: HashRecords) -> bool:
     if manifest is None or manifest.get("dataset") != dataset or manifest.get("source") != source:
         return False
     if not (out_dir / manifest.get("folds", FOLDS_NAME)).is_file():
@@ -69,19 +83,23 @@ def _manifest_verifies(manifest: dict | None, out_dir: Path, dataset: str, sourc
         if not isinstance(entry, dict) or entry.get("name") != spec.file(role).name:
             return False
         path = out_dir / entry["name"]
-        if not path.is_file() or path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
+        if not path.is_file() or path.stat().st_size != entry.get("size"):
             return False
-    return True
+    return _same_digests(manifest, [out_dir / manifest["files"][role]["name"] for role in ROLES], records)
 
 
-def _mirror_unchanged(manifest: dict, mirror: Path, spec: DatasetSpec) -> bool:
+def _same_digests(manifest: dict, paths: list[Path], records: HashRecords) -> bool:
+    return records.sha256_many(paths) == [manifest["files"][role]["sha256"] for role in ROLES]
+
+
+def _mirror_unchanged(manifest: dict, mirror: Path, spec: DatasetSpec, records: HashRecords) -> bool:
     # Sizes first (cheap), then sha256: a same-size edit of a mirror file (e.g. corrected labels) must be
-    # noticed; hashing costs about as much as the copy it may save, and a no-op run is otherwise instant.
-    for role in ROLES:
-        src = mirror / spec.file(role).name
-        if not src.is_file() or src.stat().st_size != manifest["files"][role]["size"]:
-            return False
-    return all(sha256_file(mirror / spec.file(role).name) == manifest["files"][role]["sha256"] for role in ROLES)
+    # noticed; a file whose stat record has not changed is not read again (a hard-linked one was just verified
+    # as the raw file).
+    paths = [mirror / spec.file(role).name for role in ROLES]
+    if not all(p.is_file() and p.stat().st_size == manifest["files"][r]["size"] for p, r in zip(paths, ROLES)):
+        return False
+    return _same_digests(manifest, paths, records)
 
 
 def _remove_stale_temporaries(out_dir: Path, spec: DatasetSpec) -> None:
@@ -100,26 +118,29 @@ def _invalidate(out_dir: Path) -> None:
 
 
 def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: dict, folds: dict,
-                              spec: DatasetSpec) -> dict:
+                              spec: DatasetSpec, records: HashRecords, placed: dict | None = None) -> dict:
     write_json_atomic(out_dir / FOLDS_NAME, folds)
     manifest = {
         "dataset": dataset,
         "source": source,
-        "files": {role: _file_entry(files[role], spec.file(role).url) for role in ROLES},
+        "files": _file_entries(files, spec, records, placed),
         "folds": FOLDS_NAME,
     }
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)  # last: its presence marks the folder complete
     return manifest
 
 
-def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: dict | None) -> tuple[dict, bool]:
+def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: dict | None,
+                  records: HashRecords) -> tuple[dict, bool]:
     from cpsl.data.demo import write_demo
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=out_dir) as scratch:
         files, folds = write_demo(scratch, params["demo"])
-        fresh = {role: _file_entry(files[role], None) for role in ROLES}
-        if _manifest_verifies(existing, out_dir, "demo", "demo", spec) and all(
+        for role in ROLES:  # the same check as a downloaded or mirrored file (cpsl.csd_safety)
+            check_csd_file(files[role])
+        fresh = _file_entries(files, spec, records)
+        if _manifest_verifies(existing, out_dir, "demo", "demo", spec, records) and all(
             existing["files"][r]["sha256"] == fresh[r]["sha256"] for r in ROLES
         ) and json.loads((out_dir / existing.get("folds", FOLDS_NAME)).read_text()) == folds:
             return existing, False
@@ -128,11 +149,11 @@ def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: d
         for role in ROLES:
             placed[role] = out_dir / files[role].name
             os.replace(files[role], placed[role])  # same file system: an atomic rename
-    return _write_folds_and_manifest(out_dir, "demo", "demo", placed, folds, spec), True
+    return _write_folds_and_manifest(out_dir, "demo", "demo", placed, folds, spec, records), True
 
 
 def _prepare_download(params: Mapping, out_dir: Path, spec: DatasetSpec) -> dict:
-    cfg = params["data"]["download"]
+    cfg = params["execution"]["download"]  # how to download (no param: a retry count changes no byte)
     files = {}
     for role in ROLES:
         f = spec.file(role)
@@ -167,6 +188,24 @@ def _summary(out_dir: Path, manifest: dict, folds: dict, changed: bool) -> None:
     print("  folds: " + ", ".join(f"{k} {len(folds.get(k, []))} videos" for k in ("train", "valid", "test")))
 
 
+def _report_placement(placed: dict, mirror: Path, seconds: float) -> None:
+    hows = [how for _, how in placed.values()]
+    counts = ", ".join(f"{how} x{hows.count(how)}" for how in dict.fromkeys(hows))
+    print(f"prepare: placed {len(hows)} files from {mirror} in {seconds:.2f} s: {counts}")
+    if COPY in hows:
+        copied = sum(path.stat().st_size for path, how in placed.values() if how == COPY)
+        print(f"  {copied / 1e9:.1f} GB copied (the mirror is on another file system, or this one refuses links): "
+              f"a mirror on the project's file system is linked instead, at no extra space")
+
+
+def _report_hashing(records: HashRecords) -> None:
+    if records.read:
+        size = sum(p.stat().st_size for p in records.read if p.is_file())
+        print(f"prepare: sha256 of {len(records.read)} files ({size / 1e9:.2f} GB) read in {records.read_s:.1f} s")
+    else:
+        print("prepare: sha256: no file read again (each one's size, inode and times match its record)")
+
+
 def run_prepare(params: Mapping, out_dir: str | Path | None = None) -> dict:
     """Prepare the raw folder for ``params['dataset']``; return its manifest."""
     dataset = params["dataset"]
@@ -175,26 +214,35 @@ def run_prepare(params: Mapping, out_dir: str | Path | None = None) -> dict:
     source = source_for(params)
     _remove_stale_temporaries(out_dir, spec)
     existing = read_manifest(out_dir)
+    records = HashRecords(records_path(out_dir))
 
     if source == "demo":
         if params["data"]["mirror"]:
             print("prepare: dataset 'demo' is generated offline; data.mirror is ignored")
-        manifest, changed = _prepare_demo(params, out_dir, spec, existing)
+        manifest, changed = _prepare_demo(params, out_dir, spec, existing, records)
     else:
         mirror = Path(params["data"]["mirror"]).expanduser() if source == "mirror" else None
-        if _manifest_verifies(existing, out_dir, dataset, source, spec) and (
-            mirror is None or _mirror_unchanged(existing, mirror, spec)
+        if _manifest_verifies(existing, out_dir, dataset, source, spec, records) and (
+            mirror is None or _mirror_unchanged(existing, mirror, spec, records)
         ):
             manifest, changed = existing, False
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             _invalidate(out_dir)
+            placed = None
             if source == "mirror":
-                files = fetch_from_mirror(spec, mirror, out_dir)
+                start = time.perf_counter()
+                placed = fetch_from_mirror(spec, mirror, out_dir)
+                _report_placement(placed, mirror, time.perf_counter() - start)
+                files = {role: path for role, (path, _) in placed.items()}
             else:
                 files = _prepare_download(params, out_dir, spec)
-            manifest = _write_folds_and_manifest(out_dir, dataset, source, files, standard_folds(dataset), spec)
+            manifest = _write_folds_and_manifest(out_dir, dataset, source, files, standard_folds(dataset), spec,
+                                                 records, {role: how for role, (_, how) in (placed or {}).items()})
             changed = True
+    records.save()
+    if source != "demo":
+        _report_hashing(records)
     folds = json.loads((out_dir / manifest["folds"]).read_text())
     _summary(out_dir, manifest, folds, changed)
     return manifest

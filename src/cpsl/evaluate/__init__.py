@@ -1,0 +1,1 @@
+"""Stage ``evaluate`` (``cpsl evaluate``): metrics of a run's validation-selected checkpoint, modality reliance."""

@@ -39,7 +39,8 @@ RULE = (f"a/v not learnt: for both streams, the unimodal head's training MAE ove
         f"change with the stream permuted is within max({NOISE_Z:g} standard errors over the permutation draws, "
         f"{RELIANCE_FLOOR:.0%} of that constant MAE)")
 HINT = (f"if the acoustic/visual streams carry information, give the new modules their own learning rate "
-        f"({SETTING}, e.g. 1e-3; docs/method.md)")
+        f"({SETTING}, e.g. 1e-3; for a Table 1 baseline baselines.<name>.<dataset>.train.lr_new_modules; "
+        f"docs/method.md)")
 FOOTNOTE = f"{MARK} {RULE}. {HINT[0].upper()}{HINT[1:]}."
 
 
@@ -84,12 +85,15 @@ def reliance_evidence(reliance: Mapping | None, stream: str, constant_mae: float
             "within_noise": mean <= threshold}
 
 
-def assess(has_av_path: bool, history: list[dict] | None, reliance: Mapping | None, constant: float) -> dict:
+def assess(has_av_path: bool, history: list[dict] | None, reliance: Mapping | None, constant: float,
+           note: str | None = None) -> dict:
     """The verdict for one run (stored as metrics.json ``learnt``): status learnt | not_learnt |
     not_applicable | unknown, ``av_not_learnt`` (the mark), and the evidence per stream. ``constant``: the
-    training labels' :func:`constant_predictor_mae`."""
+    training labels' :func:`constant_predictor_mae`. ``has_av_path``: False for a row whose prediction reads no
+    acoustic/visual input (T0; ITHP, which uses them only as training targets: ``note`` says why)."""
     if not has_av_path:
-        return {"status": "not_applicable", "av_not_learnt": False, "note": "the row has no acoustic/visual path"}
+        return {"status": "not_applicable", "av_not_learnt": False,
+                "note": note or "the row has no acoustic/visual path"}
     streams, verdicts = {}, []
     for stream in STREAMS:
         head, rel = head_evidence(history, stream, constant), reliance_evidence(reliance, stream, constant)
@@ -105,9 +109,10 @@ def assess(has_av_path: bool, history: list[dict] | None, reliance: Mapping | No
             "streams": streams, "rule": RULE}
 
 
-def hint_line(run_name: str) -> str:
-    """The one stderr line for a marked run."""
-    return f"{run_name}: the acoustic/visual path did not learn ({RULE}); {HINT}"
+def hint_line(run_name: str, setting: str = SETTING) -> str:
+    """The one stderr line for a marked run; ``setting``: the param that gives the row's new modules their rate."""
+    return (f"{run_name}: the acoustic/visual path did not learn ({RULE}); if the acoustic/visual streams carry "
+            f"information, give the new modules their own learning rate ({setting}, e.g. 1e-3; docs/method.md)")
 
 
 def row_summary(per_seed: Mapping[int, Mapping | None]) -> dict:

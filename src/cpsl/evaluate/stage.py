@@ -4,9 +4,9 @@ Reads ``<run>/best.pt`` (``torch.load(weights_only=True)``: tensors and plain va
 rebuilds the model from the checkpoint's own ``meta`` (its params, ablation and feature sizes, so a later
 edit of params.yaml cannot silently change the architecture) with ``pretrained=False`` - the text
 model's config is read from its local folder / the HF cache and no weights are downloaded, since the
-state dict carries all of them (the min-max running statistics too). Only the ``eval`` section comes from the
-current params: ``eval.batch_size`` cannot change the predictions beyond float round-off with the default
-``model.eval_norm: running``; with ``batch`` the checkpoint's own ``train.batch_size`` is used.
+state dict carries all of them (the min-max running statistics too). Only the ``eval`` and ``execution`` sections
+come from the current params: ``execution.eval_batch_size`` cannot change the predictions beyond float round-off
+with the default ``model.eval_norm: running``; with ``batch`` the checkpoint's own ``train.batch_size`` is used.
 
 Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
 stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
@@ -17,7 +17,7 @@ metrics.json ``learnt``; a marked run also gets one line on stderr naming the se
 Writes, atomically, ``<run>/metrics.json``::
 
     {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
-     "ablation": str, "seed": int, "dataset": str,
+     "ablation": str, "seed": int, "dataset": str, "execution": {how this evaluation ran},
      "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...},
      "learnt": {"status": "learnt" | "not_learnt" | "not_applicable" | "unknown", "av_not_learnt": bool, ...}}
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpsl import gpu_slots, paths, run_folder
+from cpsl import gpu_slots, paths, rows, run_folder
 from cpsl.ablations import Switches, switches_for
 from cpsl.cache import check_token_ids, read_attrs, read_labels, read_split
 from cpsl.errors import PipelineError
@@ -51,18 +51,18 @@ class EvaluateError(PipelineError, ValueError):
     """A missing or inconsistent checkpoint / cache; the message names the file."""
 
 
-def _switches(meta: dict) -> Switches:
-    # The checkpoint's own switch record wins (if the trainer stored one); the ablation ID otherwise.
+def _switches(meta: dict) -> Switches | None:
+    # A CP+SL checkpoint's own switch record wins (if the trainer stored one); the row ID's otherwise.
     stored = meta.get("switches")
-    return Switches(**stored) if isinstance(stored, dict) else switches_for(meta["ablation"])
+    return Switches(**stored) if isinstance(stored, dict) else None
 
 
 def rebuild_model(ckpt: dict, path: Path) -> torch.nn.Module:
-    from cpsl.model.network import build_model  # lazy: transformers loads only when evaluating
+    from cpsl.model import zoo  # lazy: transformers loads only when evaluating
 
     meta = ckpt["meta"]
-    model = build_model(meta["params"], _switches(meta), int(meta["acoustic_dim"]), int(meta["visual_dim"]),
-                        meta["text_model"], pretrained=False)
+    model = zoo.build(meta["params"], meta["ablation"], int(meta["acoustic_dim"]), int(meta["visual_dim"]),
+                      meta["text_model"], pretrained=False, switches=_switches(meta))
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
@@ -100,8 +100,11 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     result: dict = {"ablation": meta["ablation"], "seed": int(meta["seed"]), "dataset": dataset,
                     "selected_epoch": int(ckpt["epoch"])}
-    # the checkpoint's own normalisation mode and training batch; this call's eval section
-    batch_size = inference_batch_size({**meta["params"], "eval": params["eval"]})
+    # the checkpoint's own normalisation mode and training batch; this call's execution section
+    batch_size = inference_batch_size({**meta["params"], "execution": params["execution"]})
+    # how this evaluation ran (no param: it changes no prediction beyond float round-off)
+    result["execution"] = {"device": params["execution"]["device"], "ran_on": str(device),
+                           "eval_batch_size": params["execution"]["eval_batch_size"], "batch_size_used": batch_size}
 
     def predict(arrays: dict) -> np.ndarray:
         return np.asarray(run_inference(model, arrays, batch_size, device).prediction, dtype=np.float32).reshape(-1)
@@ -129,7 +132,8 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     result["learnt"] = _assess_learnt(run_dir, ckpt, data_path, result["reliance"])
     if result["learnt"]["av_not_learnt"]:
-        print(f"cpsl evaluate: warning: {learnt.hint_line(str(run_dir))}", file=sys.stderr)
+        print(f"cpsl evaluate: warning: {learnt.hint_line(str(run_dir), _rate_setting(meta['ablation'], dataset))}",
+              file=sys.stderr)
 
     run_folder.write_predictions(run_dir, rows)
     result = json_safe(result)
@@ -142,8 +146,27 @@ def _assess_learnt(run_dir: Path, ckpt: dict, data_path: Path, reliance: dict) -
     the reliance draws alone decide)."""
     history_path = run_dir / run_folder.HISTORY_FILE
     history = run_folder.read_history(history_path) if history_path.is_file() else None
-    return learnt.assess(_switches(ckpt["meta"]).av, history, reliance,
-                         learnt.constant_predictor_mae(read_labels(data_path, "train")))
+    has_av, note = _reads_av(ckpt["meta"])
+    return learnt.assess(has_av, history, reliance, learnt.constant_predictor_mae(read_labels(data_path, "train")),
+                         note=note)
+
+
+def _rate_setting(row_id: str, dataset: str) -> str:
+    """The param that sets the learning rate of the row's new modules (a baseline: its own train section)."""
+    spec = rows.row(row_id).baseline
+    if spec is None:
+        return learnt.SETTING
+    return f"{rows.BASELINES_SECTION}.{spec.section}.{rows.hyper_dataset(dataset)}.train.lr_new_modules"
+
+
+def _reads_av(meta: dict) -> tuple[bool, str | None]:
+    """Does the row's prediction read the acoustic/visual streams (and if not, why)?"""
+    row_id = meta["ablation"]
+    spec = rows.row(row_id).baseline
+    if spec is not None:
+        return spec.reads_av_at_inference, (spec.av_note or None)
+    switches = _switches(meta) or switches_for(rows.canonical(row_id))
+    return switches.av, None
 
 
 def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
@@ -152,6 +175,6 @@ def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
     job's device."""
     run_dir = Path(run_dir)
     with run_folder_lock(run_dir, "evaluate") if run_dir.is_dir() else contextlib.nullcontext(), \
-            gpu_slots.job_devices(1, params["train"]["device"], "cpsl evaluate"):
+            gpu_slots.job_devices(1, params["execution"]["device"], "cpsl evaluate"):
         remove_stale_temporaries(run_dir, run_folder.EVALUATE_OUTPUTS)
         return run_evaluate(params, run_dir=run_dir, data_path=data_path)

@@ -7,7 +7,9 @@ own min/max and the evaluation runs in batches of ``train.batch_size`` in cache 
 (:func:`inference_batch_size`), so predictions depend on the neighbours. A DDP-wrapped model is unwrapped
 and the normalisation is never all-reduced here, so rank 0 can evaluate alone. The model's train/eval mode
 is restored afterwards. Losses, when ``loss_params`` is given, are the Eq. 4 terms averaged over segments
-(each batch weighted by its size).
+(each batch weighted by its size); any other model's, when ``losses`` (out, batch) -> {term: scalar} is given
+(a row's recipe: cpsl.train.recipe). Only ``prediction`` is required of the model's output; ``uni_a``/``uni_v``
+are the CP+SL model's unimodal heads (None for a model without them).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from cpsl.names import TENSOR_KEYS as REQUIRED
 @dataclass
 class InferenceResult:
     prediction: np.ndarray  # (N,)
-    uni_a: np.ndarray       # (N,)
-    uni_v: np.ndarray       # (N,)
+    uni_a: np.ndarray | None  # (N,), CP+SL's unimodal heads only
+    uni_v: np.ndarray | None
     losses: dict[str, float] | None
 
 
@@ -41,19 +43,23 @@ def _check(arrays: dict) -> int:
 
 
 def inference_batch_size(params: dict) -> int:
-    """``eval.batch_size`` with running statistics; ``train.batch_size`` for the literal per-batch mode,
+    """``execution.eval_batch_size`` with running statistics; ``train.batch_size`` for the literal per-batch mode,
     whose normalisation statistics must come from batches of the size the model was trained with."""
-    if params["model"]["eval_norm"] == "batch":
+    # a baseline's run params have no CP+SL model section: its predictions never depend on the batch
+    if (params.get("model") or {}).get("eval_norm") == "batch":
         return int(params["train"]["batch_size"])
-    return int(params["eval"]["batch_size"])
+    return int(params["execution"]["eval_batch_size"])
 
 
 def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None,
-                  switches=None) -> InferenceResult:
+                  switches=None, losses=None) -> InferenceResult:
     if batch_size < 1:
         raise ValueError(f"run_inference: batch_size must be >= 1, got {batch_size}")
     if loss_params is not None and switches is None:
         raise ValueError("run_inference: loss_params given without switches (needed to form the Eq. 4 total)")
+    if loss_params is not None:
+        def losses(out, batch):
+            return total_loss(out, batch["label"], loss_params, switches)
     n = _check(arrays)
     model = getattr(model, "module", model)  # DDP wrapper: run the bare model, no collective calls
     was_training = model.training
@@ -73,15 +79,17 @@ def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_
                 }
                 out = model(**batch)
                 preds.append(out.prediction.float().cpu())
-                uni_a.append(out.uni["a"].float().cpu())
-                uni_v.append(out.uni["v"].float().cpu())
-                if loss_params is not None:
-                    label = torch.as_tensor(np.asarray(arrays["label"][sl]), dtype=torch.float32, device=device)
+                if getattr(out, "uni", None) is not None:
+                    uni_a.append(out.uni["a"].float().cpu())
+                    uni_v.append(out.uni["v"].float().cpu())
+                if losses is not None:
+                    batch["label"] = torch.as_tensor(np.asarray(arrays["label"][sl]), dtype=torch.float32,
+                                                     device=device)
                     size = sl.stop - sl.start
-                    for k, v in total_loss(out, label, loss_params, switches).items():
+                    for k, v in losses(out, batch).items():
                         sums[k] = sums.get(k, 0.0) + float(v) * size
     finally:
         model.train(was_training)
     cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.float32)  # noqa: E731
-    losses = {k: v / n for k, v in sums.items()} if loss_params is not None and n else None
-    return InferenceResult(cat(preds), cat(uni_a), cat(uni_v), losses)
+    means = {k: v / n for k, v in sums.items()} if losses is not None and n else None
+    return InferenceResult(cat(preds), cat(uni_a) if uni_a else None, cat(uni_v) if uni_v else None, means)

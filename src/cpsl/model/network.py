@@ -105,11 +105,10 @@ class CPSLModel(nn.Module):
         # Drop trailing positions that are padding in every row: every op below is per-token or masked,
         # so they change no valid output, and MSA segments are mostly far shorter than max_seq_len. It reads the
         # mask on the host: on a GPU that is a synchronisation and a new shape per batch (no CUDA graph).
-        if self.trim_padding and mask.shape[1] and mask.any():
-            keep = int(mask.any(0).nonzero().max()) + 1
-            if keep < mask.shape[1]:
-                input_ids, attention_mask, mask = input_ids[:, :keep], attention_mask[:, :keep], mask[:, :keep]
-                raw = {m: raw[m][:, :keep] for m in MODALITIES}
+        keep = trimmed_length(mask) if self.trim_padding else None
+        if keep is not None:
+            input_ids, attention_mask, mask = input_ids[:, :keep], attention_mask[:, :keep], mask[:, :keep]
+            raw = {m: raw[m][:, :keep] for m in MODALITIES}
         fmask = word_positions(mask)
         sync = self.training and dist.is_available() and dist.is_initialized()
         inputs = {m: self.normalizers[m](raw[m], fmask, sync=sync) for m in MODALITIES}
@@ -131,6 +130,16 @@ class CPSLModel(nn.Module):
             feature_mask=fmask,
             fused=fused,
         )
+
+
+def trimmed_length(mask: torch.Tensor) -> int | None:
+    """The sequence length without the trailing positions that are padding in every row of ``mask`` (B,L), or None
+    when there is nothing to drop. A host read of the mask (see ``trim_padding``)."""
+    if mask.shape[1] and mask.any():
+        keep = int(mask.any(0).nonzero().max()) + 1
+        if keep < mask.shape[1]:
+            return keep
+    return None
 
 
 def word_positions(mask: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ Choices:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import transformers
 from torch import nn
@@ -39,9 +41,18 @@ def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config
     )
 
 
+def _memo_key(value):
+    """A tensor argument stands for its length (dim -2) and device; anything else (sizes, buckets, a device) for
+    itself."""
+    return ("tensor", value.size(-2), value.device) if isinstance(value, torch.Tensor) else value
+
+
 def memoise_deberta_relative_positions() -> None:
     """Replace transformers' DeBERTa-v2 ``build_relative_position`` by a memoised one (idempotent). The buckets
-    depend only on the two lengths, the bucket settings and the device; nothing writes into them."""
+    depend only on the two lengths, the bucket settings and the device; nothing writes into them. Both signatures
+    transformers has used are covered: ``(query_layer, key_layer, bucket_size, max_position)`` (5.x, the floor) and
+    ``(query_size, key_size, bucket_size, max_position, device)`` (4.x, e.g. 4.40); the wrapper passes the call
+    through unchanged and keys the cache on what the result depends on."""
     from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
 
     original = deberta.build_relative_position
@@ -49,15 +60,35 @@ def memoise_deberta_relative_positions() -> None:
         return
     cache: dict = {}
 
-    def build_relative_position(query_layer, key_layer, bucket_size: int = -1, max_position: int = -1):
-        key = (query_layer.size(-2), key_layer.size(-2), bucket_size, max_position, query_layer.device,
-               key_layer.device)
+    def build_relative_position(*args, **kwargs):
+        key = (tuple(_memo_key(a) for a in args), tuple(sorted((k, _memo_key(v)) for k, v in kwargs.items())))
         if key not in cache:
-            cache[key] = original(query_layer, key_layer, bucket_size=bucket_size, max_position=max_position)
+            cache[key] = original(*args, **kwargs)
         return cache[key]
 
     build_relative_position.memoised_by_cpsl = True
     deberta.build_relative_position = build_relative_position
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers 5 draws a progress bar for reading a local checkpoint's ~100 tensors (milliseconds) in every
+    train log: noise, switched off for the load only."""
+    hf_logging = transformers.utils.logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _float32() -> dict:
+    """from_pretrained's dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before (4.40 rejects
+    ``dtype``). Below the floor (pyproject.toml), but it costs one line and keeps the loader usable there."""
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": torch.float32} if (major, minor) >= (4, 56) else {"torch_dtype": torch.float32}
 
 
 def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrained: bool = True) -> nn.Module:
@@ -72,7 +103,8 @@ def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrai
         path = resolve_model_path(name_or_path)
         try:
             if pretrained:
-                model = transformers.AutoModel.from_pretrained(path, dtype=torch.float32)
+                with _quiet_loading():
+                    model = transformers.AutoModel.from_pretrained(path, **_float32())
             else:
                 model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
         except OSError as exc:

@@ -1,0 +1,1 @@
+"""Stage ``report`` (``cpsl report``): seeds aggregated, paired comparisons, Tables 1-2, Figures 2-3."""

@@ -1,19 +1,22 @@
-"""Stage ``report``: aggregate every evaluated run of a dataset into summary.json, Tables 1-2, Figures 2-3.
+"""Stage ``report``: aggregate the configured runs of a dataset into summary.json, Tables 1-2, Figures 2-3.
 
 Reads only files: each run folder's metrics.json (the evaluate stage), predictions.csv (for the
-paired bootstrap) and history.csv (for the figures). A run folder is any direct sub-folder of
-``results/<dataset>/`` holding metrics.json; folders without it (a training in progress) are skipped
-and listed in summary.json.
+paired bootstrap) and history.csv (for the figures). The runs read are exactly those both engines declare as
+the report's inputs (:func:`configured_runs`): the configured rows (``ablations``; with ``--grid`` the whole
+paper grid too) x ``train.seeds``, under ``results/<dataset>/``. Any other folder there (a leftover of an earlier
+experiment, a run trained with other params) is never read, and is listed in one warning line; a configured run
+without metrics.json is named in a warning (``--strict``: an error), and both lists go to summary.json.
 
-Writes ``reports/<dataset>/{summary.json, table1.md, table2.md, table2.csv, figure2_losses.png,
-figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>).
+Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
+figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>). Rows are
+any row of cpsl.rows: Table 2 shows the CP+SL rows, Table 1 the baselines, T0 and A6 (cpsl.report.tables).
 
 Statistics (cpsl.report.stats has the details): per ablation and metric, on test and valid, the mean,
 std (ddof=1), a t 95% interval over seeds (null with one seed) and each seed's value; the full model A6
 against every other configuration on their shared seeds, by a paired t-test over seeds AND a paired
 bootstrap over test segments of the seed-averaged difference (:data:`N_RESAMPLES` resamples, fixed seed).
-Figures use the first configured row (``ablations``) that has runs; else the full model, else the first ID
-in the paper's order that has runs (the figure title names the one used).
+Figures (the CP+SL model's losses and modulation) use the first configured CP+SL row (``ablations``) that has
+runs; else the full model, else the first CP+SL row that has runs, else the first row (the title names it).
 Rows the paper lists twice (B1 = A1, C3 = A2, C4 = A5) are trained once; both labels are reported from the
 same runs (``trained_as`` in summary.json). The modality-reliance deltas of cpsl evaluate are aggregated over
 seeds like the metrics (``reliance``).
@@ -32,19 +35,19 @@ from pathlib import Path
 import numpy as np
 
 from cpsl import paths, run_folder
-from cpsl.ablations import ABLATIONS, canonical, labels_of
 from cpsl.errors import PipelineError
 from cpsl.evaluate import learnt
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables, telemetry
 from cpsl.report.paper_results import FULL_MODEL_ID
+from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
 from cpsl.run_identity import check_rows_consistent, training_params
 
 N_RESAMPLES = 5000
 BOOTSTRAP_SEED = 20240527
 SPLITS = ("test", "valid")
-_RUN_NAME = re.compile(r"^(?P<ablation>[A-Z]\d+)-seed(?P<seed>\d+)$")
+_RUN_NAME = re.compile(r"^(?P<ablation>[A-Z][A-Z0-9]*)-seed(?P<seed>\d+)$")
 
 
 class ReportError(PipelineError, ValueError):
@@ -58,8 +61,8 @@ def load_run(folder: Path, dataset: str | None = None) -> dict:
     for key in ("ablation", "seed", "test"):
         if key not in m:
             raise ReportError(f"{path}: missing key '{key}'")
-    if m["ablation"] not in ABLATIONS:
-        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ABLATIONS)}")
+    if m["ablation"] not in ROWS:
+        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ROWS)}")
     if not isinstance(m["seed"], int) or isinstance(m["seed"], bool):
         raise ReportError(f"{path}: 'seed' must be an integer, got {m['seed']!r}")
     if dataset is not None and m.get("dataset", dataset) != dataset:
@@ -74,25 +77,37 @@ def load_run(folder: Path, dataset: str | None = None) -> dict:
             "selected_epoch": m.get("selected_epoch")}
 
 
-def discover_runs(results_dir: Path, dataset: str | None = None) -> tuple[list[dict], list[str]]:
-    """(evaluated runs sorted by paper order then seed, names of sub-folders without metrics.json)."""
+def configured_runs(params: dict, grid: bool = False, table1: bool = False) -> list[str]:
+    """The run folder names the report covers: each trained row (rows.trained_rows) x train.seeds, the same
+    list the Snakefile declares as the report's inputs."""
+    return [paths.run_dir(params["dataset"], row, seed).name
+            for row in trained_rows(params["ablations"], grid, table1) for seed in params["train"]["seeds"]]
+
+
+def discover_runs(results_dir: Path, dataset: str | None = None,
+                  expected: list[str] | None = None) -> tuple[list[dict], list[str], list[str]]:
+    """(evaluated runs among ``expected`` sorted by paper order then seed, expected folders without
+    metrics.json, other sub-folders: never read). ``expected`` None: every sub-folder is expected."""
     if not results_dir.is_dir():
         raise ReportError(f"{results_dir}: results folder not found (run train and evaluate first)")
-    runs, skipped = [], []
-    for folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if run_folder.has_metrics(folder):
-            runs.append(load_run(folder, dataset))
+    present = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    expected = present if expected is None else list(expected)
+    runs, missing = [], []
+    for name in expected:
+        if run_folder.has_metrics(results_dir / name):
+            runs.append(load_run(results_dir / name, dataset))
         else:
-            skipped.append(folder.name)
+            missing.append(name)
+    others = [name for name in present if name not in set(expected)]
     seen: dict[tuple, Path] = {}
     for r in runs:
         key = (r["ablation"], r["seed"])
         if key in seen:
             raise ReportError(f"{r['folder']} and {seen[key]} are both {key[0]} seed {key[1]}")
         seen[key] = r["folder"]
-    order = list(ABLATIONS)
+    order = list(ROWS)
     runs.sort(key=lambda r: (order.index(r["ablation"]), r["seed"]))
-    return runs, skipped
+    return runs, missing, others
 
 
 def _reliance(group: list[dict]) -> dict | None:
@@ -127,9 +142,12 @@ def _aggregate(runs: list[dict], gm: dict) -> dict:
         by_ablation.setdefault(r["ablation"], []).append(r)
     out = {}
     for aid, group in by_ablation.items():
-        entry = {"label": ABLATIONS[aid][1], "seeds": [r["seed"] for r in group],
+        entry = {"label": ROWS[aid].label, "seeds": [r["seed"] for r in group],
                  "runs": [r["folder"].name for r in group], "trained_as": aid,
                  "selected_epoch": {str(r["seed"]): r["selected_epoch"] for r in group}}
+        text_model = _text_model(group)
+        if text_model is not None:  # the backbone decides which of the paper's rows (b or d) a baseline faces
+            entry["text_model"] = text_model
         for split in SPLITS:
             if not all(split in r["metrics"] for r in group):
                 continue
@@ -141,11 +159,23 @@ def _aggregate(runs: list[dict], gm: dict) -> dict:
             entry["reliance"] = reliance
         entry["av_learnt"] = learnt.row_summary({r["seed"]: r["metrics"].get("learnt") for r in group})
         histories, seeds = _histories(group)
-        if histories:
+        if histories and not is_baseline(aid):  # the baselines have no modulation
             entry["modulation_vs_paper"] = telemetry.against_paper(histories, seeds, _window(group, gm))
         for row_id in labels_of(aid):  # the paper's duplicate rows share these runs
-            out[row_id] = {**entry, "label": ABLATIONS[row_id][1]}
-    return {a: out[a] for a in ABLATIONS if a in out}
+            out[row_id] = {**entry, "label": ROWS[row_id].label}
+    return {a: out[a] for a in ROWS if a in out}
+
+
+def _text_model(group: list[dict]) -> str | None:
+    """The text model the row's runs were trained with (train_summary.json; None when not recorded)."""
+    for r in group:
+        try:
+            summary = run_folder.read_summary(r["folder"])
+        except run_folder.RunFolderError:
+            continue
+        if isinstance(summary, dict) and summary.get("text_model"):
+            return str(summary["text_model"])
+    return None
 
 
 def _compare(runs: list[dict]) -> dict:
@@ -196,7 +226,7 @@ def _compare(runs: list[dict]) -> dict:
             label, ref_p, oth_p, n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED)
         vs[aid] = entry
     return {"reference": FULL_MODEL_ID, "direction": f"{FULL_MODEL_ID} minus the other configuration",
-            "vs": {a: vs[a] for a in ABLATIONS if a in vs}}
+            "vs": {a: vs[a] for a in ROWS if a in vs}}
 
 
 def _strip(t: dict) -> dict:
@@ -205,16 +235,17 @@ def _strip(t: dict) -> dict:
 
 
 def _figure_ablation(params: dict, ablations: list[str]) -> str:
-    for candidate in (*params["ablations"], FULL_MODEL_ID):
+    """The row Figures 2-3 (the CP+SL model's losses and modulation) are drawn for: see the module docstring."""
+    cpsl_rows = [a for a in ablations if not is_baseline(a)]
+    for candidate in (*[a for a in params["ablations"] if not is_baseline(a)], FULL_MODEL_ID, *cpsl_rows):
         if candidate in ablations:
             return candidate
     return ablations[0]
 
 
-def build_summary(params: dict, runs: list[dict], skipped: list[str], results_dir: Path) -> dict:
+def build_summary(params: dict, runs: list[dict], missing: list[str], others: list[str], results_dir: Path,
+                  grid: bool = False, table1: bool = False) -> dict:
     dataset = params["dataset"]
-    configured = params["ablations"]
-    have = {(r["ablation"], r["seed"]) for r in runs}
     aggregated = _aggregate(runs, params["gm"])
     return {
         "dataset": dataset,
@@ -238,39 +269,55 @@ def build_summary(params: dict, runs: list[dict], skipped: list[str], results_di
                                                    f"{BOOTSTRAP_SEED}); per resample the seed-averaged difference "
                                                    "of the metric; percentile 95% interval; two-sided p",
         },
-        "configured": {"ablations": list(configured), "seeds": list(params["train"]["seeds"]),
-                       "missing_runs": [f"{canonical(a)}-seed{s}" for a in configured for s in params["train"]["seeds"]
-                                        if (canonical(a), s) not in have]},
-        "skipped_folders_without_metrics": skipped,
+        "configured": {"ablations": list(params["ablations"]), "grid": grid, "table1": table1,
+                       "seeds": list(params["train"]["seeds"]), "missing_runs": missing},
+        "other_folders_not_read": others,
         "av_learnt_rule": learnt.RULE,
         "ablations": aggregated,
         "comparisons": _compare(runs),
     }
 
 
-def run_report(params: dict, results_dir=None, out_dir=None) -> dict:
-    """Aggregate, test, tabulate and plot; return the summary dict (as written to summary.json)."""
+def _names(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False, strict: bool = False,
+               table1: bool = False) -> dict:
+    """Aggregate, test, tabulate and plot the configured runs (``grid``: the whole paper grid too; ``table1``: T0,
+    A6 and every Table 1 baseline too); return the summary dict (as written to summary.json). ``strict``: a
+    configured run without metrics.json is an error."""
     dataset = params["dataset"]
     results_dir = Path(results_dir) if results_dir is not None else paths.results_dir(dataset)
     out_dir = Path(out_dir) if out_dir is not None else paths.reports_dir(dataset)
     # summary.json lives with the reports (paths.summary_path): the stage depends on the whole results
     # folder and may not write inside its own dependency.
     summary_file = out_dir / paths.summary_path(dataset).name
-    runs, skipped = discover_runs(results_dir, dataset)
+    runs, missing, others = discover_runs(results_dir, dataset, configured_runs(params, grid, table1))
+    if others:
+        print(f"cpsl report: warning: {results_dir}: {len(others)} folder(s) not among the configured runs, not "
+              f"read: {_names(others)}", file=sys.stderr)
+    if missing and strict:
+        raise ReportError(f"{results_dir}: configured run(s) without metrics.json: {_names(missing)}; train and "
+                          f"evaluate them, or leave them out of ablations / train.seeds")
+    if missing:
+        print(f"cpsl report: warning: {results_dir}: configured run(s) without metrics.json, left out of the "
+              f"report: {_names(missing)} (--strict makes this an error)", file=sys.stderr)
     check_rows_consistent(runs)  # never average seeds trained with different params
     if not runs:
-        raise ReportError(f"{results_dir}: no run folder holds metrics.json (run 'cpsl evaluate' first)")
-    summary = json_safe(build_summary(params, runs, skipped, results_dir))
+        raise ReportError(f"{results_dir}: no run folder holds metrics.json among the configured runs "
+                          f"({_names(missing)}); run 'cpsl evaluate' first")
+    summary = json_safe(build_summary(params, runs, missing, others, results_dir, grid, table1))
 
     tables.write_tables(summary, out_dir)
     fig_id = canonical(_figure_ablation(params, list(summary["ablations"])))
     hist_paths = [r["folder"] / run_folder.HISTORY_FILE for r in runs if r["ablation"] == fig_id]
-    missing = [str(p) for p in hist_paths if not p.is_file()]
-    if missing:
-        raise ReportError(f"{', '.join(missing)}: missing (Figures 2-3 are drawn from each run's history.csv)")
+    no_history = [str(p) for p in hist_paths if not p.is_file()]
+    if no_history:
+        raise ReportError(f"{', '.join(no_history)}: missing (Figures 2-3 are drawn from each run's history.csv)")
     histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
-    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ABLATIONS[fig_id][1]}), mean over seeds "
+    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
                                               f"{', '.join(map(str, seeds))}",
                           against=summary["ablations"][fig_id].get("modulation_vs_paper"))
     summary["figures"] = {"ablation": fig_id, "seeds": seeds}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cpsl.ablations import ABLATIONS
 from cpsl.evaluate import learnt
-from cpsl.io_utils import write_text_atomic
+from cpsl.io_utils import spreadsheet_text, write_text_atomic
 from cpsl.report.paper_results import FULL_MODEL_ID, TABLE1, TABLE2, TABLE2_CORR_SCALE, TABLE2_DATASET
 
 # (column label, our metric key, paper field, scale for our value in Table 2, decimals)
@@ -121,21 +121,22 @@ def table2_csv(summary: dict) -> str:
     fields = list(rows[0]) if rows else ["id"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
-def _comparison_lines(summary: dict) -> list[str]:
+def comparison_lines(summary: dict, ids=tuple(ABLATIONS)) -> list[str]:
+    """The paired comparisons of the full model with the rows ``ids`` that have runs (Table 2: the CP+SL rows)."""
     comp = summary.get("comparisons", {})
-    vs = comp.get("vs", {})
+    vs = {a: c for a, c in comp.get("vs", {}).items() if a in ids}
     if not vs:
-        return ["", f"Paired comparison with {FULL_MODEL_ID}: {comp.get('note', 'none')}"]
+        return ["", f"Paired comparison with {FULL_MODEL_ID}: {comp.get('note', 'no other row of this table')}"]
     lines = ["", f"### Paired comparison: {comp['reference']} minus each configuration (test split)", "",
              "Bootstrap: paired over test segments, seed-averaged difference, percentile 95% interval, two-sided p. "
              "t-test: paired over seeds (scipy.stats.ttest_rel).", "",
              "| ID | shared seeds | ΔAcc-2 [95% CI] | p boot | p t-test | ΔMAE [95% CI] | p boot | p t-test |",
              "|---|---|---|---|---|---|---|---|"]
-    for aid in [a for a in ABLATIONS if a in vs]:
+    for aid in [a for a in ids if a in vs]:
         c = vs[aid]
         cells = [aid, " ".join(map(str, c["shared_seeds"]))]
         for key, d in (("acc2_nonzero", 2), ("mae", 4)):
@@ -180,10 +181,10 @@ def table2_markdown(summary: dict) -> str:
             cells.append(_fmt(st.get("mean"), st.get("std"), d))
         cells.append(learnt.table_cell(entry.get("av_learnt")))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(head + lines + _learnt_footnote(summary, ordered_ids(summary)) + _comparison_lines(summary)) + "\n"
+    return "\n".join(head + lines + learnt_footnote(summary, ordered_ids(summary)) + comparison_lines(summary)) + "\n"
 
 
-def _learnt_footnote(summary: dict, ids) -> list[str]:
+def learnt_footnote(summary: dict, ids) -> list[str]:
     """The footnote explaining the a/v-not-learnt mark, when one of the table's rows ``ids`` carries it."""
     rows = [summary["ablations"][a].get("av_learnt") for a in ids if a in summary["ablations"]]
     return ["", learnt.FOOTNOTE] if learnt.any_marked(rows) else []
@@ -200,7 +201,7 @@ def _table1_block(title: str, rows: list[tuple[str, tuple]], ours: list[str] | N
 
 def table1_markdown(summary: dict) -> str:
     dataset = summary["dataset"]
-    lines = [f"# Table 1 - our full model ({FULL_MODEL_ID}) on `{dataset}` beside the paper", ""]
+    lines = [f"## The paper's Table 1 - our full model ({FULL_MODEL_ID}) on `{dataset}` beside the paper's rows", ""]
     ours = None
     if FULL_MODEL_ID in summary["ablations"]:
         n = len(summary["ablations"][FULL_MODEL_ID]["seeds"])
@@ -226,16 +227,20 @@ def table1_markdown(summary: dict) -> str:
                       "| " + " | ".join(ours) + " |", ""]
         for name in ("mosi", "mosei"):
             lines += _table1_block(f"CMU-{name.upper()} (paper)", TABLE1[name], None)
-    lines += _learnt_footnote(summary, [FULL_MODEL_ID])
+    lines += learnt_footnote(summary, [FULL_MODEL_ID])
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write_tables(summary: dict, out_dir) -> list[str]:
-    """Write table2.md, table2.csv and table1.md atomically into ``out_dir``; return the paths."""
+    """Write table2.md, table2.csv, table1.md (Table 1 from runs, then the paper's Table 1 beside our A6) and
+    table1.csv atomically into ``out_dir``; return the paths."""
+    from cpsl.report import table1
+
     out_dir = Path(out_dir)
     written = []
+    t1 = table1.runs_markdown(summary) + "\n" + table1_markdown(summary)
     for name, text in (("table2.md", table2_markdown(summary)), ("table2.csv", table2_csv(summary)),
-                       ("table1.md", table1_markdown(summary))):
+                       ("table1.md", t1), ("table1.csv", table1.runs_csv(summary))):
         write_text_atomic(out_dir / name, text)
         written.append(str(out_dir / name))
     return written

@@ -1,0 +1,1 @@
+"""Stage ``train`` (``cpsl train``): one (ablation, seed) run, single process or torchrun DDP, resumable."""

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cpsl import run_folder
+from cpsl.errors import PipelineError
 from cpsl.run_folder import load_pt, save_pt
 from cpsl.train.distributed import DistContext, barrier, gather_objects
 
@@ -116,20 +117,23 @@ class RunState:
 _SHARED = ("fingerprint", "epoch", "step_in_epoch", "global_step", "history", "best", "conflicts", "wall_s")
 
 
-def save_state(path: Path, state: RunState, model, optimizer, scheduler, ctx: DistContext) -> None:
-    """Write state/last.pt (rank 0), with every rank's RNG and partial sums. A collective: call on every rank."""
+def save_state(path: Path, state: RunState, model, optimizer, scheduler, ctx: DistContext, recipe=None) -> None:
+    """Write state/last.pt (rank 0), with every rank's RNG and partial sums and the row's recipe state
+    (cpsl.train.recipe: identical on every rank by the recipe's contract). A collective: call on every rank."""
     ranks = gather_objects({"rng": capture_rng(), "partial": state.partial}, ctx)
     if ctx.is_main:
         save_pt(path, {**{k: getattr(state, k) for k in _SHARED}, "world_size": ctx.world_size,
                        "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "ranks": ranks})
+                       "scheduler": scheduler.state_dict(), "ranks": ranks,
+                       "recipe": recipe.state_dict() if recipe is not None else {}})
 
 
 def resume(path: Path, run_dir: Path, fingerprint: str, model, optimizer, scheduler, ctx: DistContext,
-           log) -> RunState:
+           log, recipe=None, columns=run_folder.HISTORY_COLUMNS) -> RunState:
     """The state to continue from: the saved one when it belongs to this run and its outputs are intact
-    (model, optimizer, scheduler and this rank's RNG restored), else a fresh one, after rank 0 removed
-    every file of the earlier run. A collective: call on every rank."""
+    (model, optimizer, scheduler, the recipe's state and this rank's RNG restored), else a fresh one, after rank 0
+    removed every file of the earlier run. ``columns``: the row's history.csv columns. A collective: call on every
+    rank."""
     saved = load_state(path)  # None (with a warning) when unreadable: a bad file must not block
     best = _best_to_keep(saved, run_dir, fingerprint, ctx) if saved is not None else None
     barrier(ctx)  # every rank has read the state and best.pt before rank 0 may delete them
@@ -137,13 +141,15 @@ def resume(path: Path, run_dir: Path, fingerprint: str, model, optimizer, schedu
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if recipe is not None:
+            recipe.load_state_dict(saved.get("recipe") or {})
         restore_rng(saved["ranks"][ctx.rank]["rng"])
         state = RunState(**{k: saved[k] for k in _SHARED}, partial=saved["ranks"][ctx.rank]["partial"])
         state.best = best
         if ctx.is_main:
             if best is None:
                 (run_dir / run_folder.BEST_FILE).unlink(missing_ok=True)
-            run_folder.write_history(run_dir, state.history)  # an engine may have deleted it
+            run_folder.write_history(run_dir, state.history, columns)  # an engine may have deleted it
         log(f"resuming {run_dir} at epoch {state.epoch}, step {state.step_in_epoch} "
             f"(global step {state.global_step})")
         return state
@@ -173,9 +179,11 @@ def _best_to_keep(saved: dict, run_dir: Path, fingerprint: str, ctx: DistContext
     if saved["fingerprint"] != fingerprint:
         return _NOT_RESUMABLE
     if saved["world_size"] != ctx.world_size:
-        raise RuntimeError(f"{run_dir / run_folder.STATE_FILE} was written by {saved['world_size']} processes, this "
-                           f"run has {ctx.world_size}: resume with the same world size, or delete "
-                           f"{run_dir / 'state'}")
+        # execution.nproc is no param (it reruns nothing), but an interrupted run's per-rank RNG and sampler
+        # position only make sense with the world size that saved them
+        raise PipelineError(f"{run_dir / run_folder.STATE_FILE} was written by {saved['world_size']} processes, "
+                            f"this run has {ctx.world_size}: resume with the same world size (execution.nproc "
+                            f"{saved['world_size']}), or delete {run_dir / 'state'} to start it again")
     recorded = run_folder.best_record(run_dir)
     if recorded is not None and recorded["fingerprint"] == fingerprint:
         if saved["best"] is not None and recorded["epoch"] == saved["best"]["epoch"]:
@@ -189,19 +197,20 @@ class LiveLog:
     """The DVCLive folder, rebuilt from the history on (re)start so a resumed run has exactly one step per
     epoch. Its contents are a view of ``history``: history.csv stays the contract other stages read."""
 
-    def __init__(self, run_dir: Path, history: list[dict]):
+    def __init__(self, run_dir: Path, history: list[dict], columns=run_folder.HISTORY_COLUMNS):
         from dvclive import Live  # imported here: dvclive pulls in dvc/git helpers, only rank 0 needs it
 
         folder = run_dir / run_folder.DVCLIVE_DIR
         if folder.exists():
             shutil.rmtree(folder)
         self.live = Live(str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
+        self.columns = tuple(columns)
         for row in history:
             self.log(row)
 
     def log(self, row: dict) -> None:
         self.live.step = int(row["epoch"])
-        for key in run_folder.HISTORY_COLUMNS[1:]:
+        for key in self.columns[1:]:
             value = float(row[key])
             if math.isfinite(value):
                 self.live.log_metric(key, value)

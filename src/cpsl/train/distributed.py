@@ -1,6 +1,6 @@
 """Process-group plumbing for multi-process training (torchrun).
 
-- ``cpsl train`` with ``train.nproc > 1`` outside torchrun (no WORLD_SIZE in the environment) re-launches the
+- ``cpsl train`` with ``execution.nproc > 1`` outside torchrun (no WORLD_SIZE in the environment) re-launches the
   same command through ``python -m torch.distributed.run --standalone --nproc_per_node N`` and waits for it.
 - Under torchrun each process reads RANK / LOCAL_RANK / WORLD_SIZE, takes its device (cuda:LOCAL_RANK, or the
   CPU) and joins the group with NCCL on GPUs and gloo on CPU.
@@ -40,11 +40,12 @@ def under_torchrun() -> bool:
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``train.device``: auto -> CUDA when available; asking for cuda without one is an error."""
+    """``execution.device``: auto -> CUDA when available; asking for cuda without one is an error."""
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device (set train.device: auto or cpu)")
+        raise RuntimeError("execution.device is 'cuda' but torch sees no CUDA device (set execution.device: auto or "
+                           "cpu)")
     return torch.device("cuda", local_rank)
 
 
@@ -109,3 +110,14 @@ def relaunch(nproc: int, cli_args: list[str], pass_fds=()) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def all_gather_tensor(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's ``tensor`` (the same shape on every rank) concatenated along dim 0 in rank order; the tensor
+    itself with one process. For recipes whose per-step state must stay identical on every rank (each rank sees
+    other segments: gather the updates, then apply all of them everywhere)."""
+    if not ctx.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

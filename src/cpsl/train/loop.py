@@ -1,10 +1,15 @@
-"""The training loop of one (ablation, seed) run: read it top to bottom in ``fit``.
+"""The training loop of one (row, seed) run: read it top to bottom in ``fit``.
+
+Every row (a CP+SL ablation row, T0 or a Table 1 baseline: cpsl.rows) runs this same loop; what is row-specific
+(the model: cpsl.model.zoo; its objective, optimizer, schedule, step statistics, gradient hooks, extra optimisation,
+per-epoch hook and per-run state: the row's recipe, cpsl.train.recipe) is asked of the row at fixed points. The
+description below is the CP+SL rows' (their recipe: cpsl.train.step.CPSLRecipe).
 
 Per step (cpsl.train.step): forward (bf16 autocast on CUDA when train.bf16), the Eq. 4 terms, backward (DDP
 averages the gradients), ONE all-reduce of the unimodal absolute errors / sample count / non-finite flags / stop
 requests, gradient modulation (Eq. 5-6, GE; only inside the gm window and per the switches), the collapse guard,
 gradient clipping (train.grad_clip, 0 = off) and the AdamW step with linear warmup then linear decay.
-``train.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
+``execution.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
 once per epoch with the step replayed from a CUDA graph (cuda_graph); auto = cuda_graph on one CUDA process
 (where verified exact), sync_free under DDP on CUDA, eager on the CPU (where reading a value costs nothing).
 Per epoch: the train means of every loss term (all-reduced over ranks), validation on rank 0 with
@@ -40,34 +45,43 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from cpsl import deps, run_folder
-from cpsl.ablations import canonical, switches_for
+from cpsl import deps, rows, run_folder
+from cpsl.ablations import switches_for
 from cpsl.cache import read_attrs, read_split
 from cpsl.config import stage_slice
+from cpsl.errors import ParamsError
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import pearson
+from cpsl.model import zoo
 from cpsl.model.inference import inference_batch_size, run_inference
-from cpsl.model.network import build_model
-from cpsl.names import LOSS_TERMS
 from cpsl.train import checkpoint as ckpt
 from cpsl.train.cuda_graphs import GraphedSteps
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
-from cpsl.train.distributed import DistContext
-from cpsl.train.step import Collapse, EpochSums, LossStep, StepBody, Stepper
+from cpsl.train.distributed import DistContext, gather_objects
+from cpsl.train.recipe import (  # noqa: F401 - make_optimizer, linear_warmup_decay: their home was here (tests)
+    Recipe,
+    linear_warmup_decay,
+    make_optimizer,
+)
+from cpsl.train.recipes import recipe_for
+from cpsl.train.step import Collapse, EpochSums, StepBody, Stepper
 
 EXIT_OK = 0
 EXIT_COLLAPSE = 3
-_TERMS = LOSS_TERMS
 
 
 @dataclass
 class RunSpec:
-    params: dict
-    ablation: str
+    params: dict     # replaced by the row's run params (cpsl.rows.run_params: only what the row reads)
+    ablation: str    # the row ID (a CP+SL row or a baseline); aliases resolved (B1 -> A1, ...)
     seed: int
     data_path: Path
     run_dir: Path
     text_model: str  # as configured (HF id, folder, package:<module>); resolved when the model is built
+
+    def __post_init__(self):
+        self.ablation = rows.canonical(self.ablation)
+        self.params = rows.run_params(self.params, self.ablation)
 
 
 @dataclass
@@ -100,35 +114,17 @@ class StopFlag:
 def run_fingerprint(spec: RunSpec) -> str:
     # only the params training reads (listing another row in `ablations` must not retrain this one), and the
     # code it runs: a state saved by other code is never resumed
-    return ckpt.run_fingerprint(stage_slice(spec.params, "train"), canonical(spec.ablation), spec.seed,
+    return ckpt.run_fingerprint(stage_slice(spec.params, "train", missing_ok=True), spec.ablation, spec.seed,
                                 read_attrs(spec.data_path), spec.data_path.stat().st_size,
                                 code=deps.code_hash("train"))
 
 
-def make_optimizer(model, tp: dict) -> torch.optim.Optimizer:
-    """AdamW; the text encoder at train.lr, every new module (AME, fusion, heads) at train.lr_new_modules
-    (null: train.lr, the paper's single rate). Both groups follow the same warmup/decay factor."""
-    new_lr = tp["lr"] if tp["lr_new_modules"] is None else tp["lr_new_modules"]
-    text = list(model.text_encoder.parameters())
-    text_ids = {id(p) for p in text}
-    new = [p for p in model.parameters() if id(p) not in text_ids]
-    groups = [{"params": text, "lr": tp["lr"]}, {"params": new, "lr": new_lr}]
-    return torch.optim.AdamW(groups, lr=tp["lr"], weight_decay=tp["weight_decay"], foreach=True)
-
-
-def linear_warmup_decay(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return factor
-
-
-def validate(model, arrays: dict, spec: RunSpec, switches, device) -> dict:
+def validate(model, arrays: dict, spec: RunSpec, recipe: Recipe, device) -> dict:
+    """Rank 0: the recipe's loss terms (NaN for a term it does not compute on validation), MAE and Pearson r."""
     result = run_inference(model, arrays, inference_batch_size(spec.params), device,
-                           loss_params=spec.params["loss"], switches=switches)
+                           losses=lambda out, batch: recipe.losses(out, batch))
     label = np.asarray(arrays["label"], dtype=np.float64)
-    out = {f"valid/{t}": float(result.losses[t]) for t in _TERMS}
+    out = {f"valid/{t}": float(result.losses.get(t, float("nan"))) for t in recipe.terms}
     out["valid/mae"] = float(np.mean(np.abs(result.prediction.astype(np.float64) - label)))
     out["valid/corr"] = float(pearson(result.prediction, label))
     return out
@@ -153,10 +149,11 @@ class _Run:
     meta: dict
     use_bf16: bool
     stepper: Stepper
+    recipe: Recipe
 
 
 def step_mode(configured: str, ctx: DistContext) -> str:
-    """train.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
+    """execution.step resolved for this process. auto: cuda_graph on one CUDA process, sync_free under DDP on CUDA,
     eager on the CPU (a host read costs nothing there, and eager stops a collapsing run at once)."""
     cuda_alone = ctx.device.type == "cuda" and not ctx.distributed
     if configured == "auto":
@@ -164,24 +161,44 @@ def step_mode(configured: str, ctx: DistContext) -> str:
             return "eager"
         return "cuda_graph" if cuda_alone else "sync_free"
     if configured == "cuda_graph" and not cuda_alone:
-        raise ValueError(f"train.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
+        raise ValueError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
                          f"{ctx.world_size} process(es)); use auto, sync_free or eager")
     return configured
 
 
+def optimizer_in_graph(params: dict, ctx: DistContext, recipe: Recipe | None = None) -> bool:
+    """Whether this process captures the AdamW step in its CUDA graphs (execution.cuda_graph_scope: step; never for
+    a recipe whose step cannot be captured at all)."""
+    ex = params["execution"]
+    blocked = recipe is not None and recipe.capture_blocker is not None
+    return step_mode(ex["step"], ctx) == "cuda_graph" and ex["cuda_graph_scope"] == "step" and not blocked
+
+
 def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: DistContext, seed: int,
-                 batch_per_rank: int, use_bf16: bool) -> Stepper:
-    """The training step of train.step for this process (graphs for full batches of ``batch_per_rank``)."""
-    mode = step_mode(params["train"]["step"], ctx)
-    body = StepBody(net, model, params, switches, ctx, use_bf16)
-    graphs = (GraphedSteps(body, batch_per_rank, strict=params["train"]["step"] == "cuda_graph",
-                           log=lambda msg: _log(ctx, msg)) if mode == "cuda_graph" else None)
+                 batch_per_rank: int, use_bf16: bool, recipe: Recipe | None = None) -> Stepper:
+    """The training step of execution.step for this process (graphs for full batches of ``batch_per_rank``; with
+    execution.cuda_graph_scope step they include ``optimizer``, which must then be capturable on a GPU); without a
+    ``recipe``, the CP+SL recipe of ``switches``. A recipe whose step cannot be captured (``capture_blocker``)
+    makes ``auto`` run sync-free, saying why, and ``cuda_graph`` fail."""
+    mode = step_mode(params["execution"]["step"], ctx)
+    body = StepBody(net, model, params, switches, ctx, use_bf16, recipe=recipe)
+    strict = params["execution"]["step"] == "cuda_graph"
+    blocker = body.recipe.capture_blocker
+    if mode == "cuda_graph" and blocker and strict:
+        raise ParamsError(f"execution.step: cuda_graph is impossible for this row: {blocker}; use auto, sync_free "
+                          f"or eager")
+    graphs = (GraphedSteps(body, batch_per_rank, strict=strict, log=lambda msg: _log(ctx, msg),
+                           optimizer=optimizer if optimizer_in_graph(params, ctx, body.recipe) else None)
+              if mode == "cuda_graph" else None)
+    if graphs is not None and blocker:
+        graphs.disable(blocker)
     return Stepper(mode, body, optimizer, scheduler, ctx, seed, graphs)
 
 
 def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
+    """``switches``: a CP+SL row's (None for a baseline, whose recipe and model come from its registry entries)."""
     params, tp, device = spec.params, spec.params["train"], ctx.device
-    step_mode(tp["step"], ctx)  # refuse an impossible train.step before any work
+    step_mode(params["execution"]["step"], ctx)  # refuse an impossible execution.step before any work
     attrs = read_attrs(spec.data_path)
     # on a GPU the training split lives on the device (MOSI ~30 MB, MOSEI ~0.4 GB): batches are gathered there,
     # with no host-to-device copy (and so no synchronisation) per step
@@ -191,33 +208,48 @@ def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     total_steps = tp["epochs"] * plan.steps_per_epoch
 
     torch.manual_seed(spec.seed)
-    model = build_model(params, switches, attrs["acoustic_dim"], attrs["visual_dim"], spec.text_model).to(device)
-    step_fn = LossStep(model, params["loss"], switches)
+    model = zoo.build(params, spec.ablation, attrs["acoustic_dim"], attrs["visual_dim"], spec.text_model,
+                      switches=switches).to(device)
+    recipe = recipe_for(model, params, spec.ablation, ctx, train=train)
+    step_fn = recipe.loss_module()
     # find_unused_parameters: a switched-off part (e.g. the variance head in C1) gets no gradient
     net = (DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True) if ctx.distributed else step_fn)
-    optimizer = make_optimizer(model, tp)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_warmup_decay(total_steps, round(tp["warmup_ratio"] * total_steps)))
+    optimizer = recipe.optimizer(tp, params["execution"]["optimizer_impl"],
+                                 device if optimizer_in_graph(params, ctx, recipe) else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_factor(total_steps, tp))
     use_bf16 = bool(tp["bf16"]) and device.type == "cuda"
     stepper = make_stepper(net, model, optimizer, scheduler, params, switches, ctx, spec.seed, plan.batch_per_rank,
-                           use_bf16)
-    meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed, "switches": switches.as_dict(),
+                           use_bf16, recipe=recipe)
+    meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed,
+            "switches": switches.as_dict() if switches is not None else None,
             "acoustic_dim": int(attrs["acoustic_dim"]), "visual_dim": int(attrs["visual_dim"]),
             "text_model": spec.text_model, "fingerprint": fingerprint}
-    return _Run(model, net, optimizer, scheduler, plan, train, valid, meta, use_bf16, stepper)
+    return _Run(model, net, optimizer, scheduler, plan, train, valid, meta, use_bf16, stepper, recipe)
 
 
-def _end_epoch(run: _Run, state: ckpt.RunState, row: dict, spec: RunSpec, switches, ctx: DistContext, live) -> None:
+def _end_epoch(run: _Run, state: ckpt.RunState, row: dict, spec: RunSpec, ctx: DistContext, live) -> None:
     """Rank 0: validation, selection on the validation MAE (never test), best.pt, history.csv, DVCLive."""
-    row.update(validate(run.model, run.valid, spec, switches, ctx.device))
+    row.update(validate(run.model, run.valid, spec, run.recipe, ctx.device))
     state.history.append(row)
     if math.isfinite(row["valid/mae"]) and row["valid/mae"] < state.best_mae:
         state.best = {"epoch": row["epoch"], "valid": {k: v for k, v in row.items() if k.startswith("valid/")}}
         run_folder.save_best(spec.run_dir, ckpt.cpu_state_dict(run.model), row["epoch"], state.best["valid"],
                              run.meta)
-    run_folder.write_history(spec.run_dir, state.history)
+    run_folder.write_history(spec.run_dir, state.history, history_columns(run.recipe))
     live.log(row)
+
+
+def history_columns(recipe: Recipe) -> tuple[str, ...]:
+    """history.csv's columns for a row (the CP+SL rows: run_folder.HISTORY_COLUMNS)."""
+    return run_folder.history_columns(recipe.terms, recipe.mean_columns, recipe.count_columns)
+
+
+def _recipe_end_epoch(run: _Run, epoch: int, row: dict, ctx: DistContext) -> None:
+    """The recipe's per-epoch hook on every rank, with rank 0's row (which alone has the validation metrics)."""
+    if type(run.recipe).end_epoch is Recipe.end_epoch:
+        return  # the recipe has no per-epoch hook: no collective
+    run.recipe.end_epoch(epoch, gather_objects(row, ctx)[0])
 
 
 def raise_if_collapsed(sums: EpochSums, epoch: int, start_step: int, start_global_step: int) -> None:
@@ -231,7 +263,7 @@ def raise_if_collapsed(sums: EpochSums, epoch: int, start_step: int, start_globa
 
 def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
     tp = spec.params["train"]
-    switches = switches_for(spec.ablation)
+    switches = None if rows.is_baseline(spec.ablation) else switches_for(spec.ablation)
     run_dir = spec.run_dir = Path(spec.run_dir)
     if tp["batch_size"] % ctx.world_size:
         raise ValueError(f"train.batch_size ({tp['batch_size']}) must be divisible by the world size "
@@ -241,16 +273,16 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
     run = _build(spec, ctx, switches, fingerprint)
     state_path = run_dir / run_folder.STATE_FILE
     state = ckpt.resume(state_path, run_dir, fingerprint, run.model, run.optimizer, run.scheduler, ctx,
-                        lambda msg: _log(ctx, msg))
+                        lambda msg: _log(ctx, msg), recipe=run.recipe, columns=history_columns(run.recipe))
     wall_before = state.wall_s
     if state.global_step == 0:
         torch.manual_seed(spec.seed * 100_003 + ctx.rank)  # per-rank dropout / AME noise
-    live = ckpt.LiveLog(run_dir, state.history) if ctx.is_main else None
+    live = ckpt.LiveLog(run_dir, state.history, history_columns(run.recipe)) if ctx.is_main else None
 
     def save(epoch: int, step: int, sums: EpochSums | None) -> None:
         state.epoch, state.step_in_epoch, state.partial = epoch, step, sums.state() if sums else None
         state.wall_s = wall_before + time.time() - wall_start
-        ckpt.save_state(state_path, state, run.model, run.optimizer, run.scheduler, ctx)
+        ckpt.save_state(state_path, state, run.model, run.optimizer, run.scheduler, ctx, recipe=run.recipe)
 
     def interrupted(signum: int, where: str) -> FitResult:
         _log(ctx, f"interrupted {where}: state saved to {state_path}; rerun the same command to resume")
@@ -262,7 +294,7 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
         with StopFlag() as stop:
             for epoch in range(state.epoch, tp["epochs"]):
                 run.net.train()
-                sums = EpochSums(ctx.device, state.partial)
+                sums = EpochSums(ctx.device, state.partial, recipe=run.recipe)
                 start_step = state.step_in_epoch
                 steps = tqdm(run.plan.batches(epoch, start_step, ctx.device), total=run.plan.steps_per_epoch,
                              initial=start_step, desc=f"epoch {epoch}", unit="step", leave=False,
@@ -270,6 +302,7 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
                 stop_votes = False
                 for step, index in enumerate(steps, start=start_step):
                     batch = gather_batch(run.train, index, ctx.device)
+                    batch["index"] = index  # the segments' rows in the train split (per-segment recipe state)
                     _, stop_votes = run.stepper.step(batch, sums, epoch=epoch, step=step,
                                                      global_step=state.global_step, stop_requested=stop.signum > 0)
                     state.global_step += 1
@@ -284,11 +317,12 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
                 raise_if_collapsed(sums, epoch, start_step,
                                    state.global_step - (run.plan.steps_per_epoch - start_step))
                 row = {"epoch": epoch, **sums.row(ctx)}
-                state.conflicts += row["gm/conflicts"]
+                state.conflicts += row.get("gm/conflicts", 0)  # Eq. 6 penalties (CP+SL rows only)
                 if ctx.is_main:
-                    _end_epoch(run, state, row, spec, switches, ctx, live)
+                    _end_epoch(run, state, row, spec, ctx, live)
                     bar.set_postfix(valid_mae=f"{row['valid/mae']:.4f}",
                                     best_epoch=state.best["epoch"] if state.best else None)
+                _recipe_end_epoch(run, epoch, row, ctx)
                 bar.update(1)
                 save(epoch + 1, 0, None)
                 if stop_votes:
@@ -306,16 +340,16 @@ def fit(spec: RunSpec, ctx: DistContext) -> FitResult:
             live.close()
 
     if ctx.is_main:
-        _write_summary(spec, run, state, switches, ctx, wall_before + time.time() - wall_start)
+        _write_summary(spec, run, state, ctx, wall_before + time.time() - wall_start)
     return FitResult(EXIT_OK, run.model, "finished")
 
 
-def _write_summary(spec: RunSpec, run: _Run, state: ckpt.RunState, switches, ctx: DistContext, wall_s: float) -> None:
+def _write_summary(spec: RunSpec, run: _Run, state: ckpt.RunState, ctx: DistContext, wall_s: float) -> None:
     best = state.best
     if best is None:
         raise RuntimeError(f"{spec.run_dir}: no epoch had a finite validation MAE; no best.pt was written")
     run_folder.write_summary(spec.run_dir, {
-        "fingerprint": state.fingerprint, "params": spec.params, "switches": switches.as_dict(),
+        "fingerprint": state.fingerprint, "params": spec.params, "switches": run.meta["switches"],
         "ablation": spec.ablation, "seed": spec.seed, "best_epoch": best["epoch"], "best_valid": best["valid"],
         "wall_time_s": wall_s, "steps": state.global_step, "steps_per_epoch": run.plan.steps_per_epoch,
         "conflicts_total": state.conflicts, "world_size": ctx.world_size, "device": str(ctx.device),

@@ -1,15 +1,18 @@
 """The ``train`` stage: `cpsl train --seed K [--ablation ID] [--data X.h5] [--out DIR]`.
 
-- GPUs: unless a scheduler set ``CUDA_VISIBLE_DEVICES`` (SLURM does), the job leases ``train.nproc`` free devices
+- GPUs: unless a scheduler set ``CUDA_VISIBLE_DEVICES`` (SLURM does), the job leases ``execution.nproc`` free devices
   of this machine for its lifetime (cpsl.gpu_slots), so concurrent Snakemake jobs never share one by accident.
-- ``train.nproc > 1`` outside torchrun: re-launch this same command under
+- ``execution.nproc > 1`` outside torchrun: re-launch this same command under
   ``python -m torch.distributed.run --standalone --nproc_per_node N`` and return its exit code.
-- A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache, code; and every
-  declared output present) is not retrained. Anything less is trained: an engine deletes a stage's outputs
-  before rerunning it, and the rerun must write them all.
+- A finished run (train_summary.json with the same fingerprint: params, ablation, seed, cache, code; every
+  declared output present; best.pt a regular file that loads with weights_only and records the fingerprint) is
+  not retrained. Anything less is trained (a damaged or symlinked best.pt: saying so): an engine deletes a
+  stage's outputs before rerunning it, and the rerun must write them all.
 - A run folder holding state/last.pt of the same run continues it, when the outputs that state vouches for
   are intact (cpsl.train.checkpoint.resume); otherwise the run starts from scratch.
 
+- Started by a workflow engine (Snakemake, DVC), the run stops with its state saved when that engine process
+  disappears (cpsl.engine_guard: Snakemake SIGKILLed), instead of running on unsupervised.
 - The run folder is locked (cpsl.runlock) by the writing process (rank 0) for the whole run, so a second
   writer fails at once naming the holder's PID; temporaries a SIGKILLed run left are removed under the lock.
 - Before any epoch: the folder must be writable with room for a checkpoint and a state, and every token id
@@ -28,10 +31,10 @@ import os
 import sys
 from pathlib import Path
 
-from cpsl import gpu_slots, paths, run_folder
-from cpsl.ablations import canonical
+from cpsl import engine_guard, gpu_slots, paths, run_folder
 from cpsl.cache import check_token_ids
 from cpsl.io_utils import check_free_space, remove_stale_temporaries
+from cpsl.rows import canonical
 from cpsl.runlock import run_folder_lock
 from cpsl.text_model import resolve_model_path, text_model_for, text_model_size
 from cpsl.train import distributed
@@ -51,8 +54,11 @@ def run_train(params: dict, seed: int, ablation: str | None = None, data_path=No
     ablation = canonical(ablation or params["ablations"][0])
     data_path = Path(data_path) if data_path else paths.processed_path(params["dataset"])
     out_dir = Path(out_dir) if out_dir else paths.run_dir(params["dataset"], ablation, seed)
-    nproc = params["train"]["nproc"]
-    with gpu_slots.job_devices(nproc, params["train"]["device"], "cpsl train") as held:
+    nproc = params["execution"]["nproc"]
+    # Snakemake runs this through a shell: if Snakemake is SIGKILLed, stop as on SIGTERM (state saved; a torchrun
+    # launcher passes SIGTERM on to the workers)
+    engine_guard.stop_when_engine_dies("cpsl train")
+    with gpu_slots.job_devices(nproc, params["execution"]["device"], "cpsl train") as held:
         return _run_train(params, seed, ablation, data_path, out_dir, params_file, overrides, nproc, held)
 
 
@@ -78,11 +84,13 @@ def _run_train(params, seed, ablation, data_path, out_dir, params_file, override
 
 def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint) -> int:
     params, out_dir, data_path = spec.params, spec.run_dir, spec.data_path
-    done = run_folder.finished_summary(out_dir, run_fingerprint(spec))
+    done, damaged = run_folder.finished_summary(out_dir, run_fingerprint(spec))
     if done is not None:
         print(f"cpsl train: {out_dir} is already trained with these params (best epoch {done['best_epoch']}); "
               f"nothing to do", file=sys.stderr)
         return 0
+    if damaged:
+        print(f"cpsl train: {damaged}; training this run again", file=sys.stderr, flush=True)
     vocab_size, model_bytes = text_model_size(resolved_model)
     if vocab_size is not None:
         check_token_ids(data_path, vocab_size, spec.text_model)
@@ -91,7 +99,7 @@ def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint)
         # epochs need the same room for the temporaries that replace them: fail now, not after an epoch
         check_free_space(out_dir, 4 * model_bytes, "a checkpoint and a training state")
 
-    ctx = distributed.init_from_env(params["train"]["device"])
+    ctx = distributed.init_from_env(params["execution"]["device"])
     try:
         return fit(spec, ctx).exit_code
     finally:

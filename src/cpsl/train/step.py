@@ -1,4 +1,4 @@
-"""One optimisation step of ``fit``, in the three ways ``train.step`` names.
+"""One optimisation step of ``fit``, in the three ways ``execution.step`` names.
 
 Every way runs the same ``StepBody`` (forward with the Eq. 4 terms, backward, ONE all-reduce of the batch
 statistics, Eq. 5-6 + GE on the encoder gradients, the gradient norm with its non-finite flags, clipping) and then
@@ -13,8 +13,8 @@ the AdamW step with its schedule. They differ only in when the host looks at the
   (state/last.pt and best.pt of the last completed finite epoch; the collapsed epoch is never saved).
   Under DDP the stop votes of SIGTERM/SIGINT are read one step late, so every rank stops after the same step
   without waiting for the step in flight.
-- ``cuda_graph``: ``sync_free`` with the body captured in a CUDA graph per static case (cpsl.train.cuda_graphs);
-  one process on CUDA only.
+- ``cuda_graph``: ``sync_free`` with the body (``execution.cuda_graph_scope: step``: and the AdamW step) captured in a
+  CUDA graph per static case (cpsl.train.cuda_graphs); one process on CUDA only.
 
 Given the same state, all three produce the same losses, coefficients, telemetry and weights (tests/test_step_modes.py).
 """
@@ -25,15 +25,19 @@ from dataclasses import dataclass
 
 import torch
 
+from cpsl.ablations import Switches, switches_for
+from cpsl.model import losses as eq4
 from cpsl.model.losses import total_loss
-from cpsl.model.modulation import TELE, Telemetry, modulate_gradients
-from cpsl.names import LOSS_TERMS, TELEMETRY
+from cpsl.model.modulation import TELE, in_window, modulate_gradients
+from cpsl.names import COUNTS, LOSS_TERMS, MODALITIES, TELEMETRY
 from cpsl.train.distributed import DistContext, all_reduce_sum
+from cpsl.train.recipe import Recipe, StepTelemetry
 
 STEP_MODES = ("auto", "eager", "sync_free", "cuda_graph")
-# layout of the per-step all-reduced statistics: unimodal absolute-error sums, sample count, stop votes, then one
-# slot per loss term counting the ranks where that term is non-finite
-ABS_A, ABS_V, COUNT, STOP, NONFINITE = 0, 1, 2, 3, 4
+# layout of the per-step all-reduced statistics: first the recipe's own (Recipe.stats_size; CP+SL: the unimodal
+# absolute-error sums), then the sample count and the stop votes, then one slot per loss term counting the ranks
+# where that term is non-finite. Offsets after the recipe's statistics:
+COUNT, STOP, NONFINITE = 0, 1, 2
 
 
 class Collapse(Exception):
@@ -56,30 +60,81 @@ def noise_generator(seed: int, global_step: int, device: torch.device) -> torch.
     return seeded_generator(noise_seed(seed, global_step), device)
 
 
+ABS_A, ABS_V = 0, 1  # the recipe's step statistics: the unimodal heads' absolute-error sums over the batch
+
+
 class LossStep(torch.nn.Module):
     """Model forward + Eq. 4 in one module, returning only the loss terms and the detached unimodal
     predictions. DDP wraps this, so the tensors it sees are exactly those the loss depends on: parameters
     that only feed switched-off (detached) terms are then correctly found unused."""
 
-    def __init__(self, model: torch.nn.Module, loss_params: dict, switches):
+    def __init__(self, model: torch.nn.Module, loss_params: dict, switches: Switches):
         super().__init__()
         self.model, self.loss_params, self.switches = model, loss_params, switches
 
     def forward(self, batch: dict):
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["acoustic"], batch["visual"])
         losses = total_loss(out, batch["label"], self.loss_params, self.switches)
-        return losses, {m: out.uni[m].detach() for m in ("a", "v")}
+        return losses, {m: out.uni[m].detach() for m in MODALITIES}
+
+
+class CPSLRecipe(Recipe):
+    """The CP+SL rows' recipe (A0-C5, T0; cpsl.train.recipe has the extension point): the Eq. 4 objective and,
+    after the backward pass, Eq. 5-6 with GE on the AME encoders, driven by the unimodal heads' all-reduced
+    training errors (one step statistic each)."""
+
+    terms = LOSS_TERMS
+    mean_columns = tuple(f"gm/{t}" for t in TELEMETRY)
+    count_columns = COUNTS
+    stats_size = 2
+
+    def __init__(self, model, params: dict, row_id: str | None, ctx, switches: Switches | None = None):
+        """``switches``: the row's (default: those of ``row_id``, which may then be None)."""
+        super().__init__(model, params, row_id, ctx)
+        self.switches = switches if switches is not None else switches_for(row_id)
+
+    def loss_module(self) -> torch.nn.Module:
+        return LossStep(self.model, self.params["loss"], self.switches)
+
+    def losses(self, out, batch: dict, objective: str = "main") -> dict:
+        """Eq. 4 (validation; the training step computes it inside LossStep)."""
+        return eq4.total_loss(out, batch["label"], self.params["loss"], self.switches)
+
+    def step_stats(self, aux: dict, batch: dict) -> torch.Tensor:
+        label = batch["label"]
+        return torch.stack([(aux["a"].float() - label).abs().sum(), (aux["v"].float() - label).abs().sum()])
+
+    def after_backward(self, stats, count, aux, batch, epoch, generator):
+        """Eq. 5-6 + GE on the AME encoders' gradients, from the all-reduced unimodal errors."""
+        return modulate_gradients(self.model.modality_encoders(), stats[ABS_A].double() / count,
+                                  stats[ABS_V].double() / count, epoch, self.params["gm"], self.params["cp"],
+                                  self.switches, generator)
+
+    @staticmethod
+    def means(tele) -> torch.Tensor:
+        return tele.vector[: len(TELEMETRY)]
+
+    @staticmethod
+    def counts(tele) -> torch.Tensor:
+        """Per step: the Eq. 6 penalties applied (both modalities) and whether GE noise was added."""
+        v = tele.vector
+        return torch.stack([v[TELE["conflict_a"]] + v[TELE["conflict_v"]], v.new_full((), float(tele.ge))])
+
+    def graph_key(self, epoch: int) -> bool:
+        """Eq. 5-6 and GE add kernels only inside the modulation window: one graph per side of it."""
+        gm = self.params["gm"]
+        return in_window(epoch, gm["start_epoch"], gm["end_epoch"])
 
 
 @dataclass
 class StepOutputs:
     """What one step leaves on the device (nothing here has been read by the host)."""
 
-    losses: torch.Tensor      # float32, LOSS_TERMS order, detached
-    stats: torch.Tensor       # float32, all-reduced: ABS_A, ABS_V, COUNT, STOP, NONFINITE + i per loss term
+    losses: torch.Tensor      # float32, the recipe's terms in order, detached
+    stats: torch.Tensor       # float32, all-reduced: the recipe's statistics, COUNT, STOP, NONFINITE + i per term
     bad: torch.Tensor         # bool: each loss term non-finite (any rank), then the total gradient norm non-finite
     bad_params: torch.Tensor  # bool per parameter with a gradient (StepBody.grad_names): its gradient norm
-    tele: Telemetry
+    tele: StepTelemetry       # the recipe's step record (CP+SL: the modulation telemetry)
 
 
 def grad_norms(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,10 +149,14 @@ def grad_norms(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 class StepBody:
     """Everything of a step before the optimizer, as device work only: no value is read back, so the body can be
-    captured in a CUDA graph (tests/test_step_modes.py checks that no host read happens)."""
+    captured in a CUDA graph (tests/test_step_modes.py checks that no host read happens). What is row-specific
+    comes from ``recipe`` (cpsl.train.recipe); without one, the CP+SL recipe of ``switches``."""
 
-    def __init__(self, net, model, params: dict, switches, ctx: DistContext, use_bf16: bool):
+    def __init__(self, net, model, params: dict, switches, ctx: DistContext, use_bf16: bool, recipe=None):
         self.net, self.model, self.params, self.switches, self.ctx = net, model, params, switches, ctx
+        self.recipe = recipe if recipe is not None else CPSLRecipe(model, params, None, ctx, switches=switches)
+        self.terms = tuple(self.recipe.terms)
+        self.count_at = self.recipe.stats_size  # where the loop's own statistics start in the all-reduced vector
         self.use_bf16 = use_bf16
         self.named_params = list(model.named_parameters())
         # static shapes except on the CPU: trimming all-padding positions reads the mask on the host (a device
@@ -105,6 +164,10 @@ class StepBody:
         # trimming saves most of the compute of short segments. Every mode on a device trims alike.
         model.trim_padding = ctx.device.type == "cpu"
         self.grad_names: list[str] = []  # the parameters that had a gradient at the last call (bad_params order)
+
+    @property
+    def stop_index(self) -> int:
+        return self.count_at + STOP
 
     def __call__(self, batch: dict, epoch: int, generator: torch.Generator | None,
                  stop_vote: bool = False) -> StepOutputs:
@@ -114,38 +177,37 @@ class StepBody:
         precision = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if self.use_bf16
                      else contextlib.nullcontext())
         with precision:
-            losses, uni = self.net(batch)
+            losses, aux = self.net(batch)
         losses["total"].backward()  # under DDP the gradients are averaged over ranks when this returns
-        loss_vector = torch.stack([losses[t].detach().float() for t in LOSS_TERMS])
+        loss_vector = torch.stack([losses[t].detach().float() for t in self.terms])
 
-        # one collective per step: unimodal absolute errors, sample count, stop votes, non-finite terms
+        # one collective per step: the recipe's statistics, sample count, stop votes, non-finite terms
         # (torch.full, not torch.tensor: a fill kernel, no host-to-device copy)
         stats = torch.cat([
-            torch.stack([(uni["a"].float() - label).abs().sum(), (uni["v"].float() - label).abs().sum(),
-                         torch.full((), float(len(label)), device=device),
+            self.recipe.step_stats(aux, batch),
+            torch.stack([torch.full((), float(len(label)), device=device),
                          torch.full((), float(stop_vote), device=device)]),
             (~torch.isfinite(loss_vector)).float(),
         ])
         stats = all_reduce_sum(stats, self.ctx)
-        count = stats[COUNT].double()
-        tele = modulate_gradients(self.model.modality_encoders(), stats[ABS_A].double() / count,
-                                  stats[ABS_V].double() / count, epoch, self.params["gm"], self.params["cp"],
-                                  self.switches, generator)
+        at = self.count_at
+        tele = self.recipe.after_backward(stats[:at], stats[at + COUNT].double(), aux, batch, epoch, generator)
 
-        with_grad = [(n, p.grad) for n, p in self.named_params if p.grad is not None]
+        with_grad = [(n, p) for n, p in self.named_params if p.grad is not None]
         self.grad_names = [n for n, _ in with_grad]
-        grads = [g for _, g in with_grad]
-        per_tensor, total = grad_norms(grads)
-        bad = torch.cat([stats[NONFINITE:] > 0, ~torch.isfinite(total)[None]])
+        per_tensor, total = grad_norms([p.grad for _, p in with_grad])
+        bad = torch.cat([stats[at + NONFINITE:] > 0, ~torch.isfinite(total)[None]])
         clip = self.params["train"]["grad_clip"]
         if clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(grads, clip, total)
+            # the PARAMETERS: clip_grads_with_norm_ scales each argument's .grad (a gradient tensor has none, so
+            # passing the gradients themselves scaled nothing); the norm is the device tensor, no host read
+            torch.nn.utils.clip_grads_with_norm_([p for _, p in with_grad], clip, total)
         return StepOutputs(loss_vector, stats, bad, ~torch.isfinite(per_tensor), tele)
 
 
-def collapse_what(bad: list[bool], bad_params: list[bool], grad_names: list[str]) -> str:
-    """The collapse report's 'what' from a step's non-finite flags (host values)."""
-    terms = [t for t, b in zip(LOSS_TERMS, bad) if b]
+def collapse_what(bad: list[bool], bad_params: list[bool], grad_names: list[str], terms=CPSLRecipe.terms) -> str:
+    """The collapse report's 'what' from a step's non-finite flags (host values); ``terms``: the recipe's."""
+    terms = [t for t, b in zip(terms, bad) if b]
     if terms:
         return f"non-finite loss term(s) {', '.join(terms)}"
     for name, b in zip(grad_names, bad_params):
@@ -156,18 +218,22 @@ def collapse_what(bad: list[bool], bad_params: list[bool], grad_names: list[str]
 
 class EpochSums:
     """Running sums of the epoch in progress (this rank), kept on the device: loss terms weighted by batch size,
-    telemetry, conflicts, and the first non-finite step of the epoch (the deferred collapse guard). Nothing is read
-    back until ``state()``, ``row()`` or ``collapse()``; ``state()`` is what a mid-epoch checkpoint keeps."""
+    the recipe's telemetry (means over the steps that measured it, and counts), and the first non-finite step of
+    the epoch (the deferred collapse guard). Nothing is read back until ``state()``, ``row()`` or ``collapse()``;
+    ``state()`` is what a mid-epoch checkpoint keeps. ``recipe`` (class or instance) gives the terms and telemetry
+    columns; without one, the CP+SL recipe's."""
 
-    def __init__(self, device: torch.device, state: dict | None = None):
-        state = state or {"loss": [0.0] * len(LOSS_TERMS), "samples": 0, "tele": [0.0] * len(TELEMETRY),
-                          "tele_n": [0] * len(TELEMETRY), "conflicts": 0, "ge_steps": 0}
+    def __init__(self, device: torch.device, state: dict | None = None, recipe=None):
+        self.recipe = recipe if recipe is not None else CPSLRecipe
+        terms, means, counts = self.recipe.terms, self.recipe.mean_columns, self.recipe.count_columns
+        state = state or {"loss": [0.0] * len(terms), "samples": 0, "tele": [0.0] * len(means),
+                          "tele_n": [0] * len(means), "counts": [0] * len(counts)}
         f64 = {"dtype": torch.float64, "device": device}
         self.loss = torch.tensor(state["loss"], **f64)
         self.tele = torch.tensor(state["tele"], **f64)
         self.tele_n = torch.tensor(state["tele_n"], **f64)
-        self.conflicts = torch.tensor(float(state["conflicts"]), **f64)
-        self.samples, self.ge_steps = int(state["samples"]), int(state.get("ge_steps", 0))
+        self.counts = torch.tensor([float(c) for c in state["counts"]], **f64)
+        self.samples = int(state["samples"])
         # the deferred guard: steps added so far, the first bad one (-1: none) and its flags
         self.steps = torch.zeros((), dtype=torch.int64, device=device)
         self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
@@ -178,12 +244,11 @@ class EpochSums:
     def add(self, out: StepOutputs, n: int, grad_names: list[str]) -> None:
         self.loss += out.losses.double() * n
         self.samples += n
-        values = out.tele.vector[: len(TELEMETRY)]
-        finite = torch.isfinite(values)  # g is nan (not measured) outside the modulation window
+        values = self.recipe.means(out.tele)
+        finite = torch.isfinite(values)  # e.g. CP+SL's g is nan (not measured) outside the modulation window
         self.tele += torch.where(finite, values, torch.zeros_like(values))
         self.tele_n += finite
-        self.conflicts += out.tele.vector[TELE["conflict_a"]] + out.tele.vector[TELE["conflict_v"]]
-        self.ge_steps += int(out.tele.ge)
+        self.counts += self.recipe.counts(out.tele)
         if self.bad is None or self.bad_params.shape != out.bad_params.shape:
             self.bad, self.bad_params = torch.zeros_like(out.bad), torch.zeros_like(out.bad_params)
             self.grad_names = list(grad_names)
@@ -198,23 +263,23 @@ class EpochSums:
         index = int(self.bad_step.item())
         if index < 0:
             return None
-        return index, collapse_what(self.bad.tolist(), self.bad_params.tolist(), self.grad_names)
+        return index, collapse_what(self.bad.tolist(), self.bad_params.tolist(), self.grad_names, self.recipe.terms)
 
     def state(self) -> dict:
         return {"loss": self.loss.cpu().tolist(), "samples": self.samples, "tele": self.tele.cpu().tolist(),
-                "tele_n": [int(x) for x in self.tele_n.cpu().tolist()], "conflicts": int(self.conflicts.item()),
-                "ge_steps": self.ge_steps}
+                "tele_n": [int(x) for x in self.tele_n.cpu().tolist()],
+                "counts": [int(x) for x in self.counts.cpu().tolist()]}
 
     def row(self, ctx: DistContext) -> dict:
         """Epoch means; loss terms averaged over all ranks' samples (telemetry is identical on every rank)."""
         sums = torch.cat([self.loss, self.loss.new_tensor([float(self.samples)])])
         sums = all_reduce_sum(sums, ctx).cpu().tolist()
-        row = {f"train/{t}": sums[i] / max(sums[-1], 1.0) for i, t in enumerate(LOSS_TERMS)}
+        row = {f"train/{t}": sums[i] / max(sums[-1], 1.0) for i, t in enumerate(self.recipe.terms)}
         tele, tele_n = self.tele.cpu().tolist(), self.tele_n.cpu().tolist()
-        for i, key in enumerate(TELEMETRY):
-            row[f"gm/{key}"] = tele[i] / tele_n[i] if tele_n[i] else float("nan")
-        row["gm/conflicts"] = int(self.conflicts.item())
-        row["gm/ge_steps"] = self.ge_steps
+        for i, key in enumerate(self.recipe.mean_columns):
+            row[key] = tele[i] / tele_n[i] if tele_n[i] else float("nan")
+        for key, count in zip(self.recipe.count_columns, self.counts.cpu().tolist()):
+            row[key] = int(count)
         return row
 
 
@@ -259,7 +324,7 @@ class Stepper:
 
     def __init__(self, mode: str, body: StepBody, optimizer, scheduler, ctx: DistContext, seed: int, graphs=None):
         if mode not in ("eager", "sync_free", "cuda_graph"):
-            raise ValueError(f"train.step: unknown mode {mode!r}")
+            raise ValueError(f"execution.step: unknown mode {mode!r}")
         self.mode, self.body, self.optimizer, self.scheduler, self.ctx = mode, body, optimizer, scheduler, ctx
         self.seed, self.graphs = seed, graphs
         self.votes = _StopVotes(ctx.device)
@@ -267,23 +332,27 @@ class Stepper:
     def step(self, batch: dict, sums: EpochSums, *, epoch: int, step: int, global_step: int,
              stop_requested: bool) -> tuple[StepOutputs, bool]:
         n = len(batch["label"])
+        self.body.recipe.extra_step(self.body.net, batch, epoch, step)  # e.g. MMIM's stage 1 (none by default)
+        optimizer_done = False
         if self.mode == "eager":
             out = self.body(batch, epoch, noise_generator(self.seed, global_step, self.ctx.device), stop_requested)
             stats, bad = out.stats.tolist(), out.bad.tolist()  # the per-step host reads of the reference step
             if any(bad):
                 raise Collapse(epoch, step, global_step,
-                               collapse_what(bad, out.bad_params.tolist(), self.body.grad_names))
-            stop_votes = stats[STOP] > 0
+                               collapse_what(bad, out.bad_params.tolist(), self.body.grad_names, self.body.terms))
+            stop_votes = stats[self.body.stop_index] > 0
         else:
             if self.graphs is not None and self.graphs.can_run(batch, epoch):
                 out = self.graphs.run(batch, epoch, noise_seed(self.seed, global_step))
+                optimizer_done = self.graphs.includes_optimizer  # execution.cuda_graph_scope: step
             else:  # a shape or case without a graph (the short last batch of an epoch) runs uncaptured
                 out = self.body(batch, epoch, noise_generator(self.seed, global_step, self.ctx.device),
                                 stop_requested)
-            stop_votes = (self.votes.push_and_read_previous(out.stats[STOP]) if self.ctx.distributed
+            stop_votes = (self.votes.push_and_read_previous(out.stats[self.body.stop_index]) if self.ctx.distributed
                           else stop_requested)
         sums.add(out, n, self.body.grad_names)
-        self.optimizer.step()
+        if not optimizer_done:
+            self.optimizer.step()
         self.scheduler.step()
         return out, stop_votes
 
