@@ -104,9 +104,32 @@ def test_predictions_are_the_checkpoint_models(setup):
 def test_deterministic(setup, capsys):
     first = (setup["run"] / "predictions.csv").read_bytes()
     run_evaluate(setup["params"], setup["run"], data_path=setup["cache"])
-    assert "warning" not in capsys.readouterr().err  # valid MAE agrees with the one recorded in best.pt
+    assert "differs from" not in capsys.readouterr().err  # valid MAE agrees with the one recorded in best.pt
     assert (setup["run"] / "predictions.csv").read_bytes() == first
     assert not list(setup["run"].glob(".*.tmp"))
+
+
+def test_learnt_verdict_in_metrics_json(setup):
+    """An untrained A6 (random a/v path) with no history.csv: judged on its reliance draws alone, which stay
+    within their noise; a history.csv whose visual head beat the constant predictor unmarks it."""
+    verdict = setup["metrics"]["learnt"]
+    assert verdict["status"] == "not_learnt" and verdict["av_not_learnt"], verdict
+    for stream in ("acoustic", "visual"):
+        assert verdict["streams"][stream]["head"] is None and verdict["streams"][stream]["reliance"]["draws"] == 5
+
+
+def test_learnt_reads_the_heads_from_history_csv(setup, tmp_path):
+    from cpsl.evaluate.learnt import constant_predictor_mae
+    from cpsl.run_folder import HISTORY_COLUMNS, write_history
+
+    run = tmp_path / "A6-seed3"
+    run.mkdir()
+    (run / "best.pt").write_bytes((setup["run"] / "best.pt").read_bytes())
+    constant = constant_predictor_mae(setup["splits"]["train"]["label"])
+    row = {k: 0.0 for k in HISTORY_COLUMNS}
+    write_history(run, [{**row, "epoch": 0, "gm/mae_a": constant, "gm/mae_v": 0.5 * constant}])
+    verdict = run_evaluate(setup["params"], run, data_path=setup["cache"])["learnt"]
+    assert verdict["status"] == "learnt" and verdict["streams"]["visual"]["head"]["flat"] is False
 
 
 def test_consistency_warning_fires_when_the_recorded_valid_mae_disagrees(setup, tmp_path, capsys):

@@ -205,5 +205,5 @@ def test_separate_learning_rate_for_new_modules():
     text_ids = {id(p) for p in model.text_encoder.parameters()}
     assert {id(p) for p in groups[0]["params"]} == text_ids
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
-    same = make_optimizer(model, _params()["train"]).param_groups  # null: the paper's single rate
+    same = make_optimizer(model, _params(**{"train.lr_new_modules": None})["train"]).param_groups  # the paper's
     assert [g["lr"] for g in same] == [1e-5, 1e-5]

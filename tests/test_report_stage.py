@@ -217,3 +217,67 @@ def test_t0_duplicate_rows_and_reliance_columns(tmp_path, base_params):
     csv_rows = list(csv.DictReader((tmp_path / "rep" / "table2.csv").read_text().splitlines()))
     assert [r["id"] for r in csv_rows] == ["A1", "B1", "T0"]
     assert float(csv_rows[0]["reliance_visual_mae_mean"]) == pytest.approx(0.4)
+
+
+def _write_history(folder, columns: dict):
+    names = ["epoch"] + list(columns)
+    n = len(next(iter(columns.values())))
+    with open(folder / "history.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for ep in range(n):
+            w.writerow([ep] + [columns[c][ep] for c in columns])
+
+
+def test_av_not_learnt_mark_and_telemetry_against_the_paper(tmp_path, base_params, capsys):
+    """Issue 18: the a/v-not-learnt verdicts evaluate wrote are counted per row (summary.json), shown in Tables
+    1-2 with a footnote and named on stderr with the setting to change; the modulation telemetry is held
+    against the paper's Section 3.5 ranges over the row's own modulation window."""
+    rng = np.random.default_rng(5)
+    labels = {"valid": _labels(rng, 10), "test": _labels(rng, 20)}
+    verdicts = {("A6", 0): "not_learnt", ("A6", 1): "learnt", ("A0", 0): "learnt", ("A0", 1): "learnt",
+                ("T0", 0): "not_applicable", ("T0", 1): "not_applicable"}
+    telemetry = {"gm/c_a": [0.75, 0.9, 0.72, 0.5], "gm/c_v": [0.5, 0.5, 0.5, 0.5],
+                 "gm/imbalance": [0.2, 0.3, 0.1, 0.2]}
+    for (ablation, seed), status in verdicts.items():
+        folder, metrics = make_run(tmp_path / "res", ablation, seed, 0.5, labels)
+        metrics["learnt"] = {"status": status, "av_not_learnt": status == "not_learnt"}
+        (folder / "metrics.json").write_text(json.dumps(json_safe(metrics)))
+        if ablation == "A6":
+            _write_history(folder, telemetry)
+            # the window the row was trained with: epochs 0-2 (epoch 3 is outside it)
+            (folder / "train_summary.json").write_text(json.dumps({"params": {"gm": {"start_epoch": 0,
+                                                                                     "end_epoch": 2}}}))
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A6", "A0", "T0"], [0, 1]
+    summary = run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    rows = summary["ablations"]
+    assert rows["A6"]["av_learnt"]["marked_seeds"] == [0] and rows["A6"]["av_learnt"]["n_seeds"] == 2
+    assert rows["A0"]["av_learnt"]["n_marked"] == 0 and rows["T0"]["av_learnt"]["not_applicable"]
+    table2 = (tmp_path / "rep" / "table2.md").read_text()
+    line = {aid: next(ln for ln in table2.splitlines() if ln.startswith(f"| {aid} |")) for aid in ("A0", "A6", "T0")}
+    assert line["A6"].endswith("| 1/2 † |") and line["A0"].endswith("| 0/2 |") and line["T0"].endswith("| n/a |")
+    assert "† a/v not learnt" in table2 and "train.lr_new_modules" in table2
+    table1 = (tmp_path / "rep" / "table1.md").read_text()
+    assert "seeds)** †" in table1 and "train.lr_new_modules" in table1
+    csv_rows = {r["id"]: r for r in csv.DictReader((tmp_path / "rep" / "table2.csv").read_text().splitlines())}
+    assert csv_rows["A6"]["av_not_learnt"] == "1/2" and csv_rows["T0"]["av_not_learnt"] == "n/a"
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "did not learn" in ln]
+    assert len(err) == 1 and "A6 (1/2 seeds)" in err[0] and "train.lr_new_modules" in err[0]
+
+    mod = rows["A6"]["modulation_vs_paper"]
+    assert mod["window"] == [0, 2] and mod["epochs"] == [0, 1, 2, 3]
+    assert mod["gm/c_a"]["paper_range"] == [0.7, 0.8] and mod["gm/c_a"]["in_range"] == [True, False, True, False]
+    assert mod["gm/c_a"]["fraction_in_range_in_window"] == pytest.approx(2 / 3)  # epoch 3 is outside the window
+    assert mod["gm/c_v"]["fraction_in_range_in_window"] == 1.0
+    assert mod["gm/imbalance"]["fraction_in_range_in_window"] == pytest.approx(1 / 3)  # 0.3 and 0.1 are out
+    assert mod["gm/c_a"]["per_seed_fraction_in_range_in_window"] == {"0": pytest.approx(2 / 3),
+                                                                     "1": pytest.approx(2 / 3)}
+
+
+def test_no_mark_no_footnote(grid):
+    """Runs without a verdict (evaluated before the rule existed) show '?', and no footnote is printed."""
+    _root, out, summary, _metrics = grid
+    assert summary["ablations"]["A6"]["av_learnt"]["unknown_seeds"] == [0, 2, 10]
+    table2 = (out / "table2.md").read_text()
+    assert "| ? |" in table2 and "†" not in table2 and "†" not in (out / "table1.md").read_text()

@@ -115,3 +115,26 @@ def test_the_report_reads_a_baseline_row_folder_name(tmp_path):
     (tmp_path / "res" / "MAG-seed0" / "metrics.json").write_text(json.dumps(bad))
     with pytest.raises(Exception, match=r"MAG-seed0.metrics\.json: says MAG-seed1"):
         run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+
+
+def test_a_baseline_whose_av_path_learnt_nothing_is_marked_in_table1(tmp_path):
+    """MAG's seeds all marked by evaluate (cpsl.evaluate.learnt): its Table 1 row carries the mark, the count of
+    marked seeds and the footnote; the unmarked rows do not."""
+    params, metrics = _grid(tmp_path)
+    for seed in SEEDS:
+        for row, status in (("MAG", "not_learnt"), ("A6", "learnt"), ("T0", "not_applicable")):
+            m = metrics[(row, seed)]
+            m["learnt"] = {"status": status, "av_not_learnt": status == "not_learnt"}
+            (tmp_path / "res" / f"{row}-seed{seed}" / "metrics.json").write_text(json.dumps(m))
+    run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    with open(tmp_path / "rep" / "table1.csv") as fh:
+        table = {r["id"]: r for r in csv.DictReader(fh)}
+    assert (table["MAG"]["av_not_learnt"], table["A6"]["av_not_learnt"], table["T0"]["av_not_learnt"]) == \
+        (f"{len(SEEDS)}/{len(SEEDS)}", f"0/{len(SEEDS)}", "n/a")
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    mag_line = next(line for line in md.splitlines() if line.startswith("| MAG |"))
+    a6_line = next(line for line in md.splitlines() if line.startswith("| A6 |"))
+    assert "† |" in mag_line.split("|")[2] + "|" and "†" not in a6_line
+    header = next(line for line in md.splitlines() if line.startswith("| ID"))
+    assert header.rstrip(" |").endswith("a/v not learnt (seeds)")
+    assert "† a/v not learnt" in md

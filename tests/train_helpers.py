@@ -89,6 +89,7 @@ def small_params(text_model: str, **overrides) -> dict:
         "dataset": "mosi", "text.model": text_model, "model.intermediate_dim": 8, "model.fusion_dim": 8,
         "train.epochs": 2, "train.batch_size": 8, "train.lr": 1e-3, "train.warmup_ratio": 0.1,
         "execution.device": "cpu", "execution.nproc": 1, "execution.eval_batch_size": 8,
+        "train.lr_new_modules": None,  # one rate for every module, as these tests were calibrated
     }
     settings.update(overrides)
     for key, value in settings.items():

@@ -200,6 +200,15 @@ def read_attrs(path: str | Path) -> dict:
     return out
 
 
+def read_labels(path: str | Path, split: str) -> np.ndarray:
+    """The labels of one split only (float64), without reading its features."""
+    path = Path(path)
+    with _open(path) as h5:
+        if split not in h5 or "label" not in h5[split]:
+            raise CacheError(f"{path}: split '{split}' lacks key 'label'")
+        return np.asarray(h5[split]["label"][()], dtype=np.float64)
+
+
 def read_split(path: str | Path, split: str) -> dict:
     """One split as numpy arrays (dtypes as in the module docstring) plus ``segment_id`` as list[str]."""
     path = Path(path)

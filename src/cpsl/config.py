@@ -30,7 +30,7 @@ def _ablation_list(v) -> bool:
 
 
 # train.* keys the demo may set for itself (demo.train): its ~100 training segments give 14 steps per epoch,
-# where MOSI gives 160; at the paper's lr 1e-5 for every module nothing is learnt in a CPU demo's budget.
+# where MOSI gives 160, so a CPU demo trains fewer epochs (params.yaml).
 DEMO_TRAIN_KEYS = ("epochs", "lr", "lr_new_modules", "warmup_ratio")
 
 

@@ -26,6 +26,7 @@ rule train:
 rule evaluate:
     input:
         "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
+        "results/" + DATASET + "/{ablation}-seed{seed}/history.csv",
         str(paths.processed_path(DATASET)),
         code("evaluate"),
     output:

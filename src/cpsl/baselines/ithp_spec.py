@@ -50,4 +50,6 @@ HYPER = {
 
 
 SPEC = BaselineSpec(row="ITHP", section=SECTION, label="ITHP (Xiao et al., ICLR 2024)", paper_rows={"d": "ITHP"},
-                    hyper=HYPER, sources=SOURCES)
+                    hyper=HYPER, sources=SOURCES, reads_av_at_inference=False,
+                    av_note="ITHP's prediction reads the text only: the acoustic/visual streams are training targets "
+                            "of its bottleneck (learnt through the KL and reconstruction terms, not the prediction)")

@@ -77,6 +77,21 @@ NEUTRAL = ["the", "movie", "film", "i", "it", "was", "and", "a", "really", "just
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
+@dataclass(frozen=True)
+class Signal:
+    """How the label is planted: the share of segments whose text has no polarity, and per a/v stream the
+    shift per label unit and the std of the segment-level nuisance on its signal dims."""
+
+    ambiguous_rate: float = AMBIGUOUS_RATE
+    acoustic_gain: float = ACOUSTIC_GAIN
+    acoustic_nuisance: float = ACOUSTIC_NUISANCE
+    visual_gain: float = VISUAL_GAIN
+    visual_nuisance: float = VISUAL_NUISANCE
+
+
+DEMO_SIGNAL = Signal()
+
+
 @dataclass
 class DemoData:
     """The generated streams, role -> {video_id: (intervals, features)}, plus folds and latent labels."""
@@ -152,8 +167,7 @@ def generate_demo(demo: Mapping) -> DemoData:
     seed, n_videos = int(demo["seed"]), int(demo["videos"])
     lo, hi = int(demo["min_segments"]), int(demo["max_segments"])
     rng = np.random.default_rng(seed)
-    a_off, a_scale = rng.normal(0, 2, ACOUSTIC_DIM), rng.uniform(0.5, 3.0, ACOUSTIC_DIM)
-    v_off, v_scale = rng.normal(0, 1, VISUAL_DIM), rng.uniform(0.5, 2.0, VISUAL_DIM)
+    scales = _feature_scales(rng, VISUAL_DIM)
 
     ids: list[str] = []
     while len(ids) < n_videos:
@@ -163,56 +177,7 @@ def generate_demo(demo: Mapping) -> DemoData:
 
     out = DemoData(streams={role: {} for role in ROOT_NAMES})
     for vid in ids:
-        n_seg = int(rng.integers(lo, hi + 1))
-        t = float(rng.uniform(0.2, 1.0))
-        tokens, tok_iv = ["sp"], [(0.0, t)]
-        seg_bounds, ys, amb = [], [], []
-        for s in range(n_seg):
-            if s > 0:  # a pause between opinion segments
-                gap = float(rng.uniform(0.2, 1.0))
-                tokens.append("sp")
-                tok_iv.append((t, t + gap))
-                t += gap
-            y = _segment_label(rng)
-            ambiguous = bool(rng.random() < AMBIGUOUS_RATE)
-            start = t
-            words = _segment_words(rng, y, int(rng.integers(WORDS_PER_SEGMENT[0], WORDS_PER_SEGMENT[1] + 1)), ambiguous)
-            for k, w in enumerate(words):
-                if k > 0 and rng.random() < 0.15:  # a short hesitation inside the segment
-                    pause = float(rng.uniform(0.05, 0.4))
-                    tokens.append("sp")
-                    tok_iv.append((t, t + pause))
-                    t += pause
-                dur = float(rng.uniform(0.15, 0.6))
-                tokens.append(w)
-                tok_iv.append((t, t + dur))
-                t += dur
-            seg_bounds.append((start, t))
-            ys.append(y)
-            amb.append(ambiguous)
-        tokens.append("sp")
-        tok_iv.append((t, t + 0.5))
-        t += 0.5
-        duration = t
-
-        bounds = np.asarray(seg_bounds, dtype=np.float64)
-        y_arr = np.asarray(ys, dtype=np.float64)
-        a_shift = ACOUSTIC_GAIN * y_arr + rng.normal(0.0, ACOUSTIC_NUISANCE, n_seg)
-        v_shift = VISUAL_GAIN * y_arr + rng.normal(0.0, VISUAL_NUISANCE, n_seg)
-        a_iv, a_feat = _frames(rng, duration, ACOUSTIC_HZ, ACOUSTIC_DIM, bounds, a_shift, ACOUSTIC_SIGNAL_DIMS,
-                               a_off, a_scale)
-        ninf = rng.random((a_feat.shape[0], len(NEG_INF_DIMS))) < NEG_INF_RATE
-        for j, d in enumerate(NEG_INF_DIMS):
-            a_feat[ninf[:, j], d] = -np.inf
-        v_iv, v_feat = _frames(rng, duration, VISUAL_HZ, VISUAL_DIM, bounds, v_shift, VISUAL_SIGNAL_DIMS,
-                               v_off, v_scale)
-
-        out.streams["words"][vid] = (np.asarray(tok_iv, dtype=np.float64), np.array(tokens, dtype="S")[:, None])
-        out.streams["acoustic"][vid] = (a_iv, a_feat)
-        out.streams["visual"][vid] = (v_iv, v_feat)
-        out.streams["labels"][vid] = (bounds, y_arr.astype(np.float32)[:, None])
-        out.labels[vid] = y_arr
-        out.ambiguous[vid] = np.asarray(amb, dtype=bool)
+        _add_video(rng, out, vid, int(rng.integers(lo, hi + 1)), scales, DEMO_SIGNAL)
 
     order = [ids[i] for i in rng.permutation(n_videos)]
     n_train = max(1, round(FOLD_FRACTIONS[0] * n_videos))
@@ -226,16 +191,97 @@ def generate_demo(demo: Mapping) -> DemoData:
     return out
 
 
+def generate_layout(segments: Mapping[str, int], folds: Mapping[str, list], seed: int,
+                    visual_dim: int = VISUAL_DIM, signal: Signal = DEMO_SIGNAL) -> DemoData:
+    """Demo-style streams for a given layout: video id -> number of segments, and the folds of those ids
+    (e.g. MOSI's real video ids, segment counts and standard folds, for a MOSI-size mirror in a study);
+    ``signal`` says how much of the label the text and the a/v streams carry."""
+    rng = np.random.default_rng(seed)
+    scales = _feature_scales(rng, visual_dim)
+    out = DemoData(streams={role: {} for role in ROOT_NAMES}, folds={k: list(v) for k, v in folds.items()})
+    for vid, n_seg in segments.items():
+        _add_video(rng, out, vid, int(n_seg), scales, signal)
+    return out
+
+
+def _feature_scales(rng: np.random.Generator, visual_dim: int) -> tuple:
+    """Fixed per-dim offsets and scales (acoustic, then visual), so raw scales differ as in real features."""
+    a_off, a_scale = rng.normal(0, 2, ACOUSTIC_DIM), rng.uniform(0.5, 3.0, ACOUSTIC_DIM)
+    v_off, v_scale = rng.normal(0, 1, visual_dim), rng.uniform(0.5, 2.0, visual_dim)
+    return a_off, a_scale, v_off, v_scale
+
+
+def _add_video(rng: np.random.Generator, out: DemoData, vid: str, n_seg: int, scales: tuple,
+               signal: Signal) -> None:
+    """Draw one video of ``n_seg`` opinion segments (words, frames, labels) into ``out``."""
+    a_off, a_scale, v_off, v_scale = scales
+    t = float(rng.uniform(0.2, 1.0))
+    tokens, tok_iv = ["sp"], [(0.0, t)]
+    seg_bounds, ys, amb = [], [], []
+    for s in range(n_seg):
+        if s > 0:  # a pause between opinion segments
+            gap = float(rng.uniform(0.2, 1.0))
+            tokens.append("sp")
+            tok_iv.append((t, t + gap))
+            t += gap
+        y = _segment_label(rng)
+        ambiguous = bool(rng.random() < signal.ambiguous_rate)
+        start = t
+        words = _segment_words(rng, y, int(rng.integers(WORDS_PER_SEGMENT[0], WORDS_PER_SEGMENT[1] + 1)), ambiguous)
+        for k, w in enumerate(words):
+            if k > 0 and rng.random() < 0.15:  # a short hesitation inside the segment
+                pause = float(rng.uniform(0.05, 0.4))
+                tokens.append("sp")
+                tok_iv.append((t, t + pause))
+                t += pause
+            dur = float(rng.uniform(0.15, 0.6))
+            tokens.append(w)
+            tok_iv.append((t, t + dur))
+            t += dur
+        seg_bounds.append((start, t))
+        ys.append(y)
+        amb.append(ambiguous)
+    tokens.append("sp")
+    tok_iv.append((t, t + 0.5))
+    t += 0.5
+    duration = t
+
+    bounds = np.asarray(seg_bounds, dtype=np.float64)
+    y_arr = np.asarray(ys, dtype=np.float64)
+    a_shift = signal.acoustic_gain * y_arr + rng.normal(0.0, signal.acoustic_nuisance, n_seg)
+    v_shift = signal.visual_gain * y_arr + rng.normal(0.0, signal.visual_nuisance, n_seg)
+    a_iv, a_feat = _frames(rng, duration, ACOUSTIC_HZ, ACOUSTIC_DIM, bounds, a_shift, ACOUSTIC_SIGNAL_DIMS,
+                           a_off, a_scale)
+    ninf = rng.random((a_feat.shape[0], len(NEG_INF_DIMS))) < NEG_INF_RATE
+    for j, d in enumerate(NEG_INF_DIMS):
+        a_feat[ninf[:, j], d] = -np.inf
+    v_iv, v_feat = _frames(rng, duration, VISUAL_HZ, len(v_off), bounds, v_shift, VISUAL_SIGNAL_DIMS,
+                           v_off, v_scale)
+
+    out.streams["words"][vid] = (np.asarray(tok_iv, dtype=np.float64), np.array(tokens, dtype="S")[:, None])
+    out.streams["acoustic"][vid] = (a_iv, a_feat)
+    out.streams["visual"][vid] = (v_iv, v_feat)
+    out.streams["labels"][vid] = (bounds, y_arr.astype(np.float32)[:, None])
+    out.labels[vid] = y_arr
+    out.ambiguous[vid] = np.asarray(amb, dtype=bool)
+
+
 def write_demo(out_dir: str | Path, demo: Mapping) -> tuple[dict, dict]:
     """Generate and write the four demo .csd files into ``out_dir`` (each atomically).
 
     Returns ``(paths, folds)``: role -> written path, and the train/valid/test video ids.
     """
-    out_dir = Path(out_dir)
     data = generate_demo(demo)
+    return write_streams(data, out_dir, DEMO_FILE_NAMES, int(demo["seed"])), data.folds
+
+
+def write_streams(data: DemoData, out_dir: str | Path, file_names: Mapping[str, str], seed: int) -> dict:
+    """Write the four streams of ``data`` as CMU computational sequences named ``file_names[role]`` (each
+    atomically); return role -> path."""
+    out_dir = Path(out_dir)
     paths = {}
     for role, root in ROOT_NAMES.items():
-        path = out_dir / DEMO_FILE_NAMES[role]
-        write_csd(path, root, data.streams[role], _metadata(role, int(demo["seed"])))
+        path = out_dir / file_names[role]
+        write_csd(path, root, data.streams[role], _metadata(role, seed))
         paths[role] = path
-    return paths, data.folds
+    return paths

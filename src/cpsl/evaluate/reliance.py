@@ -4,7 +4,8 @@ For modality m (acoustic, then visual) the test segments keep their text and the
 m-features of ANOTHER segment (a seeded permutation of the segments; R draws, ``eval.reliance_permutations``).
 A model that uses m loses accuracy; a model that ignores m (the failure that "multimodal" MSA models hide
 behind text-only performance) does not move at all. The deltas are permuted minus intact, averaged over the
-R draws, per metric: a positive delta MAE / negative delta Corr means the model relies on m.
+R draws, per metric: a positive delta MAE / negative delta Corr means the model relies on m. Each draw's delta
+is kept too (``draws``), so a reader can tell a reliance from the permutation noise (cpsl.evaluate.learnt).
 
 Segments differ in length, so the donor's word-position features are resampled onto the recipient's word
 positions by nearest index (the donor's temporal order is kept); [CLS]/[SEP]/padding stay zero.
@@ -52,8 +53,9 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 def reliance_check(predict: Callable[[dict], np.ndarray], arrays: dict, intact: dict,
                    metrics: Callable[[np.ndarray, np.ndarray], dict], n_permutations: int,
                    seed: int = PERMUTATION_SEED) -> dict:
-    """{"acoustic": {metric: delta}, "visual": {...}, "permutations": R, "seed": seed}; ``intact`` are the
-    metrics of the unpermuted split, ``predict`` maps arrays -> predictions. Same draws for every run."""
+    """{"acoustic": {metric: mean delta}, "visual": {...}, "draws": {"acoustic": {metric: [delta per draw]},
+    "visual": {...}}, "permutations": R, "seed": seed}; ``intact`` are the metrics of the unpermuted split,
+    ``predict`` maps arrays -> predictions. Same draws for every run."""
     n = len(arrays["label"])
     out: dict = {"permutations": int(n_permutations), "seed": seed,
                  "direction": "metric with the stream permuted across test segments minus intact"}
@@ -72,4 +74,5 @@ def reliance_check(predict: Callable[[dict], np.ndarray], arrays: dict, intact: 
                 if m.get(k) is not None and intact.get(k) is not None:
                     deltas[k].append(float(m[k]) - float(intact[k]))
         out[name] = {k: (float(np.mean(v)) if v else None) for k, v in deltas.items()}
+        out.setdefault("draws", {})[name] = deltas
     return out

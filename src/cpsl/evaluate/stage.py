@@ -10,12 +10,16 @@ with the default ``model.eval_norm: running``; with ``batch`` the checkpoint's o
 
 Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
 stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
+Whether the a/v path learnt anything (cpsl.evaluate.learnt: the unimodal heads' training MAEs in the run's
+history.csv against the best constant predictor's, and the reliance draws against their noise) goes to
+metrics.json ``learnt``; a marked run also gets one line on stderr naming the setting to change.
 
 Writes, atomically, ``<run>/metrics.json``::
 
     {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
      "ablation": str, "seed": int, "dataset": str, "execution": {how this evaluation ran},
-     "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...}}
+     "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...},
+     "learnt": {"status": "learnt" | "not_learnt" | "not_applicable" | "unknown", "av_not_learnt": bool, ...}}
 
 (metric names and conventions in cpsl.metrics; undefined values are null) and
 ``<run>/predictions.csv`` with columns ``split, segment_id, label, prediction`` (valid rows, then test
@@ -30,10 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpsl import gpu_slots, paths, run_folder
-from cpsl.ablations import Switches
-from cpsl.cache import check_token_ids, read_attrs, read_split
+from cpsl import gpu_slots, paths, rows, run_folder
+from cpsl.ablations import Switches, switches_for
+from cpsl.cache import check_token_ids, read_attrs, read_labels, read_split
 from cpsl.errors import PipelineError
+from cpsl.evaluate import learnt
 from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import remove_stale_temporaries
 from cpsl.metrics import compute_metrics, json_safe
@@ -125,10 +130,43 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
         print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "
               f"{float(trained_mae):.6f} recorded at training time", file=sys.stderr)
 
+    result["learnt"] = _assess_learnt(run_dir, ckpt, data_path, result["reliance"])
+    if result["learnt"]["av_not_learnt"]:
+        print(f"cpsl evaluate: warning: {learnt.hint_line(str(run_dir), _rate_setting(meta['ablation'], dataset))}",
+              file=sys.stderr)
+
     run_folder.write_predictions(run_dir, rows)
     result = json_safe(result)
     run_folder.write_metrics(run_dir, result)
     return result
+
+
+def _assess_learnt(run_dir: Path, ckpt: dict, data_path: Path, reliance: dict) -> dict:
+    """cpsl.evaluate.learnt's verdict; the unimodal heads' telemetry comes from the run's history.csv (absent:
+    the reliance draws alone decide)."""
+    history_path = run_dir / run_folder.HISTORY_FILE
+    history = run_folder.read_history(history_path) if history_path.is_file() else None
+    has_av, note = _reads_av(ckpt["meta"])
+    return learnt.assess(has_av, history, reliance, learnt.constant_predictor_mae(read_labels(data_path, "train")),
+                         note=note)
+
+
+def _rate_setting(row_id: str, dataset: str) -> str:
+    """The param that sets the learning rate of the row's new modules (a baseline: its own train section)."""
+    spec = rows.row(row_id).baseline
+    if spec is None:
+        return learnt.SETTING
+    return f"{rows.BASELINES_SECTION}.{spec.section}.{rows.hyper_dataset(dataset)}.train.lr_new_modules"
+
+
+def _reads_av(meta: dict) -> tuple[bool, str | None]:
+    """Does the row's prediction read the acoustic/visual streams (and if not, why)?"""
+    row_id = meta["ablation"]
+    spec = rows.row(row_id).baseline
+    if spec is not None:
+        return spec.reads_av_at_inference, (spec.av_note or None)
+    switches = _switches(meta) or switches_for(rows.canonical(row_id))
+    return switches.av, None
 
 
 def evaluate_command(params: dict, run_dir, data_path=None) -> dict:

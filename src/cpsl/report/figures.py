@@ -4,7 +4,9 @@
   per epoch, train and valid, in the paper's panel order (a)-(f). Panel (e) shows the feature diversity
   as the entropy H_2 = -L_div (the quantity maximised), so it rises as the paper's Fig. 2(e) does.
 * Figure 3 (figure3_modulation.png): (a) the modulation coefficients c_a and c_v, (b) the modality
-  imbalance degree, per epoch.
+  imbalance degree, per epoch; shaded bands are the ranges the paper reports (Section 3.5,
+  cpsl.report.paper_results.FIGURE3_RANGES) and the legend gives the share of the modulation window's epochs
+  inside them (cpsl.report.telemetry), so a run that does not behave as the paper describes shows at once.
 
 Curves are the mean over the seeds of one ablation (a band shows +/- one std when there are >= 2 seeds).
 Epochs are aligned by the ``epoch`` column; a seed that stopped early simply does not count at later
@@ -23,6 +25,7 @@ import numpy as np
 
 from cpsl.io_utils import atomic_path, write_text_atomic
 from cpsl.names import LOSS_TERMS
+from cpsl.report.paper_results import FIGURE3_RANGES
 
 # panel titles of Figure 2, in the paper's order (cpsl.names.LOSS_TERMS)
 PANELS = {"total": "(a) Total loss", "task": "(b) Main regression loss", "recon": "(c) Reconstruction loss",
@@ -69,6 +72,24 @@ def _plot(ax, epochs, means, stds, column, label, style="-"):
     return True
 
 
+def _paper_band(ax, column: str, line_label: str, against: dict | None) -> str:
+    """Shade the paper's range for ``column`` (in the colour of its curve) and return the curve's legend label
+    with the share of window epochs inside it."""
+    lo, hi = FIGURE3_RANGES[column]
+    color = next((ln.get_color() for ln in ax.get_lines() if ln.get_label() == line_label), "gray")
+    # hatched, so it does not read as the curve's +/- std band
+    ax.axhspan(lo, hi, facecolor="none", edgecolor=color, hatch="///", alpha=0.35, linewidth=0,
+               label=f"paper: {lo:g}-{hi:g}")
+    frac = ((against or {}).get(column) or {}).get("fraction_in_range_in_window")
+    return line_label if frac is None else f"{line_label}: {frac:.0%} of window epochs in range"
+
+
+def _relabel(ax, labels: dict) -> None:
+    for line in ax.get_lines():
+        if line.get_label() in labels:
+            line.set_label(labels[line.get_label()])
+
+
 def _note_missing(ax, what: str):
     ax.text(0.5, 0.5, f"{what}\nnot recorded", ha="center", va="center", transform=ax.transAxes, color="gray")
 
@@ -78,8 +99,10 @@ def _save(fig, path: Path):
         fig.savefig(tmp, format="png", dpi=120)
 
 
-def write_figures(histories: Sequence[dict[str, np.ndarray]], out_dir, title: str) -> list[str]:
-    """Draw Figures 2 and 3 and write history_mean.csv into ``out_dir``; return the written paths."""
+def write_figures(histories: Sequence[dict[str, np.ndarray]], out_dir, title: str,
+                  against: dict | None = None) -> list[str]:
+    """Draw Figures 2 and 3 and write history_mean.csv into ``out_dir``; return the written paths. ``against``
+    (cpsl.report.telemetry.against_paper of the same runs) puts the in-range shares in Figure 3's legends."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on CI or a cluster node
@@ -115,21 +138,27 @@ def write_figures(histories: Sequence[dict[str, np.ndarray]], out_dir, title: st
     written.append(str(out_dir / "figure2_losses.png"))
 
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
-    drawn = False
-    for column, label in MODULATION:
-        drawn |= _plot(ax_a, epochs, means, stds, column, label)
-    if drawn:
+    drawn = {column: _plot(ax_a, epochs, means, stds, column, label) for column, label in MODULATION}
+    if any(drawn.values()):
         ax_a.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")  # no modulation
-        ax_a.legend(fontsize=8)
+        _relabel(ax_a, {label: _paper_band(ax_a, column, label, against) for column, label in MODULATION
+                        if drawn[column]})
+        ax_a.legend(fontsize=7)
     else:
         _note_missing(ax_a, "c_a, c_v")
-    ax_a.set_title("(a) Modulation coefficients", fontsize=10)
-    if not _plot(ax_b, epochs, means, stds, IMBALANCE, "imbalance degree"):
+    ax_a.set_title("(a) Modulation coefficients (bands: the paper's Sec. 3.5 ranges)", fontsize=10)
+    if _plot(ax_b, epochs, means, stds, IMBALANCE, "imbalance degree"):
+        _relabel(ax_b, {"imbalance degree": _paper_band(ax_b, IMBALANCE, "imbalance degree", against)})
+        ax_b.legend(fontsize=7)
+    else:
         _note_missing(ax_b, "imbalance degree")
-    ax_b.set_title("(b) Modality imbalance degree", fontsize=10)
+    ax_b.set_title("(b) Modality imbalance degree (band: the paper's range)", fontsize=10)
+    window = (against or {}).get("window")
     for ax in (ax_a, ax_b):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if window and epochs.size and epochs.max() > window[1]:  # where the modulation window ends
+            ax.axvline(window[1] + 0.5, color="gray", linewidth=0.8, linestyle="--")
     fig.suptitle(f"Figure 3: gradient modulation - {title}")
     fig.tight_layout()
     _save(fig, out_dir / "figure3_modulation.png")

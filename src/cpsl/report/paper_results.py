@@ -68,3 +68,14 @@ TABLE2: dict[str, tuple[str, PaperRow]] = {
 TABLE2_DATASET = "mosi"  # the paper's ablation is on CMU-MOSI only
 
 FULL_MODEL_ID = "A6"
+
+# Section 3.5 / Figure 3 (CMU-MOSI, full model, during the modulation window): the ranges the paper reports
+# for its modulation telemetry. "audio around 0.7-0.8", "visual around 0.45-0.55" (c_a, c_v of Eq. 5-6; we
+# compare them with epoch means, docs/method.md), "the Modality Imbalance Degree oscillates between 0.15
+# and 0.25". Keys are history.csv columns.
+FIGURE3_RANGES: dict[str, tuple[float, float]] = {
+    "gm/c_a": (0.7, 0.8),
+    "gm/c_v": (0.45, 0.55),
+    "gm/imbalance": (0.15, 0.25),
+}
+FIGURE3_SOURCE = "paper Section 3.5 / Figure 3 (CMU-MOSI, full model)"

@@ -20,6 +20,11 @@ runs; else the full model, else the first CP+SL row that has runs, else the firs
 Rows the paper lists twice (B1 = A1, C3 = A2, C4 = A5) are trained once; both labels are reported from the
 same runs (``trained_as`` in summary.json). The modality-reliance deltas of cpsl evaluate are aggregated over
 seeds like the metrics (``reliance``).
+Per row, ``av_learnt`` counts the seeds whose acoustic/visual path did not learn (cpsl.evaluate.learnt, the
+verdict evaluate wrote to metrics.json; Tables 1-2 mark such rows and a line on stderr names the setting to
+change), and ``modulation_vs_paper`` holds the per-epoch c_a, c_v and imbalance degree beside the paper's
+Section 3.5 ranges with the share of the modulation window inside them (cpsl.report.telemetry; Figure 3 shades
+the same ranges).
 """
 from __future__ import annotations
 
@@ -31,12 +36,13 @@ import numpy as np
 
 from cpsl import paths, run_folder
 from cpsl.errors import PipelineError
+from cpsl.evaluate import learnt
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
-from cpsl.report import figures, stats, tables
+from cpsl.report import figures, stats, tables, telemetry
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
-from cpsl.run_identity import check_rows_consistent
+from cpsl.run_identity import check_rows_consistent, training_params
 
 N_RESAMPLES = 5000
 BOOTSTRAP_SEED = 20240527
@@ -117,7 +123,20 @@ def _reliance(group: list[dict]) -> dict | None:
     return out or None
 
 
-def _aggregate(runs: list[dict]) -> dict:
+def _histories(group: list[dict]) -> tuple[list[dict], list[int]]:
+    """The columns of each run's history.csv that exists, and those runs' seeds."""
+    paths = [(r["seed"], r["folder"] / run_folder.HISTORY_FILE) for r in group]
+    found = [(seed, p) for seed, p in paths if p.is_file()]
+    return [figures.columns(run_folder.read_history(p)) for _, p in found], [seed for seed, _ in found]
+
+
+def _window(group: list[dict], gm: dict) -> tuple[int, int]:
+    """The modulation window the row was trained with (its train_summary.json), else the current params'."""
+    trained = training_params(group[0]["folder"]) or {}
+    return (int(trained.get("gm.start_epoch", gm["start_epoch"])), int(trained.get("gm.end_epoch", gm["end_epoch"])))
+
+
+def _aggregate(runs: list[dict], gm: dict) -> dict:
     by_ablation: dict[str, list[dict]] = {}
     for r in runs:
         by_ablation.setdefault(r["ablation"], []).append(r)
@@ -138,6 +157,10 @@ def _aggregate(runs: list[dict]) -> dict:
         reliance = _reliance(group)
         if reliance:
             entry["reliance"] = reliance
+        entry["av_learnt"] = learnt.row_summary({r["seed"]: r["metrics"].get("learnt") for r in group})
+        histories, seeds = _histories(group)
+        if histories and not is_baseline(aid):  # the baselines have no modulation
+            entry["modulation_vs_paper"] = telemetry.against_paper(histories, seeds, _window(group, gm))
         for row_id in labels_of(aid):  # the paper's duplicate rows share these runs
             out[row_id] = {**entry, "label": ROWS[row_id].label}
     return {a: out[a] for a in ROWS if a in out}
@@ -223,7 +246,7 @@ def _figure_ablation(params: dict, ablations: list[str]) -> str:
 def build_summary(params: dict, runs: list[dict], missing: list[str], others: list[str], results_dir: Path,
                   grid: bool = False, table1: bool = False) -> dict:
     dataset = params["dataset"]
-    aggregated = _aggregate(runs)
+    aggregated = _aggregate(runs, params["gm"])
     return {
         "dataset": dataset,
         "results_dir": str(results_dir),
@@ -249,6 +272,7 @@ def build_summary(params: dict, runs: list[dict], missing: list[str], others: li
         "configured": {"ablations": list(params["ablations"]), "grid": grid, "table1": table1,
                        "seeds": list(params["train"]["seeds"]), "missing_runs": missing},
         "other_folders_not_read": others,
+        "av_learnt_rule": learnt.RULE,
         "ablations": aggregated,
         "comparisons": _compare(runs),
     }
@@ -294,7 +318,19 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
     histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
     figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
-                                              f"{', '.join(map(str, seeds))}")
+                                              f"{', '.join(map(str, seeds))}",
+                          against=summary["ablations"][fig_id].get("modulation_vs_paper"))
     summary["figures"] = {"ablation": fig_id, "seeds": seeds}
     write_json_atomic(summary_file, summary)
+    _warn_not_learnt(summary)
     return summary
+
+
+def _warn_not_learnt(summary: dict) -> None:
+    """One stderr line naming the rows with seeds whose a/v path did not learn, and the setting to change."""
+    rows = [f"{aid} ({e['av_learnt']['n_marked']}/{e['av_learnt']['n_seeds']} seeds)"
+            for aid, e in summary["ablations"].items() if (e.get("av_learnt") or {}).get("n_marked")
+            and e.get("trained_as", aid) == aid]
+    if rows:
+        print(f"cpsl report: warning: the acoustic/visual path did not learn in {', '.join(rows)}; "
+              f"{learnt.HINT}", file=sys.stderr)

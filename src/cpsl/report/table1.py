@@ -14,8 +14,17 @@ from __future__ import annotations
 import csv
 import io
 
+from cpsl.evaluate import learnt
 from cpsl.report.paper_results import FULL_MODEL_ID, TABLE1
-from cpsl.report.tables import CONVENTION_NOTE, RELIANCE_NOTE, _num, _reliance_stat, _stat, comparison_lines
+from cpsl.report.tables import (
+    CONVENTION_NOTE,
+    RELIANCE_NOTE,
+    _num,
+    _reliance_stat,
+    _stat,
+    comparison_lines,
+    learnt_footnote,
+)
 from cpsl.rows import BASELINE_IDS, ROWS, backbone, is_baseline
 
 # the rows of Table 1, in the paper's order: the baselines, then ours (T0 is our text-only reference)
@@ -86,6 +95,7 @@ def runs_rows(summary: dict) -> list[dict]:
             prefix = f"reliance_{stream}_{key}"
             rec.update({f"{prefix}_mean": _num(st.get("mean")), f"{prefix}_std": _num(st.get("std")),
                         f"{prefix}_ci95_low": _num(ci[0]), f"{prefix}_ci95_high": _num(ci[1])})
+        rec["av_not_learnt"] = learnt.table_cell(entry.get("av_learnt")).replace(learnt.MARK, "").strip()
         out.append(rec)
     return out
 
@@ -114,18 +124,20 @@ def runs_markdown(summary: dict) -> str:
     cols = ["ID", "Method", "Seeds", "Paper row"]
     for label, _key, field, _d in COLUMNS:
         cols += [f"{label} (ours)"] + ([f"{label} (paper)"] if field else [])
-    cols += [label for label, *_ in RELIANCE]
+    cols += [label for label, *_ in RELIANCE] + ["a/v not learnt (seeds)"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for aid in ids:
         entry = summary["ablations"][aid]
         name, paper = paper_row(summary, aid)
-        cells = [aid, entry["label"], str(len(entry["seeds"])), name or "-"]
+        mark = learnt.table1_suffix(entry.get("av_learnt"))
+        cells = [aid, entry["label"] + mark, str(len(entry["seeds"])), name or "-"]
         for _label, key, field, d in COLUMNS:
             cells.append(_cell(_stat(summary, aid, key), d))
             if field:
                 cells.append("-" if paper is None else f"{getattr(paper, field):.{d}f}")
         for _label, stream, key, d in RELIANCE:
             cells.append(_cell(_reliance_stat(summary, aid, stream, key), d))
+        cells.append(learnt.table_cell(entry.get("av_learnt")))
         lines.append("| " + " | ".join(cells) + " |")
     others = [a for a in ids if a != FULL_MODEL_ID]
-    return "\n".join(lines + comparison_lines(summary, ids=others)) + "\n"
+    return "\n".join(lines + learnt_footnote(summary, ids) + comparison_lines(summary, ids=others)) + "\n"

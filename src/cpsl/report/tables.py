@@ -10,6 +10,8 @@ Choices (the paper is silent on them):
   stream is permuted across test segments (cpsl.evaluate.reliance). About 0 = the row ignores that stream.
 * T0 (text only) is ours and has no paper values; the paper's duplicate rows (B1 = A1, C3 = A2, C4 = A5)
   are the same runs under both labels.
+* "a/v not learnt" (ours): how many of a row's seeds have an acoustic/visual path that learnt nothing
+  (cpsl.evaluate.learnt: the one rule, called per row by both tables; a marked row gets a footnote).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import math
 from pathlib import Path
 
 from cpsl.ablations import ABLATIONS
+from cpsl.evaluate import learnt
 from cpsl.io_utils import spreadsheet_text, write_text_atomic
 from cpsl.report.paper_results import FULL_MODEL_ID, TABLE1, TABLE2, TABLE2_CORR_SCALE, TABLE2_DATASET
 
@@ -107,6 +110,7 @@ def table2_rows(summary: dict) -> list[dict]:
             st = _reliance_stat(summary, aid, stream, key)
             row[f"reliance_{stream}_{key}_mean"] = _num(st.get("mean"))
             row[f"reliance_{stream}_{key}_std"] = _num(st.get("std"))
+        row["av_not_learnt"] = learnt.table_cell(entry.get("av_learnt")).replace(learnt.MARK, "").strip()
         rows.append(row)
     return rows
 
@@ -159,6 +163,7 @@ def table2_markdown(summary: dict) -> str:
         cols += [f"{label} (ours)", f"{label} (paper)"]
     cols += [label for label, *_ in HASZERO_COLUMNS]
     cols += [label for label, *_ in RELIANCE_COLUMNS]
+    cols.append("a/v not learnt (seeds)")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for aid in ordered_ids(summary):
         entry = summary["ablations"][aid]
@@ -174,8 +179,15 @@ def table2_markdown(summary: dict) -> str:
         for _, stream, key, d in RELIANCE_COLUMNS:
             st = _reliance_stat(summary, aid, stream, key)
             cells.append(_fmt(st.get("mean"), st.get("std"), d))
+        cells.append(learnt.table_cell(entry.get("av_learnt")))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(head + lines + comparison_lines(summary)) + "\n"
+    return "\n".join(head + lines + learnt_footnote(summary, ordered_ids(summary)) + comparison_lines(summary)) + "\n"
+
+
+def learnt_footnote(summary: dict, ids) -> list[str]:
+    """The footnote explaining the a/v-not-learnt mark, when one of the table's rows ``ids`` carries it."""
+    rows = [summary["ablations"][a].get("av_learnt") for a in ids if a in summary["ablations"]]
+    return ["", learnt.FOOTNOTE] if learnt.any_marked(rows) else []
 
 
 def _table1_block(title: str, rows: list[tuple[str, tuple]], ours: list[str] | None) -> list[str]:
@@ -193,7 +205,8 @@ def table1_markdown(summary: dict) -> str:
     ours = None
     if FULL_MODEL_ID in summary["ablations"]:
         n = len(summary["ablations"][FULL_MODEL_ID]["seeds"])
-        ours = [f"**Ours (this reproduction, {n} seed{'s' if n != 1 else ''})**"]
+        mark = learnt.table1_suffix(summary["ablations"][FULL_MODEL_ID].get("av_learnt"))
+        ours = [f"**Ours (this reproduction, {n} seed{'s' if n != 1 else ''})**{mark}"]
         for key, d in (("acc2_nonzero", 2), ("f1_nonzero", 2), ("mae", 3), ("corr", 3)):
             st = _stat(summary, FULL_MODEL_ID, key)
             ours.append(_fmt(st.get("mean"), st.get("std"), d))
@@ -214,6 +227,7 @@ def table1_markdown(summary: dict) -> str:
                       "| " + " | ".join(ours) + " |", ""]
         for name in ("mosi", "mosei"):
             lines += _table1_block(f"CMU-{name.upper()} (paper)", TABLE1[name], None)
+    lines += learnt_footnote(summary, [FULL_MODEL_ID])
     return "\n".join(lines).rstrip() + "\n"
 
 
