@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from train_helpers import D_A, D_V, REPO, VOCAB, one_thread, planted_caches, small_params, tiny_text_model
+from train_helpers import (
+    D_A,
+    D_V,
+    REPO,
+    VOCAB,
+    assert_planted_beats_zeroed,
+    one_thread,
+    planted_caches,
+    small_params,
+    tiny_text_model,
+)
 
 from cpsl.baselines.mag import AdaptationGate, MAGModel, encoder_layers, losses, scaling_factor
 from cpsl.config import load_params
@@ -169,15 +178,7 @@ def planted_runs(tmp_path_factory):
 
 
 def test_mag_beats_its_av_zeroed_self_on_the_planted_signal_on_every_seed(planted_runs):
-    planted = np.array([planted_runs[("planted", s)]["test"]["corr"] for s in SEEDS])
-    zeroed = np.array([planted_runs[("zeroed", s)]["test"]["corr"] or 0.0 for s in SEEDS])
-    print(f"MAG test corr planted {planted.round(3)} vs a/v zeroed {zeroed.round(3)}")
-    assert (planted - zeroed > MARGIN_CORR).all(), (planted, zeroed)
-    assert all(planted_runs[("planted", s)]["test"]["mae"] < planted_runs[("zeroed", s)]["test"]["mae"]
-               for s in SEEDS)
-    for s in SEEDS:  # the reliance check sees the visual stream, not the noise-only acoustic one
-        rel = planted_runs[("planted", s)]["reliance"]
-        assert rel["visual"]["mae"] > 0.5 and rel["visual"]["mae"] > 5 * abs(rel["acoustic"]["mae"]), rel
+    assert_planted_beats_zeroed(planted_runs, SEEDS, "MAG", MARGIN_CORR)
     summary = planted_runs[("planted", SEEDS[0])]["summary"]
     # its own schedule on MOSI; no CP+SL section in what it was trained with
     assert summary["params"]["train"]["epochs"] == 6 and summary["steps_per_epoch"] == 24

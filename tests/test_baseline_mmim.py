@@ -17,6 +17,7 @@ from train_helpers import (
     D_A,
     D_V,
     REPO,
+    assert_planted_beats_zeroed,
     assert_same_tensors,
     ddp_worker,
     free_port,
@@ -465,13 +466,4 @@ def planted_runs(tmp_path_factory):
 
 
 def test_mmim_beats_its_av_zeroed_self_on_the_planted_signal_on_every_seed(planted_runs):
-    corr = {name: np.array([planted_runs[(name, s)]["test"]["corr"] or 0.0 for s in SEEDS])  # constant: null
-            for name in ("planted", "zeroed")}
-    mae = {name: np.array([planted_runs[(name, s)]["test"]["mae"] for s in SEEDS]) for name in ("planted", "zeroed")}
-    print(f"MMIM test corr planted {corr['planted'].round(3)} vs a/v zeroed {corr['zeroed'].round(3)}; "
-          f"MAE {mae['planted'].round(3)} vs {mae['zeroed'].round(3)}")
-    assert (corr["planted"] - corr["zeroed"] > MARGIN_CORR).all(), corr
-    assert (mae["zeroed"] - mae["planted"] > MARGIN_MAE).all(), mae
-    for s in SEEDS:  # the reliance check sees the visual stream, not the noise-only acoustic one
-        rel = planted_runs[("planted", s)]["reliance"]
-        assert rel["visual"]["mae"] > 0.5 and rel["visual"]["mae"] > 5 * abs(rel["acoustic"]["mae"]), rel
+    assert_planted_beats_zeroed(planted_runs, SEEDS, "MMIM", MARGIN_CORR, MARGIN_MAE)

@@ -266,3 +266,18 @@ def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_pa
                 torch.save(recorder.seen[0], Path(out_dir) / f"clip-{mode}-{clip}-rank{rank}.pt")
     finally:
         shutdown(ctx)
+
+
+def assert_planted_beats_zeroed(runs: dict, seeds, name: str, margin_corr: float, margin_mae: float = 0.0) -> None:
+    """A baseline's planted-signal proof (runs[("planted"|"zeroed", seed)] = metrics.json): on every seed its test
+    corr beats its a/v-zeroed self by more than ``margin_corr`` and its MAE is lower by more than ``margin_mae``,
+    and the reliance check sees the visual stream (the signal), not the noise-only acoustic one."""
+    corr = {k: np.array([runs[(k, s)]["test"]["corr"] or 0.0 for s in seeds]) for k in ("planted", "zeroed")}
+    mae = {k: np.array([runs[(k, s)]["test"]["mae"] for s in seeds]) for k in ("planted", "zeroed")}
+    print(f"{name} test corr planted {corr['planted'].round(3)} vs a/v zeroed {corr['zeroed'].round(3)}; "
+          f"MAE {mae['planted'].round(3)} vs {mae['zeroed'].round(3)}")
+    assert (corr["planted"] - corr["zeroed"] > margin_corr).all(), corr
+    assert (mae["zeroed"] - mae["planted"] > margin_mae).all(), mae
+    for s in seeds:
+        rel = runs[("planted", s)]["reliance"]
+        assert rel["visual"]["mae"] > 0.5 and rel["visual"]["mae"] > 5 * abs(rel["acoustic"]["mae"]), rel
