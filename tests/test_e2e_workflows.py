@@ -117,9 +117,15 @@ def assert_complete(root: Path) -> None:
     assert summary["params"]["cp"] == params["cp"]  # produced with the current params
 
 
+# a finding about the run, not noise: these 2-epoch runs may learn nothing from a/v (cpsl.evaluate.learnt)
+AV_NOT_LEARNT = re.compile(r"^cpsl (evaluate|report): warning: .*the acoustic/visual path did not learn")
+
+
 def assert_quiet(out: str) -> None:
-    """Nothing a user would learn to ignore: no warning or deprecation line from either engine or our stages."""
-    noisy = [line for line in out.splitlines() if re.search(r"warn|deprecat", line, re.I)]
+    """Nothing a user would learn to ignore: no warning or deprecation line from either engine or our stages (the
+    a/v-not-learnt mark is a result about the run, not noise)."""
+    noisy = [line for line in out.splitlines() if re.search(r"warn|deprecat", line, re.I)
+             and not AV_NOT_LEARNT.search(line)]
     assert not noisy, noisy
 
 
