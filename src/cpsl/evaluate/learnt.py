@@ -38,9 +38,15 @@ RULE = (f"a/v not learnt: for both streams, the unimodal head's training MAE ove
         f"(where the row has heads) is not {HEAD_TOLERANCE:.0%} below the best constant predictor's, AND the test MAE "
         f"change with the stream permuted is within max({NOISE_Z:g} standard errors over the permutation draws, "
         f"{RELIANCE_FLOOR:.0%} of that constant MAE)")
-HINT = (f"if the acoustic/visual streams carry information, give the new modules their own learning rate "
-        f"({SETTING}, e.g. 1e-3; for a Table 1 baseline baselines.<name>.<dataset>.train.lr_new_modules; "
-        f"docs/method.md)")
+
+
+def hint(setting: str = SETTING) -> str:
+    """What to change, naming ``setting``: the param that gives the row's new modules their learning rate."""
+    return (f"if the acoustic/visual streams carry information, give the new modules their own learning rate "
+            f"({setting}, e.g. 1e-3; docs/method.md)")
+
+
+HINT = hint(f"{SETTING}; for a Table 1 baseline baselines.<name>.<dataset>.train.lr_new_modules")
 FOOTNOTE = f"{MARK} {RULE}. {HINT[0].upper()}{HINT[1:]}."
 
 
@@ -111,8 +117,7 @@ def assess(has_av_path: bool, history: list[dict] | None, reliance: Mapping | No
 
 def hint_line(run_name: str, setting: str = SETTING) -> str:
     """The one stderr line for a marked run; ``setting``: the param that gives the row's new modules their rate."""
-    return (f"{run_name}: the acoustic/visual path did not learn ({RULE}); if the acoustic/visual streams carry "
-            f"information, give the new modules their own learning rate ({setting}, e.g. 1e-3; docs/method.md)")
+    return f"{run_name}: the acoustic/visual path did not learn ({RULE}); {hint(setting)}"
 
 
 def row_summary(per_seed: Mapping[int, Mapping | None]) -> dict:
