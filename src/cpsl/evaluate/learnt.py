@@ -141,6 +141,11 @@ def table_cell(row: Mapping | None) -> str:
     return f"{cell} {MARK}" if row["n_marked"] else cell
 
 
+def csv_cell(row: Mapping | None) -> str:
+    """:func:`table_cell` without the mark, for the tables' CSV files."""
+    return table_cell(row).replace(MARK, "").strip()
+
+
 def table1_suffix(row: Mapping | None) -> str:
     """Appended to a Table 1 method name: MARK when some of the row's seeds are marked."""
     return f" {MARK}" if row and row.get("n_marked") else ""

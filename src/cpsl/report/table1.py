@@ -95,7 +95,7 @@ def runs_rows(summary: dict) -> list[dict]:
             prefix = f"reliance_{stream}_{key}"
             rec.update({f"{prefix}_mean": _num(st.get("mean")), f"{prefix}_std": _num(st.get("std")),
                         f"{prefix}_ci95_low": _num(ci[0]), f"{prefix}_ci95_high": _num(ci[1])})
-        rec["av_not_learnt"] = learnt.table_cell(entry.get("av_learnt")).replace(learnt.MARK, "").strip()
+        rec["av_not_learnt"] = learnt.csv_cell(entry.get("av_learnt"))
         out.append(rec)
     return out
 

@@ -110,7 +110,7 @@ def table2_rows(summary: dict) -> list[dict]:
             st = _reliance_stat(summary, aid, stream, key)
             row[f"reliance_{stream}_{key}_mean"] = _num(st.get("mean"))
             row[f"reliance_{stream}_{key}_std"] = _num(st.get("std"))
-        row["av_not_learnt"] = learnt.table_cell(entry.get("av_learnt")).replace(learnt.MARK, "").strip()
+        row["av_not_learnt"] = learnt.csv_cell(entry.get("av_learnt"))
         rows.append(row)
     return rows
 
