@@ -80,7 +80,7 @@ def dataset_params(dataset: str, mirror: Path | None, epochs: int | None, permut
     from cpsl.config import load_params, set_dotted, validate_params
 
     params = load_params(REPO / "params.yaml", overrides=[f"dataset={dataset}"])
-    settings = {"text.model": TEXT_MODEL, "data.mirror": str(mirror) if mirror else None, "train.device": "cpu"}
+    settings = {"text.model": TEXT_MODEL, "data.mirror": str(mirror) if mirror else None, "execution.device": "cpu"}
     if dataset == "mosi":
         settings["data.max_seq_len"] = MIRROR_MAX_SEQ_LEN
     for key, value in settings.items():
