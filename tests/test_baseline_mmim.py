@@ -24,6 +24,7 @@ from train_helpers import (
     load_model_states,
     make_cache,
     one_thread,
+    override_error,
     planted_caches,
     small_params,
     tiny_text_model,
@@ -40,9 +41,8 @@ from cpsl.baselines.mmim_estimators import (
     mixture_entropy,
 )
 from cpsl.baselines.mmim_training import MMIMRecipe, Plateau, estimator_optimizer, estimator_step, main_optimizer
-from cpsl.config import apply_overrides, load_params, parse_yaml
+from cpsl.config import load_params
 from cpsl.data.planted import planted_split
-from cpsl.errors import ParamsError
 from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import read_history
@@ -356,10 +356,7 @@ def test_plateau_halves_the_rate_as_torchs_reduce_lr_on_plateau():
     ("baselines.mmim.mosi.alpha", 0.1, "unknown key 'baselines.mmim.mosi.alpha'"),
 ])
 def test_the_mmim_section_is_validated_naming_the_key(key, value, message):
-    params = parse_yaml((REPO / "params.yaml").read_text())
-    with pytest.raises(ParamsError) as err:
-        apply_overrides(params, [f"{key}={value}"])
-    assert message in str(err.value)
+    assert message in override_error(key, value)
 
 
 # ------------------------------------------------------------------------------------------- the training loop

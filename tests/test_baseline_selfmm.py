@@ -36,6 +36,7 @@ from train_helpers import (
     load_model_states,
     make_cache,
     one_thread,
+    override_error,
     planted_caches,
     small_params,
     tiny_text_model,
@@ -52,9 +53,8 @@ from cpsl.baselines.selfmm import (
 )
 from cpsl.baselines.selfmm_labels import REPRESENTATIONS, UnimodalLabels, momentum
 from cpsl.baselines.selfmm_training import SelfMMRecipe
-from cpsl.config import apply_overrides, parse_yaml
+from cpsl.config import parse_yaml
 from cpsl.data.planted import planted_split
-from cpsl.errors import ParamsError
 from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.network import word_positions
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
@@ -398,10 +398,7 @@ def test_a_short_training_run_moves_the_unimodal_labels_and_stays_finite():
     ("baselines.selfmm.mosi.update_epochs", 4, "unknown key 'baselines.selfmm.mosi.update_epochs'"),
 ])
 def test_the_params_section_is_validated_naming_the_key(key, value, message):
-    params = parse_yaml((REPO / "params.yaml").read_text())
-    with pytest.raises(ParamsError) as err:
-        apply_overrides(params, [f"{key}={value}"])
-    assert message in str(err.value)
+    assert message in override_error(key, value)
 
 
 def test_the_params_sections_build_the_model_the_official_config_describes():

@@ -281,3 +281,15 @@ def assert_planted_beats_zeroed(runs: dict, seeds, name: str, margin_corr: float
     for s in seeds:
         rel = runs[("planted", s)]["reliance"]
         assert rel["visual"]["mae"] > 0.5 and rel["visual"]["mae"] > 5 * abs(rel["acoustic"]["mae"]), rel
+
+
+def override_error(key: str, value) -> str:
+    """The ParamsError message of ``--set key=value`` on the repository's params.yaml ('' if it is accepted)."""
+    from cpsl.config import apply_overrides, parse_yaml
+    from cpsl.errors import ParamsError
+
+    try:
+        apply_overrides(parse_yaml((REPO / "params.yaml").read_text()), [f"{key}={value}"])
+    except ParamsError as exc:
+        return str(exc)
+    return ""
