@@ -42,20 +42,47 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cpsl", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="stage", required=True)
+DESCRIPTION = """\
+The stages of the CP+SL pipeline: prepare -> align -> train -> evaluate -> report.
+Each stage validates params.yaml (and any --set) before any work; Snakefile and dvc.yaml call only these."""
 
-    p = sub.add_parser("prepare", help="download (or copy from a mirror, or generate the demo) raw .csd files")
+EPILOG = """\
+exit codes: 0 done, 1 an input or environment problem (one line naming the file, key or segment),
+2 invalid params, arguments or CPSL_* variables, 3 collapse guard (train), 128+N stopped by signal N (train).
+
+examples:
+  cpsl prepare && cpsl align                         # raw .csd files, then the HDF5 cache
+  cpsl train --ablation A6 --seed 0 --set cp.eta=0.3 # one run, with a param changed for this call
+  cpsl <stage> --help                                # a stage's options and an example"""
+
+
+def _sub(sub, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose help has a description and an example (plain text, shown as written)."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cpsl import __version__
+
+    parser = argparse.ArgumentParser(prog="cpsl", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cpsl {__version__}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = _sub(sub, "prepare", "download (or copy from a mirror, or generate the demo) the raw .csd files",
+             "cpsl prepare --set data.mirror=/data/cmu-mosi   # copy from .csd files you already have")
     _common(p)
     p.add_argument("--out", help="output folder (default data/raw/<dataset>)")
 
-    p = sub.add_parser("align", help="word-align features, expand to subwords, pad, cache to HDF5")
+    p = _sub(sub, "align", "word-align features, expand to subwords, pad, cache to HDF5",
+             "cpsl align   # data/raw/<dataset>/ -> data/processed/<dataset>.h5")
     _common(p)
     p.add_argument("--raw", help="raw folder (default data/raw/<dataset>)")
     p.add_argument("--out", help="output .h5 (default data/processed/<dataset>.h5)")
 
-    p = sub.add_parser("train", help="train one (ablation, seed) run; spawns torchrun when execution.nproc > 1")
+    p = _sub(sub, "train", "train one (row, seed) run; spawns torchrun when execution.nproc > 1",
+             "cpsl train --ablation A6 --seed 0   # -> results/<dataset>/A6-seed0/")
     _common(p)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--ablation", help="row ID: a Table 2 ID, T0 or a Table 1 baseline such as MAG "
@@ -63,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="cached .h5 (default data/processed/<dataset>.h5)")
     p.add_argument("--out", help="run folder (default results/<dataset>/<ablation>-seed<k>)")
 
-    p = sub.add_parser("evaluate", help="metrics of the validation-selected checkpoint on valid and test")
+    p = _sub(sub, "evaluate", "metrics of the validation-selected checkpoint on valid and test",
+             "cpsl evaluate --run results/demo/A6-seed0   # writes metrics.json, predictions.csv there")
     _common(p)
     p.add_argument("--run", required=True, help="run folder written by 'cpsl train'")
     p.add_argument("--data", help="cached .h5 (default data/processed/<dataset>.h5)")
 
-    p = sub.add_parser("report", help="aggregate seeds, paired tests, Tables 1-2 and Figures 2-3")
+    p = _sub(sub, "report", "aggregate seeds, paired tests, Tables 1-2 and Figures 2-3",
+             "cpsl report --table1   # -> reports/<dataset>/ (T0, A6 and the Table 1 baselines too)")
     _common(p)
     p.add_argument("--results", help="results folder (default results/<dataset>)")
     p.add_argument("--out", help="reports folder (default reports/<dataset>)")
@@ -79,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="a configured run without metrics.json is an error (default: a warning naming it)")
 
-    p = sub.add_parser("deps", help="the package files each stage runs; --write-dvc puts them into dvc.yaml")
+    p = _sub(sub, "deps", "the package files each stage runs; --write-dvc puts them into dvc.yaml",
+             "cpsl deps train   # one file per line: what a code change must touch to rerun train")
     p.add_argument("stages", nargs="*", help="stages to list (default: all)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write-dvc", metavar="DVC_YAML", nargs="?", const="dvc.yaml",
@@ -197,6 +227,9 @@ def _dispatch(args: argparse.Namespace, params: dict) -> int:
                          params_file=args.params, overrides=args.overrides)
     elif args.stage == "evaluate":
         from cpsl.evaluate.stage import evaluate_command
+        if not Path(args.run).is_dir():
+            raise PipelineError(f"--run {args.run}: no such run folder (check the path; `cpsl train --ablation ID "
+                                f"--seed K` creates results/<dataset>/<ID>-seed<K>/)")
         evaluate_command(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":
         from cpsl import paths
