@@ -395,6 +395,15 @@ def test_prepare_refuses_a_wrong_array_in_the_videos_it_reads(tmp_path, case):
     _assert_one_line_naming(str(err.value), file, obj, fragment.replace("of real numbers", ""))
 
 
+@pytest.mark.parametrize("case", ["null dataspace", "3-D"])
+def test_the_feature_width_of_a_wrong_first_array_is_one_line(tmp_path, case):
+    """prepare's summary reads the width from the first video's shape (a null dataspace has none)."""
+    raw, file, obj, fragment = _wrong_array_raw(tmp_path, case, video="vid00")
+    with ComputationalSequence(file) as seq, pytest.raises(PipelineError) as err:
+        seq.feature_dim()
+    _assert_one_line_naming(str(err.value), file, obj, fragment.replace("of real numbers", ""))
+
+
 @pytest.mark.parametrize("case", ["complex128", "null dataspace"])
 def test_cli_align_refusal_of_a_wrong_array_is_one_line_exit_1(tmp_path, capsys, case):
     raw, file, obj, fragment = _wrong_array_raw(tmp_path, case)

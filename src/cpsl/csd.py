@@ -211,10 +211,14 @@ class ComputationalSequence:
         if not ids:
             raise CSDError(f"{self.path}: holds no videos")
         try:
-            shape = self._member(self._member(self._data, ids[0]), "features").shape
+            ds = self._member(self._member(self._data, ids[0]), "features")
         except KeyError as exc:
             raise CSDError(f"{self.path}: video '{ids[0]}' lacks {exc}") from exc
-        return int(shape[1]) if len(shape) > 1 else 1
+        if not isinstance(ds, h5py.Dataset):
+            raise CSDError(f"{self.path}: HDF5 object '{self._data.name}/{ids[0]}/features' is a group, expected a "
+                           f"dataset")
+        self._check_array(ds, f"{self._data.name}/{ids[0]}/features", NUMBERS_OR_TEXT, "feature rows")
+        return int(ds.shape[1]) if len(ds.shape) > 1 else 1
 
 
 def _type_name(ds: h5py.Dataset) -> str:
