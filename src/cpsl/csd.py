@@ -20,9 +20,16 @@ from typing import Iterator, Mapping
 import h5py
 import numpy as np
 
-from cpsl.csd_safety import check_dataset, hard_member
+from cpsl.csd_safety import ReadBudget, check_dataset, hard_member
 from cpsl.errors import PipelineError
 from cpsl.io_utils import atomic_path
+
+# What the reader accepts as an array's elements, by HDF5 type class: intervals and the acoustic, visual and label
+# features are real numbers; the word stream is strings (fixed or variable length). Anything else (compound, as
+# h5py writes complex numbers; enum, as it writes bools; references, opaque, ...) is refused before reading.
+NUMBERS = (h5py.h5t.INTEGER, h5py.h5t.FLOAT)
+NUMBERS_OR_TEXT = NUMBERS + (h5py.h5t.STRING,)
+_SPACE = {h5py.h5s.NULL: "a null dataspace (no shape, no elements)", h5py.h5s.SCALAR: "a scalar (no rows)"}
 
 # The metadata fields mmsdk's deploy() insists on (it prompts for missing ones).
 METADATA_FIELDS = (
@@ -61,6 +68,7 @@ class ComputationalSequence:
         except OSError as exc:
             raise CSDError(f"{self.path}: not a readable HDF5 computational sequence ({exc})") from exc
         self._size = self.path.stat().st_size
+        self._budget = ReadBudget(self.path, self._size)  # what all reads of this handle may cost (csd_safety)
         try:
             self._open_groups()
         except BaseException:
@@ -85,7 +93,7 @@ class ComputationalSequence:
         for key in fields.keys():
             ds = self._member(fields, key)
             try:
-                self._check(ds)
+                self._check(ds, f"{fields.name}/{key}")
                 self.metadata[key] = _decode(ds[0]) if ds.shape else _decode(ds[()])
             except CSDError:
                 raise
@@ -96,10 +104,27 @@ class ComputationalSequence:
         """``group[name]``, refused (csd_safety) unless a hard link of this file; KeyError when absent."""
         return hard_member(self.path, group, name)
 
-    def _check(self, ds: h5py.Dataset) -> None:
+    def _check(self, ds: h5py.Dataset, where: str) -> None:
+        """Refuse ``ds`` (reached as ``where``: a hard-linked alias has several names) before any data is read;
+        charge its cost to this handle's budget."""
         if not isinstance(ds, h5py.Dataset):
-            raise CSDError(f"{self.path}: HDF5 object '{ds.name}' is a group, expected a dataset")
-        check_dataset(self.path, ds.id, ds.name, self._size)
+            raise CSDError(f"{self.path}: HDF5 object '{where}' is a group, expected a dataset")
+        self._budget.charge(where, check_dataset(self.path, ds.id, where, self._size))
+
+    def _check_array(self, ds: h5py.Dataset, where: str, classes: tuple[int, ...], rows_of: str) -> None:
+        """Refuse an array that is not 1-D or 2-D, or whose elements are not of ``classes``, from its dataspace
+        and type alone (before reading)."""
+        space = ds.id.get_space().get_simple_extent_type()
+        what = _SPACE.get(space)
+        if what is None and ds.id.rank > 2:
+            what = f"shape {ds.shape} ({ds.id.rank}-D)"
+        kind = ds.id.get_type().get_class()
+        if what is None and kind not in classes:
+            what = "strings" if kind == h5py.h5t.STRING else f"elements of type {_type_name(ds)}"
+        if what is not None:
+            kinds = "real numbers" if classes == NUMBERS else "real numbers or strings"
+            raise CSDError(f"{self.path}: HDF5 object '{where}' has {what}; expected {rows_of} of {kinds}, a (T, d) "
+                           f"or (T,) array (re-download the file, or replace it with the CMU original)")
 
     def close(self) -> None:
         try:
@@ -123,8 +148,9 @@ class ComputationalSequence:
     def __iter__(self) -> Iterator[str]:
         return iter(self.video_ids())
 
-    def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(intervals (T,2) float64, features (T,d))`` for one video, checked for shape."""
+    def read(self, video_id: str, numeric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(intervals (T,2) float64, features (T,d))`` for one video, checked for shape and element type
+        before reading (``numeric``: features must be numbers, not strings)."""
         try:
             group = self._member(self._data, video_id)
         except KeyError:
@@ -133,8 +159,11 @@ class ComputationalSequence:
             arrays = [self._member(group, name) for name in ("intervals", "features")]
         except KeyError as exc:
             raise CSDError(f"{self.path}: video '{video_id}' lacks {exc}") from exc
-        for ds in arrays:
-            self._check(ds)  # before any of its data is read
+        where = [f"{self._data.name}/{video_id}/{name}" for name in ("intervals", "features")]
+        for ds, path in zip(arrays, where):
+            self._check(ds, path)  # before any of its data is read
+        self._check_array(arrays[0], where[0], NUMBERS, "time intervals")
+        self._check_array(arrays[1], where[1], NUMBERS if numeric else NUMBERS_OR_TEXT, "feature rows")
         try:
             intervals = np.asarray(arrays[0][()], dtype=np.float64)
             features = arrays[1][()]
@@ -182,10 +211,21 @@ class ComputationalSequence:
         if not ids:
             raise CSDError(f"{self.path}: holds no videos")
         try:
-            shape = self._member(self._member(self._data, ids[0]), "features").shape
+            ds = self._member(self._member(self._data, ids[0]), "features")
         except KeyError as exc:
             raise CSDError(f"{self.path}: video '{ids[0]}' lacks {exc}") from exc
-        return int(shape[1]) if len(shape) > 1 else 1
+        if not isinstance(ds, h5py.Dataset):
+            raise CSDError(f"{self.path}: HDF5 object '{self._data.name}/{ids[0]}/features' is a group, expected a "
+                           f"dataset")
+        self._check_array(ds, f"{self._data.name}/{ids[0]}/features", NUMBERS_OR_TEXT, "feature rows")
+        return int(ds.shape[1]) if len(ds.shape) > 1 else 1
+
+
+def _type_name(ds: h5py.Dataset) -> str:
+    try:
+        return str(ds.dtype)
+    except Exception:  # noqa: BLE001 - h5py has no numpy dtype for some HDF5 types (e.g. references of old kinds)
+        return f"HDF5 class {ds.id.get_type().get_class()}"
 
 
 def open_csd(path: str | Path) -> ComputationalSequence:

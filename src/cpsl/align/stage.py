@@ -215,7 +215,7 @@ def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims
     word_values: dict[str, np.ndarray] = {}
     for role in FEATURE_ROLES:
         seq = seqs[role]
-        frame_iv, feats = seq.read(vid)
+        frame_iv, feats = seq.read(vid, numeric=True)
         _check_ordered(seq, vid, frame_iv, "frame")  # a reversed frame would silently change the word means
         feats = _numeric(seq, vid, feats)
         dims.check(role, seq, vid, feats)
@@ -229,7 +229,7 @@ def align_video(vid: str, seqs: Mapping[str, ComputationalSequence], dims: _Dims
         word_values[role] = values
 
     label_seq = seqs["labels"]
-    seg_iv, label_feats = label_seq.read(vid)
+    seg_iv, label_feats = label_seq.read(vid, numeric=True)
     label_feats = _numeric(label_seq, vid, label_feats)
     _check_ordered(label_seq, vid, seg_iv, "segment")
     members = segment_members(word_iv, seg_iv)
