@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
+from cpsl import deps, run_identity
 from cpsl.ablations import switches_for
-from cpsl.cache import write_cache
+from cpsl.cache import content_identity, write_cache
 from cpsl.config import validate_params
 from cpsl.evaluate.stage import EvaluateError, run_evaluate
 from cpsl.metrics import compute_metrics
@@ -57,6 +58,10 @@ def setup(tmp_path_factory):
     run.mkdir(parents=True)
     meta = {"params": params, "ablation": "A6", "seed": 3, "switches": switches_for("A6").as_dict(),
             "acoustic_dim": DA, "visual_dim": DV, "text_model": str(text_dir)}
+    # the run identity train records (cpsl.run_identity): these params, this row and seed, this cache, this code
+    meta["identity"] = run_identity.identity(params, "A6", 3, cache=content_identity(cache),
+                                             code=deps.code_hash("train"))
+    meta["fingerprint"] = run_identity.fingerprint(meta["identity"])
     # the validation MAE the trainer would have recorded for this model
     valid_mae = float(np.mean(np.abs(run_inference(model, splits["valid"], 4, torch.device("cpu")).prediction
                                      - splits["valid"]["label"])))

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 import yaml
-from test_report_stage import _labels, make_run
+from test_report_stage import _labels, make_run, run_record
 
 from cpsl.config import validate_params
+from cpsl.metrics import json_safe
 from cpsl.report.stage import run_report
 from cpsl.run_identity import MixedParamsError
 
@@ -26,8 +27,12 @@ def _results(tmp_path, base_params, params_of_seed: dict):
     rng = np.random.default_rng(0)
     labels = {"valid": _labels(rng, 12), "test": _labels(rng, 18)}
     for seed, params in params_of_seed.items():
-        folder, _ = make_run(root, "A6", seed, 0.3, labels)
-        (folder / "train_summary.json").write_text(json.dumps({"fingerprint": f"f{seed}", "params": params}))
+        folder, metrics = make_run(root, "A6", seed, 0.3, labels)
+        # as train and evaluate leave it: the run's params in train_summary.json and in metrics.json's "run"
+        metrics["run"] = run_record("A6", seed, params)
+        (folder / "metrics.json").write_text(json.dumps(json_safe(metrics)))
+        (folder / "train_summary.json").write_text(json.dumps({"fingerprint": metrics["run"]["fingerprint"],
+                                                               "params": params}))
     return root
 
 

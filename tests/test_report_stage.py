@@ -8,7 +8,8 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from cpsl.config import validate_params
+from cpsl import run_identity
+from cpsl.config import load_params, validate_params
 from cpsl.metrics import compute_metrics, json_safe
 from cpsl.names import LOSS_TERMS
 from cpsl.report.paper_results import TABLE2
@@ -31,12 +32,23 @@ def _labels(rng, n):
     return lab.astype(np.float32)
 
 
+def run_record(ablation, seed, params=None, dataset="demo"):
+    """metrics.json's "run" as evaluate writes it for a run trained under ``params`` (default: the repository's
+    params.yaml with ``dataset``): the checkpoint's identity and fingerprint (cpsl.run_identity)."""
+    if params is None:
+        params = load_params("params.yaml")
+        params["dataset"] = dataset
+    identity = run_identity.identity(params, ablation, seed, cache={"sha256": "synthetic"}, code="synthetic")
+    return {"fingerprint": run_identity.fingerprint(identity), "identity": identity}
+
+
 def make_run(root, ablation, seed, noise, labels, dataset="demo", epochs=4):
     """A run folder as train + evaluate leave it; metrics come from the real metric code."""
     rng = np.random.default_rng(1000 * seed + len(ablation) + int(noise * 100))
     folder = root / f"{ablation}-seed{seed}"
     folder.mkdir(parents=True)
-    metrics = {"ablation": ablation, "seed": seed, "dataset": dataset, "selected_epoch": 2}
+    metrics = {"ablation": ablation, "seed": seed, "dataset": dataset, "selected_epoch": 2,
+               "run": run_record(ablation, seed, dataset=dataset)}
     rows = []
     for split, lab in labels.items():
         pred = (lab + rng.normal(0, noise, lab.size)).astype(np.float32)

@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from train_helpers import REPO
 
-from cpsl import run_folder
+from cpsl import run_folder, run_identity
+from cpsl.config import load_params
 from cpsl.errors import PipelineError
 from cpsl.train import checkpoint as ckpt
 from cpsl.train import stage
@@ -69,17 +71,20 @@ def test_ge_noise_generator_depends_on_seed_and_step_only():
     assert not torch.equal(draw(0, 7), draw(0, 8)) and not torch.equal(draw(0, 7), draw(1, 7))
 
 
+def _fingerprint(eta=0.5, ablation="A6", seed=0, sha256="a", code="c", seeds=(0, 1, 2)) -> str:
+    params = load_params(REPO / "params.yaml")
+    params["cp"]["eta"], params["train"]["seeds"] = eta, list(seeds)
+    return run_identity.fingerprint(run_identity.identity(params, ablation, seed, {"sha256": sha256}, code))
+
+
 def test_fingerprint_and_finished_summary(tmp_path):
-    attrs = {"dataset": "mosi", "acoustic_dim": 5}
-    base = ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 100)
-    assert base == ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, dict(attrs), 100)
-    others = [ckpt.run_fingerprint({"cp": {"eta": 0.3}}, "A6", 0, attrs, 100),
-              ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A5", 0, attrs, 100),
-              ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 1, attrs, 100),
-              ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 101)]
+    base = _fingerprint()
+    assert base == _fingerprint(seeds=[0, 1, 2, 3])  # adding a seed leaves the other seeds' runs alone
+    others = [_fingerprint(eta=0.3), _fingerprint(ablation="A5"), _fingerprint(seed=1),
+              _fingerprint(sha256="b")]  # the cache's content, not its size and attributes
     assert base not in others
     # the code train runs is part of the run's identity: a state saved by other code is never resumed
-    assert ckpt.run_fingerprint({"cp": {"eta": 0.5}}, "A6", 0, attrs, 100, code="other") != base
+    assert _fingerprint(code="other") != base
     run_folder.write_summary(tmp_path, {"fingerprint": base, "best_epoch": 2})
     assert run_folder.finished_summary(tmp_path, base) == (None, None)  # no best.pt yet
     run_folder.save_best(tmp_path, {"w": torch.ones(3)}, 2, {"valid/mae": 0.5}, {"fingerprint": base})

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from cpsl.errors import PipelineError
+from cpsl.file_hashes import HashRecords, records_path
 from cpsl.io_utils import atomic_path
 
 SCHEMA_VERSION = 1
@@ -198,6 +199,19 @@ def read_attrs(path: str | Path) -> dict:
     if missing:
         raise CacheError(f"{path}: root attributes lack {missing}")
     return out
+
+
+def content_identity(path: str | Path) -> dict:
+    """{"sha256": ...} of the cache file: what a run's identity (cpsl.run_identity) records of its data. An edit
+    in place that keeps the size, the attributes and even the mtime still changes it. Cheap when nothing changed:
+    the digest is kept in a stat record beside the cache (cpsl.file_hashes: ``.<name>.sha256-records.json``) and
+    the file is read again only when its size, mtime or ctime moved."""
+    path = Path(path)
+    _open(path).close()  # a missing or unreadable cache fails here, naming it
+    records = HashRecords(records_path(path))
+    digest = records.sha256(path)
+    records.save()
+    return {"sha256": digest}
 
 
 def read_labels(path: str | Path, split: str) -> np.ndarray:

@@ -92,9 +92,15 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _retrain_hint(run_dir: Path) -> str:
+def named_run(run_dir: Path) -> tuple[str, int] | None:
+    """(row, seed) of a folder named ``<row>-seed<k>`` (cpsl.paths.run_dir), else None."""
     named = re.match(r"^(?P<ablation>.+)-seed(?P<seed>\d+)$", Path(run_dir).name)
-    command = f"cpsl train --ablation {named['ablation']} --seed {named['seed']}" if named else "cpsl train"
+    return (named["ablation"], int(named["seed"])) if named else None
+
+
+def retrain_hint(run_dir: Path) -> str:
+    named = named_run(run_dir)
+    command = f"cpsl train --ablation {named[0]} --seed {named[1]}" if named else "cpsl train"
     return f"rerun `{command}` (it trains this run again), then evaluate"
 
 
@@ -109,13 +115,13 @@ def load_best(run_dir: Path) -> dict:
         best = load_pt(path)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; the message must name the file
         raise RunFolderError(f"{path}: cannot be loaded with weights_only=True ({_short(exc)}): a damaged or "
-                             f"foreign checkpoint; {_retrain_hint(run_dir)}") from exc
+                             f"foreign checkpoint; {retrain_hint(run_dir)}") from exc
     for key in ("model", "epoch", "meta"):
         if key not in best:
-            raise RunFolderError(f"{path}: missing key '{key}'; {_retrain_hint(run_dir)}")
+            raise RunFolderError(f"{path}: missing key '{key}'; {retrain_hint(run_dir)}")
     missing = [k for k in META_KEYS if k not in best["meta"]]
     if missing:
-        raise RunFolderError(f"{path}: 'meta' lacks {missing}; {_retrain_hint(run_dir)}")
+        raise RunFolderError(f"{path}: 'meta' lacks {missing}; {retrain_hint(run_dir)}")
     if best["meta"]["ablation"] not in ROWS:
         raise RunFolderError(f"{path}: unknown row {best['meta']['ablation']!r}")
     return best
@@ -280,6 +286,18 @@ def finished_summary(run_dir: Path, fingerprint: str) -> tuple[dict | None, str 
         return None, None
     problem = best_problem(run_dir, fingerprint)
     return (summary, None) if problem is None else (None, problem)
+
+
+def clear_evaluate_outputs(run_dir: Path) -> list[str]:
+    """Remove the evaluate outputs (EVALUATE_OUTPUTS) before a training writes a new best.pt: metrics of the
+    earlier checkpoint must never pass for the new one's. Returns the names removed."""
+    removed = []
+    for name in EVALUATE_OUTPUTS:
+        path = Path(run_dir) / name
+        if path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def clear_train_outputs(run_dir: Path) -> None:

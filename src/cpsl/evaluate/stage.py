@@ -8,6 +8,11 @@ state dict carries all of them (the min-max running statistics too). Only the ``
 come from the current params: ``execution.eval_batch_size`` cannot change the predictions beyond float round-off
 with the default ``model.eval_norm: running``; with ``batch`` the checkpoint's own ``train.batch_size`` is used.
 
+The checkpoint must be the configured run's (cpsl.run_identity.check_same_run): the identity recorded in its meta
+(params train reads, row, seed, the cache's content, train's code) equals the one these params, this run folder's
+name, this cache and this code give; otherwise one line names best.pt and what differs (``cp.eta: run 0.3, params
+0.5``). metrics.json then records that identity ("run"), for the report to check.
+
 Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
 stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
 Whether the a/v path learnt anything (cpsl.evaluate.learnt: the unimodal heads' training MAEs in the run's
@@ -18,6 +23,7 @@ Writes, atomically, ``<run>/metrics.json``::
 
     {"valid": {metric: value}, "test": {metric: value}, "selected_epoch": int,
      "ablation": str, "seed": int, "dataset": str, "execution": {how this evaluation ran},
+     "run": {"fingerprint": str, "identity": {the checkpoint's run identity}},
      "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...},
      "learnt": {"status": "learnt" | "not_learnt" | "not_applicable" | "unknown", "av_not_learnt": bool, ...}}
 
@@ -34,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpsl import gpu_slots, paths, rows, run_folder
+from cpsl import deps, gpu_slots, paths, rows, run_folder, run_identity
 from cpsl.ablations import Switches, switches_for
-from cpsl.cache import check_token_ids, read_attrs, read_labels, read_split
+from cpsl.cache import check_token_ids, content_identity, read_attrs, read_labels, read_split
 from cpsl.errors import PipelineError
 from cpsl.evaluate import learnt
 from cpsl.evaluate.reliance import reliance_check
@@ -82,6 +88,16 @@ def _check_cache(data_path: Path, meta: dict) -> None:
                             f"{trained_on!r}")
 
 
+def configured_identity(params: dict, run_dir: Path, meta: dict, data_path: Path) -> dict:
+    """The identity (cpsl.run_identity) of the run these params configure in ``run_dir``: the row and seed its
+    name says (``<row>-seed<k>``; another name: the checkpoint's own), the cache being evaluated and the train
+    stage's code as it is now."""
+    named = run_folder.named_run(run_dir)
+    ablation, seed = named if named and named[0] in rows.ROWS else (meta["ablation"], int(meta["seed"]))
+    return run_identity.identity(params, ablation, seed, cache=content_identity(data_path),
+                                 code=deps.code_hash("train"))
+
+
 def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     """Evaluate one run folder; return the metrics dict written to metrics.json."""
     from cpsl.model.inference import inference_batch_size, run_inference
@@ -95,11 +111,20 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     model = rebuild_model(ckpt, run_dir / run_folder.BEST_FILE)
     # an unknown token id would fail deep inside the embedding lookup: name the split and segment instead
     check_token_ids(data_path, int(model.text_encoder.config.vocab_size), str(meta["text_model"]))
+    # the checkpoint must be the configured run's (params, row, seed, cache content, train code): metrics.json
+    # reports it under these params
+    run_identity.check_same_run(str(run_dir / run_folder.BEST_FILE), meta.get("identity"),
+                                configured_identity(params, run_dir, meta, data_path),
+                                f"{run_folder.retrain_hint(run_dir)}; or evaluate it under the params it was "
+                                f"trained with")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
     result: dict = {"ablation": meta["ablation"], "seed": int(meta["seed"]), "dataset": dataset,
-                    "selected_epoch": int(ckpt["epoch"])}
+                    "selected_epoch": int(ckpt["epoch"]),
+                    # which training these metrics describe: the report checks it against params.yaml and the
+                    # run's train_summary.json
+                    "run": {"fingerprint": meta.get("fingerprint"), "identity": meta["identity"]}}
     # the checkpoint's own normalisation mode and training batch; this call's execution section
     batch_size = inference_batch_size({**meta["params"], "execution": params["execution"]})
     # how this evaluation ran (no param: it changes no prediction beyond float round-off)

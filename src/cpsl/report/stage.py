@@ -6,6 +6,9 @@ the report's inputs (:func:`configured_runs`): the configured rows (``ablations`
 paper grid too) x ``train.seeds``, under ``results/<dataset>/``. Any other folder there (a leftover of an earlier
 experiment, a run trained with other params) is never read, and is listed in one warning line; a configured run
 without metrics.json is named in a warning (``--strict``: an error), and both lists go to summary.json.
+Each run's metrics.json must record (``run``, written by evaluate) a checkpoint trained under these params for its
+row and seed, and the training its folder holds now (train_summary.json's fingerprint): else one line names the
+file and the differing keys (cpsl.run_identity.check_metrics_run).
 
 Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
 figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>). Rows are
@@ -42,7 +45,7 @@ from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables, telemetry
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
-from cpsl.run_identity import check_rows_consistent, training_params
+from cpsl.run_identity import check_metrics_run, check_rows_consistent, training_params
 
 N_RESAMPLES = 5000
 BOOTSTRAP_SEED = 20240527
@@ -304,6 +307,8 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
         print(f"cpsl report: warning: {results_dir}: configured run(s) without metrics.json, left out of the "
               f"report: {_names(missing)} (--strict makes this an error)", file=sys.stderr)
     check_rows_consistent(runs)  # never average seeds trained with different params
+    for run in runs:  # never report metrics of a checkpoint of other params, or of an earlier training
+        check_metrics_run(run["folder"], run["metrics"], params)
     if not runs:
         raise ReportError(f"{results_dir}: no run folder holds metrics.json among the configured runs "
                           f"({_names(missing)}); run 'cpsl evaluate' first")

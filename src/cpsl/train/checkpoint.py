@@ -8,16 +8,14 @@ the model, optimizer, scheduler and every rank's RNG; ``resume`` reads it back o
 Every .pt file loads with ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists and dicts
 (RNG states are stored as tensors and int lists, never as numpy or Python objects). All writes are atomic.
 
-A run is identified by a fingerprint of (params train reads, ablation, seed, cache attributes and size, and the
-code train runs: cpsl.deps): a state with another fingerprint belongs to a different run and is never resumed.
+A run is identified by a fingerprint of (params train reads, ablation, seed, the cache's content and the code train
+runs: cpsl.run_identity): a state with another fingerprint belongs to a different run and is never resumed.
 A state is resumed only when the outputs it vouches for are still there: best.pt of its best epoch (an
 engine deletes a stage's outputs before rerunning it; resuming would then skip writing them).
 The other files of the run folder (names, readers, writers) belong to cpsl.run_folder.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import shutil
@@ -32,17 +30,6 @@ from cpsl import run_folder
 from cpsl.errors import PipelineError
 from cpsl.run_folder import load_pt, save_pt
 from cpsl.train.distributed import DistContext, barrier, gather_objects
-
-
-# ----------------------------------------------------------------------------------------------- identity
-def run_fingerprint(params: dict, ablation: str, seed: int, cache_attrs: dict, cache_size: int,
-                    code: str = "") -> str:
-    blob = json.dumps(
-        {"params": params, "ablation": ablation, "seed": seed, "cache": cache_attrs, "cache_size": cache_size,
-         "code": code},
-        sort_keys=True, default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- RNG

@@ -45,10 +45,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from cpsl import deps, rows, run_folder
+from cpsl import deps, rows, run_folder, run_identity
 from cpsl.ablations import switches_for
-from cpsl.cache import read_attrs, read_split
-from cpsl.config import stage_slice
+from cpsl.cache import content_identity, read_attrs, read_split
 from cpsl.errors import ParamsError
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import pearson
@@ -78,6 +77,7 @@ class RunSpec:
     data_path: Path
     run_dir: Path
     text_model: str  # as configured (HF id, folder, package:<module>); resolved when the model is built
+    identity: dict | None = None  # cpsl.run_identity's record of this run (run_identity_of fills it in)
 
     def __post_init__(self):
         self.ablation = rows.canonical(self.ablation)
@@ -111,12 +111,18 @@ class StopFlag:
             signal.signal(s, handler)
 
 
+def run_identity_of(spec: RunSpec) -> dict:
+    """The run's identity (cpsl.run_identity): only the params training reads (listing another row in `ablations`
+    must not retrain this one), the cache's content (an edit that keeps its size and attributes is another run)
+    and the code it runs (a state saved by other code is never resumed). Computed once per spec."""
+    if spec.identity is None:
+        spec.identity = run_identity.identity(spec.params, spec.ablation, spec.seed,
+                                              cache=content_identity(spec.data_path), code=deps.code_hash("train"))
+    return spec.identity
+
+
 def run_fingerprint(spec: RunSpec) -> str:
-    # only the params training reads (listing another row in `ablations` must not retrain this one), and the
-    # code it runs: a state saved by other code is never resumed
-    return ckpt.run_fingerprint(stage_slice(spec.params, "train", missing_ok=True), spec.ablation, spec.seed,
-                                read_attrs(spec.data_path), spec.data_path.stat().st_size,
-                                code=deps.code_hash("train"))
+    return run_identity.fingerprint(run_identity_of(spec))
 
 
 def validate(model, arrays: dict, spec: RunSpec, recipe: Recipe, device) -> dict:
@@ -224,7 +230,7 @@ def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed,
             "switches": switches.as_dict() if switches is not None else None,
             "acoustic_dim": int(attrs["acoustic_dim"]), "visual_dim": int(attrs["visual_dim"]),
-            "text_model": spec.text_model, "fingerprint": fingerprint}
+            "text_model": spec.text_model, "fingerprint": fingerprint, "identity": run_identity_of(spec)}
     return _Run(model, net, optimizer, scheduler, plan, train, valid, meta, use_bf16, stepper, recipe)
 
 
@@ -349,7 +355,8 @@ def _write_summary(spec: RunSpec, run: _Run, state: ckpt.RunState, ctx: DistCont
     if best is None:
         raise RuntimeError(f"{spec.run_dir}: no epoch had a finite validation MAE; no best.pt was written")
     run_folder.write_summary(spec.run_dir, {
-        "fingerprint": state.fingerprint, "params": spec.params, "switches": run.meta["switches"],
+        "fingerprint": state.fingerprint, "identity": run.meta["identity"], "params": spec.params,
+        "switches": run.meta["switches"],
         "ablation": spec.ablation, "seed": spec.seed, "best_epoch": best["epoch"], "best_valid": best["valid"],
         "wall_time_s": wall_s, "steps": state.global_step, "steps_per_epoch": run.plan.steps_per_epoch,
         "conflicts_total": state.conflicts, "world_size": ctx.world_size, "device": str(ctx.device),

@@ -8,6 +8,9 @@
   declared output present; best.pt a regular file that loads with weights_only and records the fingerprint) is
   not retrained. Anything less is trained (a damaged or symlinked best.pt: saying so): an engine deletes a
   stage's outputs before rerunning it, and the rerun must write them all.
+- A run that trains (from scratch or resumed) first removes the folder's metrics.json and predictions.csv: they
+  described an earlier best.pt. The fingerprint covers the cache's content (sha256, kept in a stat record beside
+  the cache: cpsl.cache.content_identity), so an edit in place that keeps size, attributes and mtime is another run.
 - A run folder holding state/last.pt of the same run continues it, when the outputs that state vouches for
   are intact (cpsl.train.checkpoint.resume); otherwise the run starts from scratch.
 
@@ -99,6 +102,12 @@ def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint)
         # epochs need the same room for the temporaries that replace them: fail now, not after an epoch
         check_free_space(out_dir, 4 * model_bytes, "a checkpoint and a training state")
 
+    if writer:
+        # this training writes a new best.pt: metrics of the earlier one must not survive to be reported for it
+        removed = run_folder.clear_evaluate_outputs(out_dir)
+        if removed:
+            print(f"cpsl train: {out_dir}: removed {', '.join(removed)} of the earlier checkpoint (run `cpsl "
+                  f"evaluate` again after this training)", file=sys.stderr, flush=True)
     ctx = distributed.init_from_env(params["execution"]["device"])
     try:
         return fit(spec, ctx).exit_code
