@@ -48,7 +48,7 @@ def test_committed_params_hold_the_paper_settings(params):
     assert params["cp"]["eta"] == 0.5
     assert params["ablations"] == ["A6", "T0"]  # the full model and its text-only reference
     # issue 7: a/v must reach the prediction; evaluation independent of batching; no clipping by default
-    assert params["model"]["pooling"] == "mean" and params["model"]["eval_norm"] == "running"
+    assert params["model"]["pooling"] == "mean" and params["model"]["eval_norm"] == "clamped"
     assert params["train"]["grad_clip"] == 0
     # issue 18: the new modules at their own rate (null, the paper's single rate, learns no a/v on MOSI-size data)
     assert params["train"]["lr_new_modules"] == 1e-3

@@ -12,6 +12,7 @@ from cpsl.data.planted import planted_split
 from cpsl.model.inference import run_inference
 from cpsl.model.losses import total_loss
 from cpsl.model.network import build_model, word_positions
+from cpsl.model.normalize import batch_min_max
 from cpsl.model.text_encoder import tiny_deberta_config
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import make_optimizer
@@ -55,6 +56,12 @@ def test_prediction_depends_on_av_at_every_word_position(mode):
     arrays = _arrays()
     batch = _batch(arrays)
     model = _model(_params(**{"model.encoder_dropout": 0.0, "model.classifier_dropout": 0.0}))
+    if mode == "eval":  # kept statistics that cover the batch: a value clamped to [0, 1] has no gradient, by design
+        words = word_positions(batch["attention_mask"])
+        for m, key in (("a", "acoustic"), ("v", "visual")):
+            lo, hi = batch_min_max(batch[key], words)
+            model.normalizers[m].running_min.copy_(lo - 1)
+            model.normalizers[m].running_max.copy_(hi + 1)
     model.train(mode == "train")
     grads = _input_gradients(model, batch)
     words = word_positions(batch["attention_mask"])

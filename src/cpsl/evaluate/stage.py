@@ -25,7 +25,11 @@ Writes, atomically, ``<run>/metrics.json``::
      "ablation": str, "seed": int, "dataset": str, "execution": {how this evaluation ran},
      "run": {"fingerprint": str, "identity": {the checkpoint's run identity}},
      "reliance": {"acoustic": {metric: delta}, "visual": {metric: delta}, "permutations": int, ...},
-     "learnt": {"status": "learnt" | "not_learnt" | "not_applicable" | "unknown", "av_not_learnt": bool, ...}}
+     "learnt": {"status": "learnt" | "not_learnt" | "not_applicable" | "unknown", "av_not_learnt": bool, ...},
+     "input_range": {"mode": eval_norm, "acoustic"/"visual": {split: {"share_outside", "max_abs"}}} | null}
+
+(``input_range``: cpsl.evaluate.input_range, the share of normalised train/valid/test inputs outside the training
+range [0, 1]; null for a baseline; a share above 1 % also gets one line on stderr)
 
 (metric names and conventions in cpsl.metrics; undefined values are null) and
 ``<run>/predictions.csv`` with columns ``split, segment_id, label, prediction`` (valid rows, then test
@@ -44,7 +48,7 @@ from cpsl import deps, gpu_slots, paths, rows, run_folder, run_identity
 from cpsl.ablations import Switches, switches_for
 from cpsl.cache import check_token_ids, content_identity, read_attrs, read_labels, read_split
 from cpsl.errors import PipelineError
-from cpsl.evaluate import learnt
+from cpsl.evaluate import input_range, learnt
 from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import remove_stale_temporaries
 from cpsl.metrics import compute_metrics, json_safe
@@ -135,8 +139,9 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
         return np.asarray(run_inference(model, arrays, batch_size, device).prediction, dtype=np.float32).reshape(-1)
 
     rows: list[tuple] = []
+    split_arrays = {"train": read_split(data_path, "train")}  # the input-range telemetry's reference split
     for split in EVAL_SPLITS:
-        arrays = read_split(data_path, split)
+        arrays = split_arrays[split] = read_split(data_path, split)
         pred = predict(arrays)
         if pred.size != len(arrays["segment_id"]):
             raise EvaluateError(f"{data_path}: split '{split}' has {len(arrays['segment_id'])} segments but "
@@ -154,6 +159,11 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
         # Not fatal (e.g. CPU vs GPU round-off), but a large gap means the checkpoint or the cache changed.
         print(f"cpsl evaluate: warning: {run_dir}: valid MAE {result['valid']['mae']:.6f} differs from the "
               f"{float(trained_mae):.6f} recorded at training time", file=sys.stderr)
+
+    result["input_range"] = input_range.out_of_range(model, split_arrays, batch_size)
+    range_line = input_range.warning(result["input_range"], str(run_dir))
+    if range_line:
+        print(f"cpsl evaluate: warning: {range_line}", file=sys.stderr)
 
     result["learnt"] = _assess_learnt(run_dir, ckpt, data_path, result["reliance"])
     if result["learnt"]["av_not_learnt"]:

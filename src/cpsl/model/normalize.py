@@ -9,11 +9,20 @@ data), but the normalised values are an affine function of the inputs, so d pred
 ``MinMaxNormalizer`` keeps running statistics, as BatchNorm does, so that evaluation never depends on
 which segments share a batch (``mode``):
 
-- "running" (default): training normalises each mini-batch with its own min/max (the paper) and updates
-  an exponential moving average of them (``momentum``, BatchNorm's 0.1); evaluation uses the averages,
-  so a segment gets the same prediction alone or inside any batch.
+- "clamped" (default, issue 22): training as the paper (each mini-batch with its own min/max), keeping an
+  exponential moving average of the batch extremes (``momentum``, BatchNorm's 0.1); evaluation uses the
+  averages and clamps to [0, 1], the range every training input lay in. On heavy-tailed features (real
+  COVAREP/FACET) the averaged span is narrower than the data's, so without the clamp one extreme frame
+  becomes an input of 10^3 the encoders never saw (docs/method.md has the comparison).
+- "running": the same averages without the clamp (the default of issue 7; kept to compare).
+- "extremes": the running minimum of the batch minima and maximum of the maxima, i.e. the training
+  data's true extremes after one epoch (the same as statistics of the training split fixed before
+  training at every validation, which follows a full epoch); evaluation uses them unclamped.
 - "batch": the paper read literally at evaluation too: each evaluation batch uses its own min/max
   (the evaluation then runs in batches of ``train.batch_size``, see cpsl.model.inference).
+
+Every mode but "batch" gives a segment the same prediction alone or inside any batch. The modes share the
+buffers (``running_min``/``running_max``), so a checkpoint's state dict has the same keys in every mode.
 
 Under DDP the training "mini-batch" is the GLOBAL batch: min and max are all-reduced (MIN/MAX) so that
 2 processes x batch 4 normalise (and update the running statistics) exactly like 1 process x batch 8.
@@ -24,7 +33,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-NORM_MODES = ("running", "batch")
+NORM_MODES = ("clamped", "running", "extremes", "batch")
+DEFAULT_NORM_MODE = "clamped"
+# the range every training input lies in (per-batch min-max); evaluation inputs outside it are out of range
+TRAIN_RANGE = (0.0, 1.0)
 
 
 def _distributed() -> bool:
@@ -67,23 +79,34 @@ class MinMaxNormalizer(nn.Module):
     """Per-mini-batch min-max normalisation with BatchNorm-style running statistics (see module docstring).
     The running min/max are buffers, so they travel in the state dict (best.pt) with the weights."""
 
-    def __init__(self, num_features: int, mode: str = "running", momentum: float = 0.1):
+    def __init__(self, num_features: int, mode: str = DEFAULT_NORM_MODE, momentum: float = 0.1):
         super().__init__()
         if mode not in NORM_MODES:
             raise ValueError(f"model.eval_norm: unknown mode {mode!r}; expected one of {', '.join(NORM_MODES)}")
         self.mode, self.momentum = mode, momentum
         self.register_buffer("running_min", torch.zeros(num_features))
         self.register_buffer("running_max", torch.ones(num_features))
+        if mode == "extremes":  # nothing seen yet (apply_min_max maps an infinite span to 0)
+            self.running_min.fill_(float("inf"))
+            self.running_max.fill_(float("-inf"))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def _update(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         seen = torch.isfinite(lo) & torch.isfinite(hi)  # a feature with no valid position keeps its average
-        first = self.num_batches_tracked == 0
-        m = torch.where(first, torch.ones((), device=lo.device), torch.full((), self.momentum, device=lo.device))
-        for running, batch in ((self.running_min, lo), (self.running_max, hi)):
-            running.copy_(torch.where(seen, torch.lerp(running, torch.where(seen, batch, 0), m), running))
+        if self.mode == "extremes":  # buffers start at +inf/-inf; an unseen feature's +inf/-inf changes nothing
+            self.running_min.copy_(torch.minimum(self.running_min, lo))
+            self.running_max.copy_(torch.maximum(self.running_max, hi))
+        else:
+            first = self.num_batches_tracked == 0
+            m = torch.where(first, torch.ones((), device=lo.device), torch.full((), self.momentum, device=lo.device))
+            for running, batch in ((self.running_min, lo), (self.running_max, hi)):
+                running.copy_(torch.where(seen, torch.lerp(running, torch.where(seen, batch, 0), m), running))
         self.num_batches_tracked.add_(1)
+
+    def unclamped(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised with the kept statistics, before any clamp: what the range telemetry measures."""
+        return apply_min_max(x, mask, self.running_min, self.running_max)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, sync: bool | None = None) -> torch.Tensor:
         if self.training or self.mode == "batch":
@@ -91,4 +114,5 @@ class MinMaxNormalizer(nn.Module):
             if self.training:
                 self._update(lo, hi)
             return apply_min_max(x, mask, lo, hi)
-        return apply_min_max(x, mask, self.running_min, self.running_max)
+        out = self.unclamped(x, mask)
+        return out.clamp(*TRAIN_RANGE) if self.mode == "clamped" else out
