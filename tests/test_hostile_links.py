@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,20 @@ def test_the_project_lock_linked_outside_is_refused_by_snakemake_and_stages(tmp_
     assert main(["prepare", "--params", str(params_file)]) == 1
     assert "engine.lock: is a symbolic link" in _one_line(capsys.readouterr().err)
     assert _snapshot(target) == before and not (project / "data").exists()
+
+
+def test_a_snakemake_dry_run_does_not_overwrite_a_linked_project_lock(tmp_path):
+    from project_copy import copy_project
+
+    target, before = _outside_file(tmp_path)
+    work = copy_project(tmp_path / "p", ("Snakefile", "params.yaml", "workflow", "src"))
+    (work / LOCK_FILE).parent.mkdir()
+    (work / LOCK_FILE).symlink_to(target)
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(work / "src")}, timeout=300)
+    assert proc.returncode != 0
+    assert f"{work / LOCK_FILE}: is a symbolic link (to {target})" in proc.stdout + proc.stderr
+    assert _snapshot(target) == before
 
 
 def test_the_lock_folder_linked_outside_is_refused(tmp_path):
