@@ -112,7 +112,7 @@ def setup(args) -> tuple[dict, object, dict]:
     else:
         import transformers
 
-        vocab = transformers.AutoConfig.from_pretrained(text_model).vocab_size
+        vocab = transformers.AutoConfig.from_pretrained(text_model, trust_remote_code=False).vocab_size
     batch = random_batch(vocab, args.device, batch=args.batch)
     return params, text_model, batch
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from cpsl.errors import PipelineError
+from cpsl.io_utils import open_lock_file, refuse_symlink
 
 LOCK_FILE = Path(".cpsl") / "engine.lock"
 ENGINES = ("snakemake", "dvc")
@@ -144,8 +145,9 @@ def _busy(root: Path, path: Path) -> ProjectBusy:
 
 def _open(root: Path) -> tuple[Path, int]:
     path = root / LOCK_FILE
+    refuse_symlink(path.parent, "the project's lock folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path, os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    return path, open_lock_file(path)  # never through a link: Snakemake's holder truncates and rewrites it
 
 
 def hold_for_snakemake(root: str | Path = ".") -> None:

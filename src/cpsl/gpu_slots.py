@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cpsl.env_vars import env_value
 from cpsl.errors import PipelineError
+from cpsl.io_utils import open_lock_file
 
 DEFAULT_LOCK_DIR = ".cpsl/gpu-locks"
 
@@ -86,7 +87,7 @@ class Lease:
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_lock_file(path, 0o666)  # never through a link: the holder's PID is written into it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

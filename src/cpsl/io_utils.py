@@ -6,10 +6,12 @@ interrupted stage never leaves a half-written file where the next stage (or DVC)
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -45,6 +47,41 @@ def write_text_atomic(final: str | Path, text: str) -> None:
 
 def write_json_atomic(final: str | Path, obj) -> None:
     write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def open_lock_file(path: str | Path, mode: int = 0o644) -> int:
+    """Open (creating it if needed) the lock file ``path`` for reading and writing, never through a link: lock files
+    are truncated and rewritten with the holder's name, so a symbolic or hard link planted at ``path`` would
+    empty and overwrite a file outside the project. No ``O_TRUNC``: a waiting opener must not wipe the holder's
+    text. A link, or anything but a regular file, is refused in one line (PipelineError)."""
+    from cpsl.errors import PipelineError
+
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PipelineError(f"{path}: is a symbolic link (to {os.readlink(path)}), not the lock file cpsl "
+                                f"makes; cpsl never writes through a link: remove it and rerun") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise PipelineError(f"{path}: is {what}, not the lock file cpsl makes; cpsl never writes through a link: "
+                            f"remove it and rerun")
+    return fd
+
+
+def refuse_symlink(path: str | Path, what: str) -> None:
+    """Refuse ``path`` (one line, PipelineError) when it is a symbolic link: a folder cpsl writes or reads as its
+    own (a run folder, a lock folder) that was replaced by a link would send every write outside the project."""
+    from cpsl.errors import PipelineError
+
+    path = Path(path)
+    if path.is_symlink():
+        raise PipelineError(f"{path}: {what} is a symbolic link (to {os.readlink(path)}); cpsl does not write or read "
+                            f"through a link it did not make: replace the link with a folder (or remove it) and rerun")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

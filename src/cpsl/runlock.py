@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cpsl.errors import PipelineError
+from cpsl.io_utils import open_lock_file, refuse_symlink
 
 LOCK_NAME = ".cpsl.lock"
 
@@ -28,9 +29,10 @@ class RunFolderBusy(PipelineError):
 def run_folder_lock(run_dir: str | Path, what: str) -> Iterator[Path]:
     """Hold the exclusive lock of ``run_dir`` (created if needed) for the body; fail at once if taken."""
     run_dir = Path(run_dir)
+    refuse_symlink(run_dir, "run folder")  # else best.pt, history and state are written in the link's target
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock_file(path)  # never through a link: the file is truncated and rewritten below
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

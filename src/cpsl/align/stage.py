@@ -34,6 +34,7 @@ Choices where the SDK or the paper leave room:
 from __future__ import annotations
 
 import json
+import os
 import time
 import unicodedata
 from collections import defaultdict
@@ -89,6 +90,16 @@ def _load_json(path: Path, what: str) -> dict:
     return obj
 
 
+def _plain_file_name(value, path: Path, key: str) -> str:
+    """``value`` as a file name inside the raw folder: a manifest naming `../elsewhere/L.csd` or `/etc/x` would
+    make align read (and cache) a file prepare never checked."""
+    if (not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value
+            or "\x00" in value):
+        raise AlignError(f"{path}: key '{key}' must be a plain file name in {path.parent} (no folder, no '..', not "
+                         f"absolute), got {value!r}; rerun `cpsl prepare` to write the manifest again")
+    return value
+
+
 def load_manifest(raw_dir: Path) -> dict:
     """The manifest, with every listed file present and of the recorded size (hashes: :func:`check_hashes`)."""
     path = raw_dir / "manifest.json"
@@ -100,15 +111,17 @@ def load_manifest(raw_dir: Path) -> dict:
         entry = files.get(role)
         if not isinstance(entry, dict) or not all(k in entry for k in ("name", "sha256", "size")):
             raise AlignError(f"{path}: key 'files.{role}' missing or lacks name/sha256/size")
-        file = raw_dir / entry["name"]
+        file = raw_dir / _plain_file_name(entry["name"], path, f"files.{role}.name")
+        if file.is_symlink():  # prepare places reflinks, hard links or copies: never a symbolic link
+            raise AlignError(f"{file}: file listed in {path} as '{role}' is a symbolic link (to {os.readlink(file)}), "
+                             f"not a file `cpsl prepare` placed; rerun `cpsl prepare`")
         if not file.is_file():
             raise AlignError(f"{file}: file listed in {path} as '{role}' is missing (rerun `cpsl prepare`)")
         size = file.stat().st_size
         if size != entry["size"]:
             raise AlignError(f"{file}: file changed since `cpsl prepare` (manifest {path} records size "
                              f"{entry['size']}, found {size}); rerun `cpsl prepare`")
-    if not isinstance(manifest.get("folds", "folds.json"), str):
-        raise AlignError(f"{path}: key 'folds' must be a file name")
+    _plain_file_name(manifest.get("folds", "folds.json"), path, "folds")
     return manifest
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from cpsl.errors import PipelineError
 from cpsl.text_model import resolve_model_path
+from cpsl.text_model_safety import check_text_model
 
 
 class TokenizerError(PipelineError, ValueError):
@@ -113,6 +114,7 @@ def load_tokenizer(model_name: str, backend: str = "auto") -> WordTokenizer:
     ``transformers``.
     """
     path = resolve_model_path(model_name)
+    check_text_model(path, model_name)  # no code of its own, sane sizes: before either backend reads it
     folder = Path(path)
     if backend in ("auto", "tokenizers") and (folder / "tokenizer.json").is_file():
         try:
@@ -128,7 +130,7 @@ def load_tokenizer(model_name: str, backend: str = "auto") -> WordTokenizer:
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - offline hub errors, missing sentencepiece, bad folders
         raise TokenizerError(f"text model {model_name!r} ({path}): cannot load its tokenizer ({exc})") from exc
     if not getattr(tokenizer, "is_fast", False):

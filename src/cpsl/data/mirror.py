@@ -71,7 +71,8 @@ def _reflink(src: Path, dest: Path) -> None:
 
 
 def _hard_link(src: Path, dest: Path) -> None:
-    os.link(src, dest)
+    # explicit: CPython's default calls link(2), which on Linux links a symbolic link itself, not its target
+    os.link(src, dest, follow_symlinks=True)
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -110,12 +111,17 @@ def fetch_from_mirror(spec: DatasetSpec, mirror_dir: str | Path, out_dir: str | 
             f"mirror folder {mirror_dir} lacks {len(missing)} of the {spec.dataset} files: {', '.join(missing)} "
             f"(expected all of: {', '.join(spec.file_names())})"
         )
+    # A mirror file may be a symbolic link (relative or not): the file it resolves to is the one checked, placed and
+    # hashed, never the link itself (a hard link of a relative link would resolve elsewhere in the raw folder).
+    sources = {role: Path(os.path.realpath(mirror_dir / spec.file(role).name)) for role in ROLES}
     for role in ROLES:  # check all before writing anything, so a bad mirror changes nothing
-        check_csd_file(mirror_dir / spec.file(role).name, shown_as=f"mirror file {mirror_dir / spec.file(role).name}")
+        shown = mirror_dir / spec.file(role).name
+        shown_as = f"mirror file {shown}" + (f" (a link to {sources[role]})" if shown.is_symlink() else "")
+        check_csd_file(sources[role], shown_as=shown_as)
     out_dir = Path(out_dir)
     placed = {}
     for role in ROLES:
-        src, dest = mirror_dir / spec.file(role).name, out_dir / spec.file(role).name
+        src, dest = sources[role], out_dir / spec.file(role).name
         with atomic_path(dest, suffix=".part") as tmp:
             how = place_file(src, tmp)
         placed[role] = (dest, how)

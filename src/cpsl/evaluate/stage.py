@@ -50,7 +50,7 @@ from cpsl.cache import check_token_ids, content_identity, read_attrs, read_label
 from cpsl.errors import PipelineError
 from cpsl.evaluate import input_range, learnt
 from cpsl.evaluate.reliance import reliance_check
-from cpsl.io_utils import remove_stale_temporaries
+from cpsl.io_utils import refuse_symlink, remove_stale_temporaries
 from cpsl.metrics import compute_metrics, json_safe
 from cpsl.runlock import run_folder_lock
 
@@ -209,6 +209,7 @@ def evaluate_command(params: dict, run_dir, data_path=None) -> dict:
     temporaries a SIGKILLed evaluate left are removed), on a leased GPU so it does not land on a training
     job's device."""
     run_dir = Path(run_dir)
+    refuse_symlink(run_dir, "run folder")  # before anything is read from, or written to, the link's target
     with run_folder_lock(run_dir, "evaluate") if run_dir.is_dir() else contextlib.nullcontext(), \
             gpu_slots.job_devices(1, params["execution"]["device"], "cpsl evaluate"):
         remove_stale_temporaries(run_dir, run_folder.EVALUATE_OUTPUTS)

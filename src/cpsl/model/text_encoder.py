@@ -19,6 +19,7 @@ import transformers
 from torch import nn
 
 from cpsl.text_model import resolve_model_path
+from cpsl.text_model_safety import check_text_model, weights_error
 
 
 def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config:
@@ -101,16 +102,23 @@ def load_text_encoder(name_or_path: str | transformers.PretrainedConfig, pretrai
         model = transformers.AutoModel.from_config(name_or_path)
     else:
         path = resolve_model_path(name_or_path)
+        check_text_model(path, name_or_path)  # no code of its own, sane sizes: before transformers reads it
         try:
             if pretrained:
                 with _quiet_loading():
-                    model = transformers.AutoModel.from_pretrained(path, **_float32())
+                    model = transformers.AutoModel.from_pretrained(path, trust_remote_code=False, **_float32())
             else:
-                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(path))
+                model = transformers.AutoModel.from_config(
+                    transformers.AutoConfig.from_pretrained(path, trust_remote_code=False))
         except OSError as exc:
             raise OSError(
                 f"text model {name_or_path!r} (resolved to {path!r}) could not be loaded offline: {exc}"
             ) from exc
+        except Exception as exc:  # noqa: BLE001 - only the weights' refusals become one line; the rest re-raised
+            refused = weights_error(exc, path, name_or_path)
+            if refused is None:
+                raise
+            raise refused from exc
     model = model.float()
     if model.config.model_type == "deberta-v2":
         memoise_deberta_relative_positions()

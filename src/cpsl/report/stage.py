@@ -40,7 +40,7 @@ import numpy as np
 from cpsl import paths, run_folder
 from cpsl.errors import PipelineError
 from cpsl.evaluate import learnt
-from cpsl.io_utils import write_json_atomic
+from cpsl.io_utils import refuse_symlink, write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables, telemetry
 from cpsl.report.paper_results import FULL_MODEL_ID
@@ -97,6 +97,7 @@ def discover_runs(results_dir: Path, dataset: str | None = None,
     expected = present if expected is None else list(expected)
     runs, missing = [], []
     for name in expected:
+        refuse_symlink(results_dir / name, "run folder")  # a configured run is read from the project, never a link
         if run_folder.has_metrics(results_dir / name):
             runs.append(load_run(results_dir / name, dataset))
         else:

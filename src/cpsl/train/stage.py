@@ -40,6 +40,7 @@ from cpsl.io_utils import check_free_space, remove_stale_temporaries
 from cpsl.rows import canonical
 from cpsl.runlock import run_folder_lock
 from cpsl.text_model import resolve_model_path, text_model_for, text_model_size
+from cpsl.text_model_safety import check_text_model
 from cpsl.train import distributed
 
 
@@ -94,6 +95,7 @@ def _train_locked(spec, resolved_model: str, writer: bool, fit, run_fingerprint)
         return 0
     if damaged:
         print(f"cpsl train: {damaged}; training this run again", file=sys.stderr, flush=True)
+    check_text_model(resolved_model, spec.text_model)  # before sizes are read from it or anything is written
     vocab_size, model_bytes = text_model_size(resolved_model)
     if vocab_size is not None:
         check_token_ids(data_path, vocab_size, spec.text_model)
