@@ -90,11 +90,12 @@ def test_the_mirror_goes_through_the_mosi_path_with_gaps_and_nonfinite_values(re
     assert np.abs(np.asarray(train["visual"])).max() > 1e3  # spikes survive the word averaging
 
 
-def _train_and_evaluate(real_cache, name, ablation="A6", **overrides):
+def _train_and_evaluate(real_cache, name, ablation="A6", data_path=None, **overrides):
     run = real_cache["tmp"] / name
+    data_path = data_path or real_cache["cache"]
     params = small_params(real_cache["text"], **{"train.epochs": 3, "eval.reliance_permutations": 1, **overrides})
-    assert run_train(params, seed=1, ablation=ablation, data_path=real_cache["cache"], out_dir=run) == 0
-    metrics = run_evaluate(params, run, data_path=real_cache["cache"])
+    assert run_train(params, seed=1, ablation=ablation, data_path=data_path, out_dir=run) == 0
+    metrics = run_evaluate(params, run, data_path=data_path)
     return run, metrics, read_history(run / "history.csv")
 
 
@@ -168,16 +169,15 @@ def test_the_fixture_shows_the_issue_with_the_unclamped_running_statistics(real_
 def test_evaluate_records_and_reports_inputs_outside_the_training_range(real_cache, capsys):
     """A test split 100x the training scale (a shifted feature extractor): metrics.json's input_range holds the
     share per stream and split, and evaluate prints one line naming it."""
-    run, _, _ = _train_and_evaluate(real_cache, "A6-shift")
     splits = {s: read_split(real_cache["cache"], s) for s in ("train", "valid", "test")}
     splits["test"] = {**splits["test"], "acoustic": np.asarray(splits["test"]["acoustic"]) * 100}
     from cpsl.cache import read_attrs
 
+    # the shifted cache is the one the run trains on: evaluate refuses a cache edited after training (issue 21)
     shifted = real_cache["tmp"] / "shifted.h5"
     write_cache(shifted, splits, read_attrs(real_cache["cache"]))
     capsys.readouterr()
-    params = small_params(real_cache["text"], **{"eval.reliance_permutations": 1})
-    metrics = run_evaluate(params, run, data_path=shifted)
+    run, metrics, _ = _train_and_evaluate(real_cache, "A6-shift", data_path=shifted)
     stored = json.loads((run / "metrics.json").read_text())["input_range"]
     assert stored["acoustic"]["test"]["share_outside"] > 0.2 > stored["acoustic"]["train"]["share_outside"]
     assert stored == metrics["input_range"]
