@@ -109,3 +109,90 @@ def test_grid_reports_the_whole_grid_and_otherwise_only_the_configured_rows(tmp_
     grid = run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "r2", grid=True)
     assert list(grid["ablations"]) == ["A0", "A1", "A6", "B1"]  # paper order; B1 from A1's runs
     assert "A2-seed0" in grid["configured"]["missing_runs"] and grid["other_folders_not_read"] == []
+
+
+# ---------------------------------------------------------------- issue 21, item 5: metrics.json against a schema
+def _edit_metrics(folder, edit):
+    """Apply ``edit(metrics)`` to the run's metrics.json; a str result is written as the raw file text."""
+    path = folder / "metrics.json"
+    m = json.loads(path.read_text())
+    out = edit(m)
+    path.write_text(out if isinstance(out, str) else json.dumps(m))
+
+
+def _set(dotted, value):
+    def edit(m):
+        *parents, leaf = dotted.split(".")
+        node = m
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return edit
+
+
+def _drop(dotted):
+    def edit(m):
+        *parents, leaf = dotted.split(".")
+        node = m
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    return edit
+
+
+def _raw(dotted, literal):
+    """metrics.json text with ``dotted`` holding a JSON literal json.dumps would not write (NaN, Infinity)."""
+    def edit(m):
+        _set(dotted, "__RAW__")(m)
+        return json.dumps(m).replace('"__RAW__"', literal)
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_set("test.mae", "abc"), "'test.mae' must be a finite number in [0, inf], got \"abc\""),
+    (_set("test.acc2_nonzero", "85.0"),
+     "'test.acc2_nonzero' must be a finite number in [0, 100] or null, got \"85.0\""),
+    (_set("valid.corr", 3.5), "'valid.corr' must be a finite number in [-1, 1] or null, got 3.5"),
+    (_raw("test.mae", "NaN"), "'test.mae' must be a finite number in [0, inf], got nan"),
+    (_raw("test.corr", "Infinity"), "'test.corr' must be a finite number in [-1, 1] or null, got inf"),
+    (_drop("test.mae"), "missing key 'test.mae'"),
+    (_set("test", [1, 2]), "'test' must be a mapping, got [1, 2]"),
+    (_set("reliance", {"acoustic": {"mae": "big"}}), "'reliance.acoustic.mae' must be a finite number or null, "
+                                                     "got \"big\""),
+    (_set("reliance", {"visual": "none"}), "'reliance.visual' must be a mapping, got \"none\""),
+    (_set("learnt", "yes"), "'learnt' must be a mapping or null, got \"yes\""),
+    (_set("learnt", {"status": "maybe"}), "'learnt.status' must be one of learnt, not_learnt, not_applicable, "
+                                          "unknown, got \"maybe\""),
+    (_set("selected_epoch", 2.5), "'selected_epoch' must be a non-negative integer, got 2.5"),
+    (_set("selected_epoch", "2"), "'selected_epoch' must be a non-negative integer, got \"2\""),
+    (_set("seed", True), "'seed' must be a non-negative integer, got true"),
+], ids=["string mae", "string acc", "corr out of range", "NaN mae", "inf corr", "missing mae", "test not a mapping",
+        "string reliance", "reliance stream not a mapping", "learnt yes", "unknown learnt status",
+        "fractional epoch", "string epoch", "bool seed"])
+def test_a_malformed_metrics_file_is_one_line_naming_file_and_key(tmp_path, base_params, capsys, edit, message):
+    """Was: a traceback (a string where a number belongs, in reliance, `"learnt": "yes"`), an "n/a" cell
+    (NaN, inf, a missing mae) or a non-integer selected_epoch copied into summary.json."""
+    from cpsl.cli import main
+
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A6"], [0]
+    root = _results(tmp_path, base_params, {0: params})
+    _edit_metrics(root / "A6-seed0", edit)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    reports = tmp_path / "reports"
+    assert main(["report", "--params", str(params_file), "--results", str(root), "--out", str(reports)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"cpsl report: error: {root / 'A6-seed0' / 'metrics.json'}: {message}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not reports.exists() or not any(reports.iterdir())  # nothing written
+
+
+def test_null_metrics_other_than_mae_stay_undefined(tmp_path, base_params):
+    """null is how evaluate writes an undefined metric (the correlation of constant predictions): accepted."""
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A6"], [0]
+    root = _results(tmp_path, base_params, {0: params})
+    _edit_metrics(root / "A6-seed0", _set("test.corr", None))
+    summary = run_report(params, results_dir=root, out_dir=tmp_path / "reports")
+    assert summary["ablations"]["A6"]["test"]["corr"]["mean"] is None

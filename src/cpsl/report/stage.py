@@ -40,6 +40,7 @@ from cpsl.evaluate import learnt
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
 from cpsl.report import figures, stats, tables, telemetry
+from cpsl.report.metrics_schema import check_metrics
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
 from cpsl.run_identity import check_rows_consistent, training_params
@@ -55,24 +56,16 @@ class ReportError(PipelineError, ValueError):
 
 
 def load_run(folder: Path, dataset: str | None = None) -> dict:
-    """One evaluated run: ablation, seed, metrics per split, selected epoch. Validates metrics.json."""
+    """One evaluated run: ablation, seed, metrics per split, selected epoch. Validates metrics.json
+    (cpsl.report.metrics_schema)."""
     path = folder / run_folder.METRICS_FILE
     m = run_folder.read_metrics(folder)
-    for key in ("ablation", "seed", "test"):
-        if key not in m:
-            raise ReportError(f"{path}: missing key '{key}'")
-    if m["ablation"] not in ROWS:
-        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ROWS)}")
-    if not isinstance(m["seed"], int) or isinstance(m["seed"], bool):
-        raise ReportError(f"{path}: 'seed' must be an integer, got {m['seed']!r}")
+    check_metrics(m, path)  # every key the report reads, before any is used (one line naming file and key)
     if dataset is not None and m.get("dataset", dataset) != dataset:
         raise ReportError(f"{path}: run of dataset {m['dataset']!r} inside the results of {dataset!r}")
     named = _RUN_NAME.match(folder.name)
     if named and (named["ablation"], int(named["seed"])) != (m["ablation"], m["seed"]):
         raise ReportError(f"{path}: says {m['ablation']}-seed{m['seed']} but the folder is {folder.name}")
-    for split in SPLITS:
-        if split in m and not isinstance(m[split], dict):
-            raise ReportError(f"{path}: '{split}' must be a mapping of metric -> value")
     return {"folder": folder, "ablation": m["ablation"], "seed": m["seed"], "metrics": m,
             "selected_epoch": m.get("selected_epoch")}
 
