@@ -196,3 +196,95 @@ def test_null_metrics_other_than_mae_stay_undefined(tmp_path, base_params):
     _edit_metrics(root / "A6-seed0", _set("test.corr", None))
     summary = run_report(params, results_dir=root, out_dir=tmp_path / "reports")
     assert summary["ablations"]["A6"]["test"]["corr"]["mean"] is None
+
+
+# ---------------------------------------------------------------- issue 21, item 5: the outputs as one set
+_KILLED_REPORT = """
+import os, signal, sys
+import yaml
+from cpsl.config import validate_params
+from cpsl.report import figures, output_set
+from cpsl.report.stage import run_report
+
+params_file, results, out, point = sys.argv[1:]
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+if point == "figures":          # the tables of the new set are written, the figures not yet
+    figures.write_figures = die
+else:                           # the new set is in place, the old one not yet deleted
+    output_set.discard_old = die
+run_report(validate_params(yaml.safe_load(open(params_file))), results_dir=results, out_dir=out)
+"""
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _two_reports(tmp_path, base_params):
+    """reports/ holding the report of seed 0, results holding seeds 0 and 1, the params of both seeds."""
+    one = copy.deepcopy(base_params)
+    one["ablations"], one["train"]["seeds"] = ["A6"], [0]
+    two = copy.deepcopy(one)
+    two["train"]["seeds"] = [0, 1]
+    root = _results(tmp_path, base_params, {0: one, 1: two})
+    out = tmp_path / "reports" / "demo"
+    run_report(one, results_dir=root, out_dir=out)
+    (out / ".gitignore").write_text("/summary.json\n")  # a file the report does not write: kept
+    params_file = tmp_path / "two.yaml"
+    params_file.write_text(yaml.safe_dump(two, sort_keys=False))
+    return root, out, params_file, two
+
+
+@pytest.mark.parametrize("point", ["figures", "after swap"])
+def test_a_report_killed_midway_leaves_the_old_set_or_the_new_one(tmp_path, base_params, point):
+    """SIGKILL while the figures are written: the old report, byte for byte (was: new tables beside old figures).
+    SIGKILL after the swap: the whole new report. The next report removes what the killed one left."""
+    import signal
+    import subprocess
+    import sys
+
+    root, out, params_file, two = _two_reports(tmp_path, base_params)
+    before = _snapshot(out)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_REPORT, str(params_file), str(root), str(out), point],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    after = _snapshot(out)
+    if point == "figures":
+        assert after == before
+    else:
+        reference = tmp_path / "reference"
+        run_report(two, results_dir=root, out_dir=reference)
+        assert sorted(after) == sorted([*_snapshot(reference), ".gitignore"])
+        assert json.loads(after["summary.json"])["ablations"]["A6"]["seeds"] == [0, 1]
+        assert after["table2.md"] == (reference / "table2.md").read_bytes()
+    assert [p.name for p in out.parent.iterdir() if p.name != "demo"]  # the killed run's staging folder
+    run_report(two, results_dir=root, out_dir=out)
+    assert [p.name for p in out.parent.iterdir()] == ["demo"] and (out / ".gitignore").is_file()
+    assert json.loads((out / "summary.json").read_text())["ablations"]["A6"]["seeds"] == [0, 1]
+
+
+def test_the_fallback_swap_killed_between_its_renames_is_recovered(tmp_path):
+    """Where the file system cannot exchange two folders, a kill between moving the old set aside and moving
+    the new one in leaves no reports folder: the next report puts the old set back before it starts."""
+    from cpsl.report import output_set
+
+    out = tmp_path / "reports" / "demo"
+    (tmp_path / "reports" / ".demo.report-old.x1.tmp").mkdir(parents=True)
+    (tmp_path / "reports" / ".demo.report-old.x1.tmp" / "summary.json").write_text("old")
+    (tmp_path / "reports" / ".demo.report-new.x2.tmp").mkdir()
+    (tmp_path / "reports" / ".demo.report-new.x2.tmp" / "summary.json").write_text("unfinished new")
+    output_set.recover(out)
+    assert (out / "summary.json").read_text() == "old" and [p.name for p in out.parent.iterdir()] == ["demo"]
+
+
+def test_a_foreign_folder_in_the_reports_folder_is_refused_not_moved(tmp_path, base_params, monkeypatch):
+    from cpsl.report import output_set
+
+    monkeypatch.setattr(output_set, "_exchange", lambda a, b: False)  # the two-rename fallback, same result
+    root, out, _, two = _two_reports(tmp_path, base_params)
+    run_report(two, results_dir=root, out_dir=out)
+    assert (out / ".gitignore").read_text() == "/summary.json\n" and [p.name for p in out.parent.iterdir()] == ["demo"]
+    (out / "notes").mkdir()
+    with pytest.raises(output_set.PipelineError, match="holds the folder 'notes', which the report does not write"):
+        run_report(two, results_dir=root, out_dir=out)
+    assert (out / "notes").is_dir() and [p.name for p in out.parent.iterdir()] == ["demo"]

@@ -8,7 +8,8 @@ experiment, a run trained with other params) is never read, and is listed in one
 without metrics.json is named in a warning (``--strict``: an error), and both lists go to summary.json.
 
 Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
-figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>). Rows are
+figure3_modulation.png, history_mean.csv}`` as one set (cpsl.report.output_set: all written into a staging
+folder, then swapped in; ``out_dir`` replaces reports/<dataset>). Rows are
 any row of cpsl.rows: Table 2 shows the CP+SL rows, Table 1 the baselines, T0 and A6 (cpsl.report.tables).
 
 Statistics (cpsl.report.stats has the details): per ablation and metric, on test and valid, the mean,
@@ -39,7 +40,7 @@ from cpsl.errors import PipelineError
 from cpsl.evaluate import learnt
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
-from cpsl.report import figures, stats, tables, telemetry
+from cpsl.report import figures, output_set, stats, tables, telemetry
 from cpsl.report.metrics_schema import check_metrics
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
@@ -302,7 +303,6 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
                           f"({_names(missing)}); run 'cpsl evaluate' first")
     summary = json_safe(build_summary(params, runs, missing, others, results_dir, grid, table1))
 
-    tables.write_tables(summary, out_dir)
     fig_id = canonical(_figure_ablation(params, list(summary["ablations"])))
     hist_paths = [r["folder"] / run_folder.HISTORY_FILE for r in runs if r["ablation"] == fig_id]
     no_history = [str(p) for p in hist_paths if not p.is_file()]
@@ -310,11 +310,14 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
         raise ReportError(f"{', '.join(no_history)}: missing (Figures 2-3 are drawn from each run's history.csv)")
     histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
-    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
-                                              f"{', '.join(map(str, seeds))}",
-                          against=summary["ablations"][fig_id].get("modulation_vs_paper"))
     summary["figures"] = {"ablation": fig_id, "seeds": seeds}
-    write_json_atomic(summary_file, summary)
+    # every output into a staging folder, swapped in as one set: a kill leaves the old report or the new one
+    with output_set.staged_set(out_dir, (summary_file.name, *paths.REPORT_FILES)) as staged:
+        tables.write_tables(summary, staged)
+        figures.write_figures(histories, staged, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
+                                                 f"{', '.join(map(str, seeds))}",
+                              against=summary["ablations"][fig_id].get("modulation_vs_paper"))
+        write_json_atomic(staged / summary_file.name, summary)
     _warn_not_learnt(summary)
     return summary
 
