@@ -268,3 +268,48 @@ def test_snakemake_switches_true_and_false():
     got = workflow_config({"grid": "true", "dataset": "demo"}, str(REPO / "params.yaml"))
     assert got["grid"] is True and got["table1"] is False and got["train"]["seeds"] == load_params(
         REPO / "params.yaml")["train"]["seeds"]
+
+
+# ---------------------------------------------------------------- issue 21, item 6: execution.nproc vs the machine
+def _params_with_nproc(tmp_path, nproc: int, device: str) -> Path:
+    """params.yaml with execution.nproc and every global batch set to ``nproc`` (batches must divide by it)."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["execution"].update(nproc=nproc, device=device)
+    raw["train"]["batch_size"] = nproc
+    for section in raw["baselines"].values():
+        for ds in section.values():
+            ds["train"]["batch_size"] = nproc
+    return _write(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.mark.parametrize("device, gpus, bound", [
+    ("cpu", "2", "cores"), ("auto", "0", "cores"), ("cuda", "2", 2), ("auto", "3", 3),
+])
+def test_nproc_beyond_the_machine_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch, device, gpus,
+                                                                        bound):
+    """Was: `execution.nproc: 1000` on a 2-core machine launched torchrun with 1,000 trainers, unchecked."""
+    from cpsl.nproc_bound import cpu_cores
+
+    monkeypatch.setenv("CPSL_GPU_COUNT", gpus)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    limit = cpu_cores() if bound == "cores" else bound
+    what = f"{limit} CPU core(s)" if bound == "cores" else f"{limit} GPU(s) visible"
+    path = _params_with_nproc(tmp_path, 1000, device)
+    code, err = _run(["train", "--params", str(path), "--seed", "0", "--ablation", "A6"], capsys)
+    assert code == 2, err
+    assert err == (f"cpsl train: invalid params: {path}: 'execution.nproc' is 1000, but this machine has {what} for "
+                   f"execution.device {device} (one training process each); set execution.nproc to at most "
+                   f"{limit}\n")
+    assert not (tmp_path / "results").exists() and not (tmp_path / ".cpsl" / "gpu-locks").exists()
+
+
+def test_a_scheduler_s_gpu_choice_is_the_bound(monkeypatch):
+    from cpsl.nproc_bound import check_nproc
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    check_nproc(2, "cuda", "p")  # the two GPUs SLURM gave this job
+    with pytest.raises(ParamsError, match="'execution.nproc' is 3, but this machine has 2 GPU"):
+        check_nproc(3, "auto", "p")
