@@ -7,28 +7,18 @@
 #   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5, duplicates once) + T0 x train.seeds
 #   snakemake --cores 4 --config table1=true  Table 1: T0, A6 and every baseline (MAG, ...) x train.seeds
 
-from snakemake.common.configfile import load_configfile
-
-from cpsl.config import load_params
 from cpsl.engine_guard import hold_for_snakemake
 from cpsl.env_vars import check_environment
+from cpsl.workflow_config import workflow_config
 
-configfile: "params.yaml"
-
-WORKFLOW_KEYS = {"grid", "table1"}  # the only --config keys: workflow switches that are not params
-load_params("params.yaml")  # fail before any job on an invalid params file
+# No `configfile:` directive: Snakemake's own YAML loader would read params.yaml before cpsl could check it. config
+# holds the --config values here; cpsl reads and validates the file (the stages' loader: nesting bounded, duplicate
+# keys refused) and checks --config (only the switches grid, table1: true or false) before any job.
+config.update(workflow_config(config, "params.yaml"))
 check_environment()  # ... or an invalid CPSL_* variable
 if workflow.is_main_process:
     # one workflow run per project: a second one fails here naming the first's PID (cpsl.engine_guard)
     hold_for_snakemake()
-# config = params.yaml as Snakemake reads it, plus --config: compare with the file read the same way
-_file = load_configfile("params.yaml")
-_overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _file.get(k))
-if _overridden:
-    raise ValueError(
-        f"--config may only set {sorted(WORKFLOW_KEYS)}; {_overridden} are params: edit params.yaml "
-        "(the stages read that file, so a --config value would not reach them)"
-    )
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

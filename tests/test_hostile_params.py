@@ -175,3 +175,141 @@ def test_the_snakefile_checks_the_environment_before_any_job(tmp_path):
     proc = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=work, capture_output=True, text=True,
                           env={**os.environ, "CPSL_GPU_COUNT": "abc", "PYTHONPATH": str(work / "src")})
     assert proc.returncode != 0 and "CPSL_GPU_COUNT='abc': must be an integer in [0, 4096]" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- issue 21, item 6: nesting and duplicate keys
+def _with_lines(extra: str) -> str:
+    """params.yaml with ``extra`` appended; returns the text."""
+    return (REPO / "params.yaml").read_text() + extra
+
+
+_LAST = len((REPO / "params.yaml").read_text().splitlines())  # params.yaml's line count: extra lines follow it
+_CP_LINE = next(i for i, line in enumerate((REPO / "params.yaml").read_text().splitlines(), 1)
+                if line.startswith("cp:"))
+_DEEP_BLOCK = "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + "  " * 200 + "v: 1\n"
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("extra: " + "[" * 100_000 + "\n", f"nested deeper than 32 levels (line {_LAST + 1}, column 39)"),
+    ("extra: " + "{a: " * 50_000 + "\n", f"nested deeper than 32 levels (line {_LAST + 1}, column "),
+    (_DEEP_BLOCK, f"nested deeper than 32 levels (line {_LAST + 32}, column 63)"),
+    ("cp:\n  eta: 0.9\n", f"duplicate key 'cp' (lines {_CP_LINE} and {_LAST + 1})"),
+    ("other:\n  a: 1\n  b: 2\n  a: 3\n", f"duplicate key 'other.a' (lines {_LAST + 2} and {_LAST + 4})"),
+    ("other: [{x: 1, x: 2}]\n", f"duplicate key 'other[0].x' (lines {_LAST + 1} and {_LAST + 1})"),
+], ids=["100k [", "50k {", "200 block levels", "top-level key twice", "nested key twice", "flow key twice"])
+def test_deep_nesting_and_duplicate_keys_are_one_line_exit_2(tmp_path, capsys, extra, fragment):
+    """Was: a 3,001-line RecursionError; a duplicate key taken last-wins (DVC refuses the same file)."""
+    path = _write(tmp_path, _with_lines(extra))
+    code, err = _run(["prepare", "--params", str(path)], capsys)
+    assert code == 2, err
+    assert err.startswith(f"cpsl prepare: invalid params: {path}: {fragment}")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_duplicate_key_inside_an_override_value_is_refused(tmp_path, capsys):
+    path = _write(tmp_path, (REPO / "params.yaml").read_text())
+    code, err = _run(["prepare", "--params", str(path), "--set", "demo.train={epochs: 2, epochs: 3}"], capsys)
+    assert code == 2 and "duplicate key 'epochs' (lines 1 and 1)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_merge_key_is_no_duplicate(tmp_path):
+    """YAML merge keys (`<<`) repeat keys on purpose; the explicit one wins, as before."""
+    text = _with_lines("anchors:\n  base: &b {x: 1, y: 2}\n  use: {<<: *b, x: 3}\n")
+    from cpsl.config import parse_yaml
+
+    assert parse_yaml(text)["anchors"]["use"] == {"x": 3, "y": 2}
+
+
+# ---------------------------------------------------------------- issue 21, item 6: the same answers from Snakemake
+def _snakemake_n(tmp_path, params_text=None, config=()):
+    from project_copy import copy_project
+
+    work = copy_project(tmp_path / "p", ("Snakefile", "params.yaml", "workflow", "src"))
+    if params_text is not None:
+        (work / "params.yaml").write_text(params_text)
+    argv = ["snakemake", "-n", "--cores", "1"] + (["--config", *config] if config else [])
+    proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(work / "src")})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("extra: " + "[" * 100_000 + "\n", f"params.yaml: nested deeper than 32 levels (line {_LAST + 1}, column 39)"),
+    ("cp:\n  eta: 0.9\n", f"params.yaml: duplicate key 'cp' (lines {_CP_LINE} and {_LAST + 1})"),
+], ids=["100k [", "duplicate key"])
+def test_snakemake_gives_cpsl_s_answer_on_the_params_file(tmp_path, extra, fragment):
+    """Was: 990 lines of RecursionError from Snakemake's own loader; a duplicate key taken last-wins."""
+    code, out = _snakemake_n(tmp_path, _with_lines(extra))
+    assert code != 0 and fragment in out, out[-3000:]
+    assert "RecursionError" not in out and len(out.splitlines()) < 20
+
+
+@pytest.mark.parametrize("config, fragment", [
+    (["grid=maybe"], "--config grid=maybe: must be true or false"),
+    (["table1=yes"], "--config table1=yes: must be true or false"),
+    (["grid=1"], "--config grid=1: must be true or false"),
+    (["foo=1"], "--config foo: not a workflow switch; the switches are grid (…), table1 (…); params are set in "
+                "params.yaml"),
+    (["dataset=mosi"], "--config dataset: a param, not a workflow switch (grid, table1): edit params.yaml"),
+], ids=["maybe", "yes", "1", "unknown key", "a param"])
+def test_snakemake_config_values_are_checked(tmp_path, config, fragment):
+    """Was: `grid=maybe` silently false; `foo=1` called a param."""
+    code, out = _snakemake_n(tmp_path, config=config)
+    assert code != 0 and fragment.split("(…)")[0] in out, out[-3000:]
+    if "(…)" in fragment:
+        assert "table1 (train and report T0" in out and "params are set in params.yaml" in out
+
+
+def test_snakemake_switches_true_and_false():
+    from cpsl.workflow_config import switch_value, workflow_config
+
+    assert [switch_value("grid", v) for v in (True, False, "true", "TRUE", "False")] == [True, False, True, True,
+                                                                                          False]
+    got = workflow_config({"grid": "true", "dataset": "demo"}, str(REPO / "params.yaml"))
+    assert got["grid"] is True and got["table1"] is False and got["train"]["seeds"] == load_params(
+        REPO / "params.yaml")["train"]["seeds"]
+
+
+# ---------------------------------------------------------------- issue 21, item 6: execution.nproc vs the machine
+def _params_with_nproc(tmp_path, nproc: int, device: str) -> Path:
+    """params.yaml with execution.nproc and every global batch set to ``nproc`` (batches must divide by it)."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["execution"].update(nproc=nproc, device=device)
+    raw["train"]["batch_size"] = nproc
+    for section in raw["baselines"].values():
+        for ds in section.values():
+            ds["train"]["batch_size"] = nproc
+    return _write(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.mark.parametrize("device, gpus, bound", [
+    ("cpu", "2", "cores"), ("auto", "0", "cores"), ("cuda", "2", 2), ("auto", "3", 3),
+])
+def test_nproc_beyond_the_machine_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch, device, gpus,
+                                                                        bound):
+    """Was: `execution.nproc: 1000` on a 2-core machine launched torchrun with 1,000 trainers, unchecked."""
+    from cpsl.nproc_bound import cpu_cores
+
+    monkeypatch.setenv("CPSL_GPU_COUNT", gpus)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    limit = cpu_cores() if bound == "cores" else bound
+    what = f"{limit} CPU core(s)" if bound == "cores" else f"{limit} GPU(s) visible"
+    path = _params_with_nproc(tmp_path, 1000, device)
+    code, err = _run(["train", "--params", str(path), "--seed", "0", "--ablation", "A6"], capsys)
+    assert code == 2, err
+    assert err == (f"cpsl train: invalid params: {path}: 'execution.nproc' is 1000, but this machine has {what} for "
+                   f"execution.device {device} (one training process each); set execution.nproc to at most "
+                   f"{limit}\n")
+    assert not (tmp_path / "results").exists() and not (tmp_path / ".cpsl" / "gpu-locks").exists()
+
+
+def test_a_scheduler_s_gpu_choice_is_the_bound(monkeypatch):
+    from cpsl.nproc_bound import check_nproc
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    check_nproc(2, "cuda", "p")  # the two GPUs SLURM gave this job
+    with pytest.raises(ParamsError, match="'execution.nproc' is 3, but this machine has 2 GPU"):
+        check_nproc(3, "auto", "p")

@@ -111,3 +111,48 @@ def test_bootstrap_needs_a_shared_seed():
     _, label = _data()
     with pytest.raises(ValueError, match="share no seed"):
         paired_bootstrap(label, {0: label}, {1: label}, n_resamples=10)
+
+
+# ---------------------------------------------------------------- issue 21, item 5: memory bounded in N ----
+_MILLION_SEGMENTS = """
+import resource, sys
+cap = 1 << 30  # 1 GiB of address space: the old code's first chunk alone (150 x 10^6 counts, float64) is 1.2 GB
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+import numpy as np
+from cpsl.report.stats import paired_bootstrap
+n = 10**6
+rng = np.random.default_rng(0)
+label = rng.uniform(-3, 3, n)
+res = paired_bootstrap(label, {0: label + rng.normal(0, 0.3, n)}, {0: label + rng.normal(0, 1.0, n)},
+                       n_resamples=150, seed=1)
+mae = res["metrics"]["mae"]
+print(mae["n_valid_resamples"], mae["ci95"][0] < mae["diff"] < mae["ci95"][1] < 0)
+"""
+
+
+def test_bootstrap_of_a_million_predictions_fits_in_a_bounded_address_space(tmp_path):
+    """10^6 test predictions under a 1 GiB address-space cap (the inputs and their per-segment columns take
+    ~0.3 GB): was a MemoryError (a (500, N) index array and a (500, N) count matrix, 3.7 GiB each at N = 10^6)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _MILLION_SEGMENTS], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["150", "True"]
+
+
+def test_bootstrap_counts_come_in_bounded_blocks_and_are_multinomial():
+    from cpsl.report.stats import BLOCK_ELEMENTS, _count_blocks
+
+    rng = np.random.default_rng(0)
+    start, first = next(_count_blocks(rng, 10**6, 500, BLOCK_ELEMENTS // 500))
+    assert start == 0 and first.size <= BLOCK_ELEMENTS  # was (500, 10^6): the block never spans all N
+    # small case, every block: each resample draws exactly N segments, each segment once on average
+    blocks = list(_count_blocks(np.random.default_rng(1), 50, 4000, 7))
+    counts = np.concatenate([w for _, w in blocks], axis=1)
+    assert [s for s, _ in blocks] == list(range(0, 50, 7)) and counts.shape == (4000, 50)
+    assert (counts.sum(axis=1) == 50).all()
+    assert np.abs(counts.mean(axis=0) - 1).max() < 0.1 and counts.var(axis=0).mean() == pytest.approx(0.98, abs=0.05)

@@ -130,9 +130,12 @@ def test_grid_target_runs_every_table2_row_once_as_separate_jobs(tmp_path):
     trained = set(re.findall(r"cpsl train --ablation (\w+)", _dry_run(work, "--config", "grid=true", "-p").stdout))
     assert trained == set(ABLATIONS) - set(ALIASES)
 
-    # A param passed through --config would never reach the stages (they read params.yaml): refused.
-    refused = _dry_run(work, "--config", "ablation=A0")
+    # A param passed through --config would never reach the stages (they read params.yaml): refused; so is a key
+    # that is neither a switch nor a param (issue 21: it was called a param), naming the switches.
+    refused = _dry_run(work, "--config", "ablations=[A0]")
     assert refused.returncode != 0 and "edit params.yaml" in refused.stdout + refused.stderr
+    refused = _dry_run(work, "--config", "ablation=A0")
+    assert refused.returncode != 0 and "--config ablation: not a workflow switch" in refused.stdout
 
 
 def test_both_engines_keep_the_raw_folder_when_prepare_reruns():

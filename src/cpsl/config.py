@@ -222,9 +222,32 @@ def validate_params(params: Mapping, source: str = "params") -> dict:
     return params
 
 
+# Deepest nesting a params file may have: params.yaml itself is 6 levels deep (baselines.mag.mosi.train.seeds[0]).
+# PyYAML composes nodes recursively: 100k nested `[` was a 3,000-line RecursionError (Snakemake: 990 lines).
+MAX_DEPTH = 32
+
+
+class YamlShapeError(ValueError):
+    """Valid YAML that no params file may hold: nesting beyond MAX_DEPTH, a key given twice."""
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 as PyYAML reads it, except that floats in every standard form are floats: PyYAML needs a dot
-    and a signed exponent, so ``2e-05`` (what ``dvc exp run -S train.lr=2e-5`` writes) or ``1e3`` were strings."""
+    and a signed exponent, so ``2e-05`` (what ``dvc exp run -S train.lr=2e-5`` writes) or ``1e3`` were strings.
+    Nesting is bounded while the document is composed, before the recursion could run deep."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YamlShapeError(f"nested deeper than {MAX_DEPTH} levels (line {mark.line + 1}, column "
+                                     f"{mark.column + 1}); a params file is a few levels of sections")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -233,19 +256,52 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."),
 )
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicate_keys(root: yaml.Node) -> None:
+    """A key given twice in one mapping: YAML loaders keep the last one silently (PyYAML, so cpsl and Snakemake),
+    DVC refuses the file; so the engines would disagree on the params. Name the key and both lines."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                    continue
+                dotted = f"{path}.{key.value}" if path else key.value
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in seen:
+                    raise YamlShapeError(f"duplicate key '{dotted}' (lines {seen[key.tag, key.value]} and {line}): "
+                                         f"YAML readers keep the last silently and DVC refuses the file; keep one")
+                seen[key.tag, key.value] = line
+                stack.append((value, dotted))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+
 
 def parse_yaml(text: str):
-    """Parse params YAML (a file or one ``--set`` value) with :class:`_Loader`."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """Parse params YAML (a file or one ``--set`` value) with :class:`_Loader`; raises :class:`YamlShapeError`
+    for nesting beyond MAX_DEPTH or a duplicate key, yaml.YAMLError for invalid YAML."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def load_params(path: str | Path = "params.yaml", overrides=()) -> dict:
-    """Read, apply ``key=value`` overrides to the FILE's values (so demo.train is applied after them, once),
-    validate."""
+def read_params_file(path: str | Path = "params.yaml") -> dict:
+    """The params file's values as written (not validated, demo.train not applied), read with :func:`parse_yaml`:
+    what cpsl validates and what the Snakefile gives its rules as ``config`` (one loader for both engines' view)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (pass --params path/to/params.yaml; the project root "
@@ -256,10 +312,19 @@ def load_params(path: str | Path = "params.yaml", overrides=()) -> dict:
         raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {_one_line(exc)}") from exc
+    except YamlShapeError as exc:
+        raise ParamsError(f"{path}: {exc}") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{path}: must be a mapping of {sorted(SCHEMA)}, got a {type(raw).__name__}")
+    return dict(raw)
+
+
+def load_params(path: str | Path = "params.yaml", overrides=()) -> dict:
+    """Read, apply ``key=value`` overrides to the FILE's values (so demo.train is applied after them, once),
+    validate."""
+    raw = read_params_file(path)
     if overrides:
         return apply_overrides(raw, list(overrides), str(path))
     return validate_params(raw, str(path))
@@ -293,6 +358,8 @@ def apply_overrides(params: Mapping, overrides: list[str], source: str = "params
             value = parse_yaml(text)
         except yaml.YAMLError as exc:
             raise ParamsError(f"override {item!r}: value is not valid YAML: {_one_line(exc)}") from exc
+        except YamlShapeError as exc:
+            raise ParamsError(f"override {item[:60]!r}: value: {exc}") from exc
         set_dotted(out, key.strip(), value)
     return validate_params(out, f"{source} (with overrides {overrides})")
 

@@ -1,4 +1,5 @@
-# Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files.
+# Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files. `config` is
+# params.yaml as cpsl itself reads it, plus the --config switches as booleans (cpsl.workflow_config, in the Snakefile).
 import json
 
 from cpsl import deps, paths, rows, run_folder
@@ -30,11 +31,7 @@ def run_dir(ablation, seed):
     return str(paths.run_dir(DATASET, ablation, seed))
 
 
-def _flag(name):
-    return str(config.get(name, "false")).lower() in ("1", "true", "yes")
-
-
-GRID, TABLE1 = _flag("grid"), _flag("table1")  # the --config workflow switches
+GRID, TABLE1 = config["grid"], config["table1"]  # the --config workflow switches (cpsl.workflow_config)
 
 
 def grid_ablations():

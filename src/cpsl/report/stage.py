@@ -11,7 +11,8 @@ row and seed, and the training its folder holds now (train_summary.json's finger
 file and the differing keys (cpsl.run_identity.check_metrics_run).
 
 Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
-figure3_modulation.png, history_mean.csv}``, each atomically (``out_dir`` replaces reports/<dataset>). Rows are
+figure3_modulation.png, history_mean.csv}`` as one set (cpsl.report.output_set: all written into a staging
+folder, then swapped in; ``out_dir`` replaces reports/<dataset>). Rows are
 any row of cpsl.rows: Table 2 shows the CP+SL rows, Table 1 the baselines, T0 and A6 (cpsl.report.tables).
 
 Statistics (cpsl.report.stats has the details): per ablation and metric, on test and valid, the mean,
@@ -42,7 +43,8 @@ from cpsl.errors import PipelineError
 from cpsl.evaluate import learnt
 from cpsl.io_utils import refuse_symlink, write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
-from cpsl.report import figures, stats, tables, telemetry
+from cpsl.report import figures, output_set, stats, tables, telemetry
+from cpsl.report.metrics_schema import check_metrics
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
 from cpsl.run_identity import check_metrics_run, check_rows_consistent, training_params
@@ -58,24 +60,16 @@ class ReportError(PipelineError, ValueError):
 
 
 def load_run(folder: Path, dataset: str | None = None) -> dict:
-    """One evaluated run: ablation, seed, metrics per split, selected epoch. Validates metrics.json."""
+    """One evaluated run: ablation, seed, metrics per split, selected epoch. Validates metrics.json
+    (cpsl.report.metrics_schema)."""
     path = folder / run_folder.METRICS_FILE
     m = run_folder.read_metrics(folder)
-    for key in ("ablation", "seed", "test"):
-        if key not in m:
-            raise ReportError(f"{path}: missing key '{key}'")
-    if m["ablation"] not in ROWS:
-        raise ReportError(f"{path}: unknown ablation {m['ablation']!r}; known: {', '.join(ROWS)}")
-    if not isinstance(m["seed"], int) or isinstance(m["seed"], bool):
-        raise ReportError(f"{path}: 'seed' must be an integer, got {m['seed']!r}")
+    check_metrics(m, path)  # every key the report reads, before any is used (one line naming file and key)
     if dataset is not None and m.get("dataset", dataset) != dataset:
         raise ReportError(f"{path}: run of dataset {m['dataset']!r} inside the results of {dataset!r}")
     named = _RUN_NAME.match(folder.name)
     if named and (named["ablation"], int(named["seed"])) != (m["ablation"], m["seed"]):
         raise ReportError(f"{path}: says {m['ablation']}-seed{m['seed']} but the folder is {folder.name}")
-    for split in SPLITS:
-        if split in m and not isinstance(m[split], dict):
-            raise ReportError(f"{path}: '{split}' must be a mapping of metric -> value")
     return {"folder": folder, "ablation": m["ablation"], "seed": m["seed"], "metrics": m,
             "selected_epoch": m.get("selected_epoch")}
 
@@ -315,7 +309,6 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
                           f"({_names(missing)}); run 'cpsl evaluate' first")
     summary = json_safe(build_summary(params, runs, missing, others, results_dir, grid, table1))
 
-    tables.write_tables(summary, out_dir)
     fig_id = canonical(_figure_ablation(params, list(summary["ablations"])))
     hist_paths = [r["folder"] / run_folder.HISTORY_FILE for r in runs if r["ablation"] == fig_id]
     no_history = [str(p) for p in hist_paths if not p.is_file()]
@@ -323,11 +316,14 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
         raise ReportError(f"{', '.join(no_history)}: missing (Figures 2-3 are drawn from each run's history.csv)")
     histories = [figures.columns(run_folder.read_history(p)) for p in hist_paths]
     seeds = [r["seed"] for r in runs if r["ablation"] == fig_id]
-    figures.write_figures(histories, out_dir, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
-                                              f"{', '.join(map(str, seeds))}",
-                          against=summary["ablations"][fig_id].get("modulation_vs_paper"))
     summary["figures"] = {"ablation": fig_id, "seeds": seeds}
-    write_json_atomic(summary_file, summary)
+    # every output into a staging folder, swapped in as one set: a kill leaves the old report or the new one
+    with output_set.staged_set(out_dir, (summary_file.name, *paths.REPORT_FILES)) as staged:
+        tables.write_tables(summary, staged)
+        figures.write_figures(histories, staged, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
+                                                 f"{', '.join(map(str, seeds))}",
+                              against=summary["ablations"][fig_id].get("modulation_vs_paper"))
+        write_json_atomic(staged / summary_file.name, summary)
     _warn_not_learnt(summary)
     return summary
 

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats as sps
 
 from cpsl.metrics import f1_from_counts
+from cpsl.report.metrics_schema import METRIC_BOUNDS  # noqa: F401 - the report's t intervals are clipped to it
 
 BOOTSTRAP_METRICS: tuple[str, ...] = ("acc2_nonzero", "f1_nonzero", "acc2_haszero", "f1_haszero", "mae", "corr")
 
@@ -34,12 +35,6 @@ BOOTSTRAP_METRICS: tuple[str, ...] = ("acc2_nonzero", "f1_nonzero", "acc2_haszer
 def _finite(values: Sequence[float | None]) -> np.ndarray:
     arr = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
     return arr[np.isfinite(arr)]
-
-
-# The range each metric can take: a t interval on few seeds can run past it (65-115 % accuracy on 3 seeds).
-METRIC_BOUNDS = {"acc2_nonzero": (0.0, 100.0), "f1_nonzero": (0.0, 100.0), "acc2_haszero": (0.0, 100.0),
-                 "f1_haszero": (0.0, 100.0), "acc7": (0.0, 100.0), "acc5": (0.0, 100.0), "mae": (0.0, math.inf),
-                 "corr": (-1.0, 1.0), "mae_nonzero_subset": (0.0, math.inf), "corr_nonzero_subset": (-1.0, 1.0)}
 
 
 def describe(per_seed: Mapping[int, float | None], confidence: float = 0.95,
@@ -138,10 +133,17 @@ class _Weighted:
         self.cols = _segment_columns(label, pred)
         self.extra = np.stack([label, label * label, pred * pred, pred * label], axis=1)
 
-    def metrics(self, w: np.ndarray) -> dict:
-        s = w @ self.cols
-        e = w @ self.extra
+    def sums(self, w: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted sums of segments ``start .. start + w.shape[-1]`` (a block of the segments)."""
+        stop = start + w.shape[-1]
+        return w @ self.cols[start:stop], w @ self.extra[start:stop]
+
+    @staticmethod
+    def metrics_of(s: np.ndarray, e: np.ndarray) -> dict:
         return _metrics_from_sums(s, e[..., 0], e[..., 1], e[..., 2], e[..., 3])
+
+    def metrics(self, w: np.ndarray) -> dict:
+        return self.metrics_of(*self.sums(w))
 
 
 def weighted_metrics(label, pred, weights) -> dict:
@@ -150,39 +152,61 @@ def weighted_metrics(label, pred, weights) -> dict:
     return weighted.metrics(np.asarray(weights, np.float64))
 
 
+# Elements (resamples x segments) of one block of bootstrap counts: bounds the memory of a resampling step
+# whatever the number of test segments (the counts, the drawn indices and their offsets: ~40 MB).
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _count_blocks(rng: np.random.Generator, n: int, b: int, block: int):
+    """Yield (start, counts) for ``b`` resamples of ``n`` segments drawn with replacement, ``block`` segments at a
+    time: ``counts`` (b, k) says how often each segment of ``start .. start + k`` was drawn. Exactly a multinomial
+    draw: the draws falling in a block are binomial given those left (conditional binomials), and uniform over
+    the block's segments; so no array spans all n segments of all b resamples."""
+    left = np.full(b, n, dtype=np.int64)  # draws not yet placed, per resample
+    for start in range(0, n, block):
+        k = min(block, n - start)
+        here = left if start + k == n else rng.binomial(left, k / (n - start))
+        left = left - here
+        idx = rng.integers(0, k, size=int(here.sum())) + np.repeat(np.arange(b, dtype=np.int64) * k, here)
+        yield start, np.bincount(idx, minlength=b * k).reshape(b, k).astype(np.float64)
+
+
 def paired_bootstrap(label, reference: Mapping[int, np.ndarray], other: Mapping[int, np.ndarray],
                      n_resamples: int = 5000, seed: int = 0, metrics: Sequence[str] = BOOTSTRAP_METRICS,
-                     chunk: int = 500) -> dict:
+                     chunk: int = 500, block_elements: int = BLOCK_ELEMENTS) -> dict:
     """Paired bootstrap over segments of the seed-averaged difference metric(reference) - metric(other).
 
     ``label`` (N,) is shared; ``reference`` and ``other`` map seed -> predictions (N,) aligned with it.
-    Only seeds present in both are used."""
+    Only seeds present in both are used. ``chunk`` resamples are drawn together, their counts in blocks of
+    segments (``block_elements`` counts at a time): memory beyond the inputs' O(N) is bounded."""
     label = np.asarray(label, dtype=np.float64)
     seeds = sorted(set(reference) & set(other))
     if not seeds:
         raise ValueError("paired bootstrap: the two configurations share no seed")
     n = label.size
-    refs = [_Weighted(label, np.asarray(reference[s], np.float64)) for s in seeds]
-    oths = [_Weighted(label, np.asarray(other[s], np.float64)) for s in seeds]
+    pairs = [(_Weighted(label, np.asarray(reference[s], np.float64)),
+              _Weighted(label, np.asarray(other[s], np.float64))) for s in seeds]
 
-    def seed_mean_diff(w: np.ndarray) -> dict:
+    def seed_mean_diff(sums: list) -> dict:
         acc = {m: 0.0 for m in metrics}
-        for r, o in zip(refs, oths):
-            mr, mo = r.metrics(w), o.metrics(w)
+        for (ref_s, ref_e, oth_s, oth_e) in sums:
+            mr, mo = _Weighted.metrics_of(ref_s, ref_e), _Weighted.metrics_of(oth_s, oth_e)
             for m in metrics:
                 acc[m] = acc[m] + (mr[m] - mo[m])
         return {m: acc[m] / len(seeds) for m in metrics}
 
-    observed = seed_mean_diff(np.ones(n))
+    observed = seed_mean_diff([(*r.sums(np.ones(n)), *o.sums(np.ones(n))) for r, o in pairs])
     rng = np.random.default_rng(seed)
     draws = {m: [] for m in metrics}
     done = 0
     while done < n_resamples:
         b = min(chunk, n_resamples - done)
-        # counts of each segment in b resamples of n indices drawn with replacement
-        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b)[:, None] * n)
-        w = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        d = seed_mean_diff(w)
+        sums = [[0.0, 0.0, 0.0, 0.0] for _ in pairs]  # per seed: the weighted sums over all blocks
+        for start, w in _count_blocks(rng, n, b, max(1, block_elements // b)):
+            for acc, (r, o) in zip(sums, pairs):
+                for i, part in enumerate((*r.sums(w, start), *o.sums(w, start))):
+                    acc[i] = acc[i] + part
+        d = seed_mean_diff(sums)
         for m in metrics:
             draws[m].append(np.asarray(d[m]))
         done += b

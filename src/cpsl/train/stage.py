@@ -37,6 +37,7 @@ from pathlib import Path
 from cpsl import engine_guard, gpu_slots, paths, run_folder
 from cpsl.cache import check_token_ids
 from cpsl.io_utils import check_free_space, remove_stale_temporaries
+from cpsl.nproc_bound import check_nproc
 from cpsl.rows import canonical
 from cpsl.runlock import run_folder_lock
 from cpsl.text_model import resolve_model_path, text_model_for, text_model_size
@@ -59,6 +60,8 @@ def run_train(params: dict, seed: int, ablation: str | None = None, data_path=No
     data_path = Path(data_path) if data_path else paths.processed_path(params["dataset"])
     out_dir = Path(out_dir) if out_dir else paths.run_dir(params["dataset"], ablation, seed)
     nproc = params["execution"]["nproc"]
+    if not distributed.under_torchrun():  # before launching anything: no more processes than devices (or cores)
+        check_nproc(nproc, params["execution"]["device"], str(params_file))
     # Snakemake runs this through a shell: if Snakemake is SIGKILLed, stop as on SIGTERM (state saved; a torchrun
     # launcher passes SIGTERM on to the workers)
     engine_guard.stop_when_engine_dies("cpsl train")
