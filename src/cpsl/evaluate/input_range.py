@@ -15,7 +15,12 @@ import torch
 from cpsl.model.normalize import TRAIN_RANGE
 
 STREAMS = {"a": "acoustic", "v": "visual"}
-WARN_SHARE = 0.01  # above 1 % of a split's inputs outside [0, 1] evaluate prints a line
+# evaluate prints a line when a split has more than WARN_SHARE of its inputs outside [0, 1] or one beyond
+# WARN_MAX_ABS. Not lower: running averages of per-batch extremes are narrower than a split's range even on
+# Gaussian data (the demo's valid split: 3.9 % outside, largest |x| 1.27), which is the mode working, not a fault;
+# the issue's real COVAREP/FACET streams: 12.5-14 % outside, largest |x| in the hundreds to millions.
+WARN_SHARE = 0.10
+WARN_MAX_ABS = 10.0
 _TOL = 1e-6  # float round-off at the ends of the range
 
 
@@ -57,14 +62,15 @@ def out_of_range(model: torch.nn.Module, splits: dict[str, dict], batch_size: in
 
 
 def warning(report: dict | None, where: str) -> str | None:
-    """One line naming the worst stream/split when its share is above WARN_SHARE, else None."""
+    """One line naming the worst stream/split (by share) when a share is above WARN_SHARE or a value beyond
+    WARN_MAX_ABS, else None."""
     if not report:
         return None
-    worst = max(((report[key][split]["share_outside"], key, split) for key in STREAMS.values()
-                 for split in report[key]), default=None)
-    if worst is None or worst[0] <= WARN_SHARE:
+    cells = [(report[key][split]["share_outside"], key, split) for key in STREAMS.values() for split in report[key]]
+    flagged = [c for c in cells if c[0] > WARN_SHARE or report[c[1]][c[2]]["max_abs"] > WARN_MAX_ABS]
+    if not flagged:
         return None
-    share, key, split = worst
+    share, key, split = max(flagged)
     fate = "clamped to it" if report["mode"] == "clamped" else "given to the model as they are"
     return (f"{where}: {100 * share:.1f} % of the {split} {key} inputs fall outside the training range [0, 1] after "
             f"min-max normalisation (model.eval_norm: {report['mode']}; largest |x| "
