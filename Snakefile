@@ -10,7 +10,9 @@
 from snakemake.common.configfile import load_configfile
 
 from cpsl.config import load_params
-from cpsl.engine_guard import hold_for_snakemake
+import sys
+
+from cpsl.engine_guard import ProjectBusy, hold_for_snakemake
 from cpsl.env_vars import check_environment
 
 configfile: "params.yaml"
@@ -19,8 +21,12 @@ WORKFLOW_KEYS = {"grid", "table1"}  # the only --config keys: workflow switches 
 load_params("params.yaml")  # fail before any job on an invalid params file
 check_environment()  # ... or an invalid CPSL_* variable
 if workflow.is_main_process:
-    # one workflow run per project: a second one fails here naming the first's PID (cpsl.engine_guard)
-    hold_for_snakemake()
+    # one workflow run per project: a second one (a dry run too) fails here naming the first's PID
+    # (cpsl.engine_guard), in one line rather than Snakemake's traceback of the Snakefile
+    try:
+        hold_for_snakemake()
+    except ProjectBusy as exc:
+        sys.exit(f"snakemake: error: {exc}")
 # config = params.yaml as Snakemake reads it, plus --config: compare with the file read the same way
 _file = load_configfile("params.yaml")
 _overridden = sorted(k for k in config if k not in WORKFLOW_KEYS and config.get(k) != _file.get(k))

@@ -14,11 +14,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from cpsl.errors import write_fault
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the same folder as ``final``; rename it to ``final`` on success,
-    delete it on any error. Works for files and folders (the caller creates what it needs)."""
+    delete it on any error. Works for files and folders (the caller creates what it needs). A write that ran out
+    of room (file-size limit, full disk, quota; whatever library wrapped the errno) becomes one error naming
+    ``final`` and the cause (cpsl.errors.write_fault)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
@@ -30,11 +34,14 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp_path.is_dir():
             shutil.rmtree(tmp_path, ignore_errors=True)
         else:
             tmp_path.unlink(missing_ok=True)
+        fault = write_fault(final, exc) if isinstance(exc, Exception) else None
+        if fault is not None:
+            raise fault from exc
         raise
 
 
