@@ -24,7 +24,7 @@ from project_copy import copy_project
 from test_report_stage import _labels, make_run
 from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
 
-from cpsl import cli, errors, run_folder
+from cpsl import cli, errors, io_utils, run_folder
 from cpsl.errors import PipelineError
 from cpsl.train import checkpoint as ckpt
 
@@ -74,6 +74,15 @@ def test_align_stopped_by_the_file_size_limit_names_the_cache_and_the_limit(tmp_
     assert f"{out}: could not be written: {ULIMIT}16 kB), not a full disk" in line, line
     assert "raise the limit (`ulimit -f unlimited`)" in line and "errno" not in line
     assert not out.exists() and _temporaries(out.parent) == []
+
+
+def test_prepare_stopped_by_the_file_size_limit_names_the_raw_file_and_the_limit(tmp_path):
+    out = tmp_path / "raw"
+    proc = run_limited(["prepare", "--params", str(REPO / "params.yaml"), "--set", "demo.videos=6",
+                        "--out", str(out)], 16 * 1024)
+    line = _one_line_error(proc, "prepare")  # was: exit -11 (SIGSEGV) after HDF5's tracebacks
+    assert re.search(rf"\.csd: could not be written: {re.escape(ULIMIT)}16 kB\), not a full disk", line), line
+    assert not out.exists() or _temporaries(out) == [] and not list(out.glob(".demo-build-*"))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +141,7 @@ def test_a_full_disk_is_named_with_the_space_left(world, tmp_path, monkeypatch, 
         if writer == "align cache":
             splits = {split: cache_module.read_split(cache, split) for split in cache_module.SPLITS}
             attrs = cache_module.read_attrs(cache)
-            _to_dev_full(monkeypatch, cache_module)
+            _to_dev_full(monkeypatch, io_utils)  # hdf5_atomic's writer
             cache_module.write_cache(final, splits, attrs)
         else:
             _to_dev_full(monkeypatch, run_folder)

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from cpsl.errors import PipelineError
-from cpsl.io_utils import atomic_path
+from cpsl.io_utils import hdf5_atomic
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -146,11 +146,7 @@ def write_cache(path: str | Path, splits: Mapping[str, Mapping[str, object]], at
     if missing:
         raise CacheError(f"{path}: attributes lack {missing}")
     counts = {split: _check_split(path, split, splits[split]) for split in SPLITS}
-    # HDF5 builds the file in memory and Python writes it out: a write stopped by the file-size limit or a full
-    # disk is then a plain OSError with its errno (named by atomic_path), while HDF5 itself, when its own write
-    # fails, leaves objects it cannot close and can crash the interpreter (seen: SIGSEGV under `ulimit -f`).
-    # The cost: the file's size in memory once more, next to the arrays it is made from.
-    with h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False) as h5:
+    with hdf5_atomic(path) as h5:  # built in memory: a full disk or `ulimit -f` is one clear error
         h5.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in attrs.items():
             h5.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
@@ -162,11 +158,6 @@ def write_cache(path: str | Path, splits: Mapping[str, Mapping[str, object]], at
             ids = [str(s) for s in splits[split]["segment_id"]]
             group.create_dataset("segment_id", data=np.array(ids, dtype=object),
                                  dtype=h5py.string_dtype("utf-8"), shape=(len(ids),))
-        h5.flush()
-        image = h5.id.get_file_image()
-    with atomic_path(path, suffix=".h5") as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(image)
 
 
 def _open(path: Path) -> h5py.File:

@@ -45,6 +45,26 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def hdf5_atomic(final: str | Path, suffix: str = ".h5") -> Iterator["h5py.File"]:  # noqa: F821 - h5py is lazy
+    """Yield an HDF5 file to fill; once the block is done it is written to ``final`` atomically (:func:`atomic_path`).
+
+    HDF5 builds the file in memory and Python writes it out: a write stopped by the file-size limit or a full
+    disk is then a plain OSError with its errno (named in one line by atomic_path), while HDF5 itself, when its own
+    write fails, leaves objects it cannot close and can crash the interpreter (seen: SIGSEGV under `ulimit -f`).
+    The cost: the file's size in memory once more, next to the arrays it is made from."""
+    import h5py
+
+    final = Path(final)
+    with h5py.File(f"{final.name}.in-memory", "w", driver="core", backing_store=False) as h5:
+        yield h5
+        h5.flush()
+        image = h5.id.get_file_image()
+    with atomic_path(final, suffix=suffix) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(image)
+
+
 def write_text_atomic(final: str | Path, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)
