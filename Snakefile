@@ -7,7 +7,9 @@
 #   snakemake --cores 4 --config grid=true    the whole Table 2 grid (A0-C5, duplicates once) + T0 x train.seeds
 #   snakemake --cores 4 --config table1=true  Table 1: T0, A6 and every baseline (MAG, ...) x train.seeds
 
-from cpsl.engine_guard import hold_for_snakemake
+import sys
+
+from cpsl.engine_guard import ProjectBusy, hold_for_snakemake
 from cpsl.env_vars import check_environment
 from cpsl.workflow_config import workflow_config
 
@@ -17,8 +19,12 @@ from cpsl.workflow_config import workflow_config
 config.update(workflow_config(config, "params.yaml"))
 check_environment()  # ... or an invalid CPSL_* variable
 if workflow.is_main_process:
-    # one workflow run per project: a second one fails here naming the first's PID (cpsl.engine_guard)
-    hold_for_snakemake()
+    # one workflow run per project: a second one (a dry run too) fails here naming the first's PID
+    # (cpsl.engine_guard), in one line rather than Snakemake's traceback of the Snakefile
+    try:
+        hold_for_snakemake()
+    except ProjectBusy as exc:
+        sys.exit(f"snakemake: error: {exc}")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

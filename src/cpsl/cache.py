@@ -27,7 +27,7 @@ import numpy as np
 
 from cpsl.errors import PipelineError
 from cpsl.file_hashes import HashRecords, records_path
-from cpsl.io_utils import atomic_path
+from cpsl.io_utils import atomic_path, hdf5_atomic
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -147,19 +147,18 @@ def write_cache(path: str | Path, splits: Mapping[str, Mapping[str, object]], at
     if missing:
         raise CacheError(f"{path}: attributes lack {missing}")
     counts = {split: _check_split(path, split, splits[split]) for split in SPLITS}
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["schema_version"] = SCHEMA_VERSION
-            for key, value in attrs.items():
-                h5.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
-            for split in SPLITS:
-                h5.attrs[f"n_{split}"] = counts[split]
-                group = h5.create_group(split)
-                for key, (dtype, _) in ARRAYS.items():
-                    group.create_dataset(key, data=np.asarray(splits[split][key], dtype=dtype))
-                ids = [str(s) for s in splits[split]["segment_id"]]
-                group.create_dataset("segment_id", data=np.array(ids, dtype=object),
-                                     dtype=h5py.string_dtype("utf-8"), shape=(len(ids),))
+    with hdf5_atomic(path) as h5:  # built in memory: a full disk or `ulimit -f` is one clear error
+        h5.attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in attrs.items():
+            h5.attrs[key] = json.dumps(value, sort_keys=True) if key in _JSON_ATTRS else value
+        for split in SPLITS:
+            h5.attrs[f"n_{split}"] = counts[split]
+            group = h5.create_group(split)
+            for key, (dtype, _) in ARRAYS.items():
+                group.create_dataset(key, data=np.asarray(splits[split][key], dtype=dtype))
+            ids = [str(s) for s in splits[split]["segment_id"]]
+            group.create_dataset("segment_id", data=np.array(ids, dtype=object),
+                                 dtype=h5py.string_dtype("utf-8"), shape=(len(ids),))
 
 
 def _open(path: Path) -> h5py.File:

@@ -25,7 +25,7 @@ from pathlib import Path
 from cpsl.config import SEED_MAX, ParamsError, load_params
 from cpsl.engine_guard import stage_guard
 from cpsl.env_vars import EnvVarError, check_environment
-from cpsl.errors import PipelineError, describe_os_error
+from cpsl.errors import WRITE_ELSEWHERE, PipelineError, describe_os_error
 from cpsl.io_utils import remove_stale_temporaries
 
 EXIT_USER_ERROR = 1
@@ -186,7 +186,25 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(args, str(exc), EXIT_USER_ERROR)
     except OSError as exc:
         # read-only folder, full disk, missing permission, ...: the environment, not a bug
-        return _fail(args, describe_os_error(exc) + " (--debug shows the traceback)", EXIT_USER_ERROR)
+        return _fail(args, describe_os_error(exc, write_elsewhere(args.stage)) + " (--debug shows the traceback)",
+                     EXIT_USER_ERROR)
+
+
+def stage_flags(stage: str) -> set[str]:
+    """The option strings the ``stage`` subcommand accepts (from the parser itself)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag for action in sub.choices[stage]._actions for flag in action.option_strings}
+
+
+def write_elsewhere(stage: str) -> str:
+    """How ``stage`` writes its outputs to a writable folder, naming only a flag it has: evaluate writes into the
+    run folder it reads (no --out), so its remedy is a writable copy of that folder."""
+    flags = stage_flags(stage)
+    if "--out" in flags:
+        return f"{WRITE_ELSEWHERE} (--out)"
+    if "--run" in flags:
+        return "copy the run folder somewhere writable and pass the copy as --run"
+    return WRITE_ELSEWHERE
 
 
 def _to_project_root(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from cpsl.csd_safety import ReadBudget, check_dataset, hard_member
 from cpsl.errors import PipelineError
-from cpsl.io_utils import atomic_path
+from cpsl.io_utils import hdf5_atomic
 
 # What the reader accepts as an array's elements, by HDF5 type class: intervals and the acoustic, visual and label
 # features are real numbers; the word stream is strings (fixed or variable length). Anything else (compound, as
@@ -242,16 +242,15 @@ def write_csd(
     missing = [f for f in METADATA_FIELDS if f not in metadata and f != "root name"]
     if missing:
         raise CSDError(f"{path}: metadata lacks {missing}")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            root = h5.create_group(root_name)
-            data_group = root.create_group("data")
-            for vid, (intervals, features) in data.items():
-                g = data_group.create_group(vid)
-                g.create_dataset("features", data=features)
-                g.create_dataset("intervals", data=np.asarray(intervals, dtype=np.float64))
-            meta_group = root.create_group("metadata")
-            full = {"root name": root_name, **dict(metadata)}
-            for key, value in full.items():
-                ds = meta_group.create_dataset(key, (1,), dtype=h5py.special_dtype(vlen=str))
-                ds[0] = str(value)
+    with hdf5_atomic(path, suffix="") as h5:  # built in memory: a full disk or `ulimit -f` is one clear error
+        root = h5.create_group(root_name)
+        data_group = root.create_group("data")
+        for vid, (intervals, features) in data.items():
+            g = data_group.create_group(vid)
+            g.create_dataset("features", data=features)
+            g.create_dataset("intervals", data=np.asarray(intervals, dtype=np.float64))
+        meta_group = root.create_group("metadata")
+        full = {"root name": root_name, **dict(metadata)}
+        for key, value in full.items():
+            ds = meta_group.create_dataset(key, (1,), dtype=h5py.special_dtype(vlen=str))
+            ds[0] = str(value)

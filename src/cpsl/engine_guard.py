@@ -139,8 +139,8 @@ def _holders(path: Path) -> str:
 
 
 def _busy(root: Path, path: Path) -> ProjectBusy:
-    return ProjectBusy(f"busy: {_holders(path)} is running in this project ({root}); wait for it to finish or stop "
-                       f"it, then rerun")
+    return ProjectBusy(f"busy: {_holders(path)} is running in this project ({root}) and holds {LOCK_FILE}; wait "
+                       f"for it to finish or stop it, then rerun")
 
 
 def _open(root: Path) -> tuple[Path, int]:

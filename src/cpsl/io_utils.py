@@ -16,11 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from cpsl.errors import write_fault
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the same folder as ``final``; rename it to ``final`` on success,
-    delete it on any error. Works for files and folders (the caller creates what it needs)."""
+    delete it on any error. Works for files and folders (the caller creates what it needs). A write that ran out
+    of room (file-size limit, full disk, quota; whatever library wrapped the errno) becomes one error naming
+    ``final`` and the cause (cpsl.errors.write_fault)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
@@ -32,12 +36,35 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp_path.is_dir():
             shutil.rmtree(tmp_path, ignore_errors=True)
         else:
             tmp_path.unlink(missing_ok=True)
+        fault = write_fault(final, exc) if isinstance(exc, Exception) else None
+        if fault is not None:
+            raise fault from exc
         raise
+
+
+@contextlib.contextmanager
+def hdf5_atomic(final: str | Path, suffix: str = ".h5") -> Iterator["h5py.File"]:  # noqa: F821 - h5py is lazy
+    """Yield an HDF5 file to fill; once the block is done it is written to ``final`` atomically (:func:`atomic_path`).
+
+    HDF5 builds the file in memory and Python writes it out: a write stopped by the file-size limit or a full
+    disk is then a plain OSError with its errno (named in one line by atomic_path), while HDF5 itself, when its own
+    write fails, leaves objects it cannot close and can crash the interpreter (seen: SIGSEGV under `ulimit -f`).
+    The cost: the file's size in memory once more, next to the arrays it is made from."""
+    import h5py
+
+    final = Path(final)
+    with h5py.File(f"{final.name}.in-memory", "w", driver="core", backing_store=False) as h5:
+        yield h5
+        h5.flush()
+        image = h5.id.get_file_image()
+    with atomic_path(final, suffix=suffix) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(image)
 
 
 def write_text_atomic(final: str | Path, text: str) -> None:

@@ -66,14 +66,15 @@ def save_pt(path: Path, obj: dict) -> None:
 
     try:
         with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(obj, tmp)
+            # through a Python file object: a failed write then raises an OSError with its errno (file-size
+            # limit, full disk), which atomic_path names; torch's own path writer only says "basic_ios::clear"
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
     except RuntimeError as exc:
-        # torch's zip writer reports a failed write (full disk, quota) as "basic_ios::clear" or
-        # "PytorchStreamWriter failed writing file"; the temporary is already gone, the old file kept
-        free = shutil.disk_usage(path.parent).free
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path}: could not be written ({reason}); is the disk full? {free / 1e6:.0f} MB free "
-                            f"now; free some space and rerun (the run resumes from its last saved state)") from exc
+        # a failed write whose errno nobody kept; the temporary is already gone, the old file kept
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise PipelineError(f"{path}: could not be written ({reason}); check the free space and the file-size "
+                            f"limit (`ulimit -f`), then rerun (the run resumes from its last saved state)") from exc
 
 
 def load_pt(path: Path) -> dict:
@@ -86,10 +87,20 @@ def save_best(run_dir: Path, state_dict: dict, epoch: int, valid: dict, meta: di
     save_pt(Path(run_dir) / BEST_FILE, {"model": state_dict, "epoch": epoch, "valid": dict(valid), "meta": meta})
 
 
-def _short(exc: BaseException) -> str:
-    """The first line of an error, short: torch's unpickling messages run to paragraphs."""
-    text = " ".join(str(exc).strip().splitlines()[:1]) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# torch's weights_only refusal is a paragraph of advice; its reason follows this marker
+_UNPICKLER_REASON = "WeightsUnpickler error:"
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """Why torch.load refused a file, as one whole sentence on one line: torch's reason without its paragraphs of
+    advice (a weights_only refusal names the offending global after "WeightsUnpickler error:"), never cut inside."""
+    text = _ANSI.sub("", str(exc))
+    if _UNPICKLER_REASON in text:
+        text = text.split(_UNPICKLER_REASON, 1)[1]
+    paragraph = next((p for p in re.split(r"\n\s*\n", text) if p.strip()), "")  # the reason's paragraph
+    sentence = re.split(r"(?<=\.) (?=[A-Z])", " ".join(paragraph.split()), maxsplit=1)[0].rstrip(".")
+    return sentence or type(exc).__name__
 
 
 def named_run(run_dir: Path) -> tuple[str, int] | None:
@@ -114,8 +125,8 @@ def load_best(run_dir: Path) -> dict:
     try:
         best = load_pt(path)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; the message must name the file
-        raise RunFolderError(f"{path}: cannot be loaded with weights_only=True ({_short(exc)}): a damaged or "
-                             f"foreign checkpoint; {retrain_hint(run_dir)}") from exc
+        raise RunFolderError(f"{path}: cannot be loaded with weights_only=True ({load_error_reason(exc)}): a damaged "
+                             f"or foreign checkpoint; {retrain_hint(run_dir)}") from exc
     for key in ("model", "epoch", "meta"):
         if key not in best:
             raise RunFolderError(f"{path}: missing key '{key}'; {retrain_hint(run_dir)}")
@@ -147,7 +158,7 @@ def best_problem(run_dir: Path, fingerprint: str) -> str | None:
     try:
         record = _read_record(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable best.pt is a damaged one
-        return f"{path} cannot be loaded with weights_only=True ({_short(exc)})"
+        return f"{path} cannot be loaded with weights_only=True ({load_error_reason(exc)})"
     if record["fingerprint"] != fingerprint:
         return f"{path} was written by another run (other params, data or code)"
     return None

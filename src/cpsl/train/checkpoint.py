@@ -70,7 +70,7 @@ def load_state(path: Path) -> dict | None:
         if not isinstance(state, dict) or not {"fingerprint", "world_size", "ranks"} <= set(state):
             raise ValueError("not a training state")
     except Exception as exc:  # noqa: BLE001 - torch raises assorted errors on damaged files
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        reason = run_folder.load_error_reason(exc)  # torch's reason, whole, on one line
         print(f"cpsl train: warning: {path} is unreadable ({reason}); discarding it and starting this run from "
               f"scratch", file=sys.stderr, flush=True)
         return None
