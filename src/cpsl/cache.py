@@ -27,7 +27,7 @@ import numpy as np
 
 from cpsl.errors import PipelineError
 from cpsl.file_hashes import HashRecords, records_path
-from cpsl.io_utils import atomic_path, hdf5_atomic
+from cpsl.io_utils import hdf5_atomic
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")

@@ -182,7 +182,7 @@ def _refuse_moved_keys(params: Mapping, source: str) -> None:
             moved.append(f"'{old}' moved to '{new}'")
     if moved:
         raise ParamsError(f"{source}: unknown key: {'; '.join(moved)} (the execution section holds what changes "
-                          f"how a stage runs, never its results; see the README's Params)")
+                          f"how a stage runs, never its results; see docs/params.md)")
 
 
 _ABSENT = object()

@@ -19,7 +19,7 @@ SIGKILLed nothing tells the trainer (a parent-death signal would reach only the 
 engine among its ancestors (a process running ``snakemake`` or ``dvc``) and polls it; when it is gone the trainer
 stops as on SIGTERM: it saves its state and exits (rerun to resume). Under SLURM the ancestor is the job step's own
 Snakemake on the compute node, so a job outlives a killed login-node Snakemake as SLURM intends (``scancel`` it).
-Linux only (``/proc``); elsewhere there is no watchdog and the README says how to find and stop a trainer.
+Linux only (``/proc``); elsewhere there is no watchdog and docs/running.md says how to find and stop a trainer.
 """
 from __future__ import annotations
 
