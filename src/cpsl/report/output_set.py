@@ -126,6 +126,15 @@ def staged_set(final: str | Path, own: Iterable[str]) -> Iterator[Path]:
     try:
         yield staged
         swap_in(staged, final, own)
+    except PipelineError as exc:
+        _remove(staged)
+        # name the file the user knows (reports/<dataset>/table2.md), not its place in the staging folder
+        raise type(exc)(str(exc).replace(str(staged), str(final))) from exc
+    except OSError as exc:
+        _remove(staged)
+        if exc.filename and str(exc.filename).startswith(str(staged)):
+            exc.filename = str(final) + str(exc.filename)[len(str(staged)):]
+        raise
     except BaseException:
         _remove(staged)
         raise
