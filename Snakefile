@@ -20,6 +20,10 @@ if workflow.is_main_process:
     # one workflow run per project: a second one fails here naming the first's PID (cpsl.engine_guard)
     hold_for_snakemake()
 
+# `snakemake --report report.html`: Tables 1-2, Figures 2-3, each run's metrics and the job benchmarks, captioned
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -33,3 +37,4 @@ rule all:
     input:
         report_outputs(),
         declared_outputs(),
+        benchmarks_table(),

@@ -55,7 +55,7 @@ pytestmark = pytest.mark.slow
 
 def make_repo(dest: Path) -> Path:
     """A git repo holding the pipeline definition, the code and a small-demo params.yaml."""
-    copy_project(dest, ("Snakefile", "dvc.yaml", "workflow", "src", ".dvc", ".dvcignore", ".gitignore"))
+    copy_project(dest, ("Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore", ".gitignore"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo"].update(videos=10, min_segments=3, max_segments=4)
     params["train"].update(epochs=2, seeds=[0], lr=1e-4)
@@ -278,6 +278,7 @@ def test_a_damaged_checkpoint_and_lost_metrics_under_snakemake(project):
     out = fails(project, "snakemake", "--cores", "1")
     line = next(x for x in out.splitlines() if x.startswith("cpsl evaluate: error: "))
     assert f"{RUN}/best.pt: cannot be loaded" in line and "rerun `cpsl train --ablation A6 --seed 0`" in line
+    assert "logs/demo/evaluate/A6-seed0.log" in out  # the job's own log, named and printed (issue 24)
     assert not (project / RUN / run_folder.METRICS_FILE).exists()  # Snakemake removed the failed job's outputs
     assert smk_jobs(project) == {"evaluate", "report"}  # was: "Nothing to be done"
 
