@@ -21,8 +21,7 @@ rule report:
         "cpsl report" + (" --grid" if GRID else "") + (" --table1" if TABLE1 else "") + " > {log} 2>&1"
 
 
-# Snakemake only (DVC has no per-job benchmark): the wall time and peak memory of every train and evaluate job,
-# one table. After the report (summary.json as input): it writes into the folder the report swaps in as one set.
+# Snakemake only (DVC has no per-job benchmark): the wall time and peak memory of every train job, one table. After the report (summary.json as input): it writes into the folder the report swaps in as one set.
 rule benchmarks:
     input:
         tsv=run_benchmarks(),

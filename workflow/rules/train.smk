@@ -46,10 +46,10 @@ rule evaluate:
         slice=params_slice("evaluate"),
     resources:
         gpu=1,
+    # no benchmark: Snakemake counts it as an output for its times, so after `dvc repro` retrained a run (a new
+    # best.pt, newer than this job's record) Snakemake would re-evaluate a run DVC had just evaluated
     log:
         log_file("evaluate", "{ablation}-seed{seed}"),
-    benchmark:
-        benchmark_file("evaluate")
     conda:
         CONDA_ENV
     shell:

@@ -1,4 +1,4 @@
-"""The `benchmarks` rule (Snakemake only): one table of every train and evaluate job's wall time and peak memory.
+"""The `benchmarks` rule (Snakemake only): one table of every benchmarked job's wall time and peak memory (train).
 
 Snakemake writes one TSV per job (``benchmark:``, under logs/<dataset>/benchmarks/<stage>/<row>-seed<k>.tsv; columns
 ``s`` = wall seconds, ``max_rss`` = peak resident memory in MB, and more). This reads them and writes
