@@ -26,6 +26,10 @@ if workflow.is_main_process:
     except ProjectBusy as exc:
         sys.exit(f"snakemake: error: {exc}")
 
+# `snakemake --report report.html`: Tables 1-2, Figures 2-3, each run's metrics and the job benchmarks, captioned
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -39,3 +43,4 @@ rule all:
     input:
         report_outputs(),
         declared_outputs(),
+        benchmarks_table(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +173,110 @@ def test_train_leases_its_gpus_before_launching_torchrun(clean_env, monkeypatch,
     after = try_lease(3, count=3, slots=1, folder=clean_env)  # released at the end of the job
     assert after is not None
     after.release()
+
+
+# ------------------------------------------------------------------ the default lock folder: one per user and machine
+@pytest.fixture
+def lock_base(monkeypatch, tmp_path):
+    """The default folder's parent (/tmp in use) moved into tmp_path, so these tests never touch the real one."""
+    monkeypatch.delenv("CPSL_GPU_LOCK_DIR", raising=False)
+    monkeypatch.setattr(gpu_slots, "LOCK_BASE", tmp_path)
+    return tmp_path
+
+
+def test_default_lock_folder_is_per_user_and_the_same_from_any_working_directory(lock_base, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    first = gpu_slots.lock_dir()
+    assert first == lock_base / f"cpsl-gpu-locks-{os.getuid()}"
+    assert first.is_dir() and (first.stat().st_mode & 0o777) == 0o700  # no one else may plant or hold our locks
+    other_checkout = tmp_path / "other-checkout"
+    other_checkout.mkdir()
+    monkeypatch.chdir(other_checkout)
+    assert gpu_slots.lock_dir() == first  # not relative to the checkout (the old .cpsl/gpu-locks)
+
+
+@pytest.mark.parametrize("plant, fragment", [
+    ("link", "the GPU lock folder is a symbolic link (to "),
+    ("foreign", "the GPU lock folder belongs to user id 54321, not to you"),
+    ("open", "the GPU lock folder is writable by other users (mode 777); chmod 700 it"),
+    ("file", "the GPU lock folder is not a folder"),
+])
+def test_a_planted_default_lock_folder_is_refused_in_one_line(lock_base, tmp_path, plant, fragment):
+    folder = lock_base / f"cpsl-gpu-locks-{os.getuid()}"
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    if plant == "link":
+        folder.symlink_to(target)
+    elif plant == "file":
+        folder.write_text("not a folder")
+    else:
+        folder.mkdir(mode=0o700)
+        if plant == "foreign":
+            if os.getuid() != 0:
+                pytest.fail("this case needs root to give the folder to another user (CI runs as root)")
+            os.chown(folder, 54321, -1)
+        else:
+            folder.chmod(0o777)
+    with pytest.raises(GpuLeaseError) as caught:
+        lease(1, count=1, slots=1)
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: ") and fragment in message and "\n" not in message
+    assert list(target.iterdir()) == []  # nothing written through the link
+
+
+def test_an_explicit_lock_folder_still_wins(lock_base, monkeypatch, tmp_path):
+    monkeypatch.setenv("CPSL_GPU_LOCK_DIR", str(tmp_path / "shared"))
+    assert gpu_slots.lock_dir() == tmp_path / "shared"
+    assert not (lock_base / f"cpsl-gpu-locks-{os.getuid()}").exists()
+
+
+PROBE = r"""
+import json, os, sys, time
+from cpsl.gpu_slots import job_devices
+with job_devices(1, "auto", "probe") as held:
+    start = time.time()
+    time.sleep(float(sys.argv[1]))
+    end = time.time()
+json.dump({"device": held.devices[0], "start": start, "end": end}, open("lease.json", "w"))
+"""
+
+
+def test_two_queued_dvc_experiments_lease_different_gpus(tmp_path):
+    """`dvc queue start --jobs 2` runs each experiment in its own temporary copy of the repository: with the old
+    default (.cpsl/gpu-locks, relative) both leased GPU 0 from their own folder. The probe stage leases as `cpsl
+    train`/`evaluate` do (gpu_slots.job_devices), holds the device a few seconds and records it as a metric."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "probe.py").write_text(PROBE)
+    (project / "params.yaml").write_text("tag: 0\n")
+    (project / "dvc.yaml").write_text(
+        "stages:\n  probe:\n    cmd: python3 probe.py 6\n    deps: [probe.py]\n    params: [tag]\n"
+        "    metrics:\n      - lease.json:\n          cache: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CPSL_") and k not in ("CUDA_VISIBLE_DEVICES",
+                                                                                        "WORLD_SIZE")}
+    env.update(PYTHONPATH=SRC, CPSL_GPU_COUNT="2", DVC_NO_ANALYTICS="1")  # two faked GPUs, the default lock folder
+
+    def sh(*cmd: str) -> str:
+        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init")
+    sh("dvc", "exp", "run", "--queue", "-S", "tag=1")
+    sh("dvc", "exp", "run", "--queue", "-S", "tag=2")
+    sh("dvc", "queue", "start", "--jobs", "2")
+    deadline = time.monotonic() + 180
+    while re.search(r"\b(Queued|Running)\b", sh("dvc", "queue", "status")):
+        assert time.monotonic() < deadline, sh("dvc", "queue", "status")
+        time.sleep(1)
+    assert len(re.findall(r"\bSuccess\b", sh("dvc", "queue", "status"))) == 2, sh("dvc", "queue", "status")
+    leases = [exp["data"]["metrics"]["lease.json"]["data"]
+              for rev in json.loads(sh("dvc", "exp", "show", "--json")) for branch in rev.get("experiments") or []
+              for exp in branch["revs"]]
+    assert len(leases) == 2, leases
+    a, b = leases
+    assert a["start"] < b["end"] and b["start"] < a["end"], f"the experiments did not overlap: {leases}"
+    assert a["device"] != b["device"], f"two concurrent experiments leased one GPU: {leases}"

@@ -293,3 +293,31 @@ def test_no_mark_no_footnote(grid):
     assert summary["ablations"]["A6"]["av_learnt"]["unknown_seeds"] == [0, 2, 10]
     table2 = (out / "table2.md").read_text()
     assert "| ? |" in table2 and "†" not in table2 and "†" not in (out / "table1.md").read_text()
+
+
+def test_results_json_holds_each_trained_row_s_means_for_dvc_metrics(tmp_path, base_params):
+    """reports/<dataset>/results.json (DVC's metrics of the report stage): per trained row the test means of MAE,
+    Corr and Acc-2 (non-zero), the a/v mark and the seed count; a duplicate paper row (B1 = A1) once."""
+    rng = np.random.default_rng(5)
+    labels = {"valid": _labels(rng, 10), "test": _labels(rng, 20)}
+    runs = {}
+    for ablation in ("A1", "T0"):
+        for seed in (0, 1):
+            folder, metrics = make_run(tmp_path / "res", ablation, seed, 0.4, labels)
+            metrics["learnt"] = ({"status": "not_applicable"} if ablation == "T0"
+                                 else {"status": "not_learnt" if seed == 1 else "learnt"})
+            (folder / "metrics.json").write_text(json.dumps(json_safe(metrics)))
+            runs[(ablation, seed)] = metrics
+    params = copy.deepcopy(base_params)
+    params["ablations"], params["train"]["seeds"] = ["A1", "T0"], [0, 1]
+    run_report(params, results_dir=tmp_path / "res", out_dir=tmp_path / "rep")
+    results = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert set(results) == {"A1", "T0"}  # B1 is A1's runs: once
+    for aid in ("A1", "T0"):
+        for name, key in (("mae", "mae"), ("corr", "corr"), ("acc2", "acc2_nonzero")):
+            mean = np.mean([runs[(aid, s)]["test"][key] for s in (0, 1)])
+            assert results[aid][name] == pytest.approx(mean, abs=1e-6), (aid, name)
+        assert results[aid]["seeds"] == 2
+    assert results["A1"]["av_not_learnt"] == 1  # seed 1 marked
+    assert "av_not_learnt" not in results["T0"]  # no a/v path
+    assert all(isinstance(v, (int, float)) for row in results.values() for v in row.values())  # flat numbers

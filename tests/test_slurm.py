@@ -110,6 +110,7 @@ def test_demo_grid_through_snakemake_slurm_executor(tmp_path):
     assert int(train["MinMemoryNode"].rstrip("MG")) > 0 and train["TimeLimit"] == "06:00:00", train  # profile
 
     # Inside the job step SLURM chose the GPU; cpsl took it as given rather than leasing one.
-    train_logs = "".join(p.read_text() for p in (project / ".snakemake" / "slurm_logs" / "rule_train").rglob("*.log"))
+    # (the job's own log: each rule sends its command's output to logs/<dataset>/<stage>/..., issue 24)
+    train_logs = "".join(p.read_text() for p in (project / "logs" / "demo" / "train").glob("*.log"))
     assert re.search(r"cpsl train: CUDA_VISIBLE_DEVICES=\d set by the scheduler", train_logs), train_logs[-3000:]
     assert not (project / ".cpsl" / "gpu-locks").exists()  # (.cpsl/engine.lock: the main Snakemake's project lock)

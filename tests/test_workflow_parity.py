@@ -27,14 +27,18 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
         m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if not m or m.group(1) == "all":
             continue
-        # (a flagged output is printed with its flag, e.g. "data/raw/demo (update)")
+        # (a flagged output is printed with its flag, e.g. "data/raw/demo/manifest.json (update)")
         def field(name, block=block):
-            return [re.sub(r" \(update\)$", "", p.strip())
-                    for p in re.search(rf"^\s+{name}: (.*)$", block, re.M).group(1).split(",")]
+            found = re.search(rf"^\s+{name}: (.*)$", block, re.M)
+            return [re.sub(r" \(update\)$", "", p.strip()) for p in found.group(1).split(",")] if found else []
         cmd = re.search(r"^Shell command: (.*)$", block, re.M).group(1).strip()
+        log = field("log")
+        # every job writes its command's output to its own log (issue 24); DVC runs the same command unredirected
+        if log:
+            cmd = cmd.removesuffix(f" > {log[0]} 2>&1")
         res = dict(kv.split("=", 1) for kv in field("resources")) if re.search(r"^\s+resources: ", block, re.M) else {}
         jobs.append({"stage": m.group(1), "cmd": cmd, "deps": set(field("input")), "outs": set(field("output")),
-                     "resources": res})
+                     "resources": res, "log": log, "benchmark": field("benchmark")})
     return jobs
 
 
@@ -63,15 +67,20 @@ def _covered(path: str, by: set[str]) -> bool:
 def pipelines(tmp_path_factory):
     # Work on a copy so a dry run never touches the checkout's .snakemake state.
     work = tmp_path_factory.mktemp("parity")
-    for name in ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvc", ".dvcignore"):
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     return snakemake_jobs(work), dvc_stages(work)
 
 
+# Snakemake's own extra: one table of its per-job benchmarks (DVC has none)
+SNAKEMAKE_ONLY = {"benchmarks"}
+
+
 def test_same_stage_instances(pipelines):
     smk, dvc = pipelines
+    smk = [j for j in smk if j["stage"] not in SNAKEMAKE_ONLY]
     def count(jobs):
         return sorted((j["stage"], j["cmd"]) for j in jobs)
 
@@ -86,7 +95,12 @@ def test_same_outputs_and_inputs(pipelines):
     smk, dvc = pipelines
     by_cmd = {(d["stage"], d["cmd"]): d for d in dvc}
     for job in smk:
+        if job["stage"] in SNAKEMAKE_ONLY:
+            continue
         twin = by_cmd[(job["stage"], job["cmd"])]
+        if job["stage"] == "prepare":  # Snakemake's output is the raw folder's manifest, written last (data.smk)
+            assert job["outs"] == {"data/raw/demo/manifest.json"} and twin["outs"] == {"data/raw/demo"}
+            continue
         assert job["outs"] == twin["outs"], job["stage"]
         # DVC may depend on a folder where Snakemake lists the files in it (report on results/<dataset>):
         # every Snakemake input lies under a DVC dep, and every DVC dep covers some Snakemake input.
@@ -146,7 +160,7 @@ def test_both_engines_keep_the_raw_folder_when_prepare_reruns():
     # cache: false: DVC keeps no second copy of the raw data and never moves/chmods it (issue 17)
     assert outs == [{"data/raw/${dataset}": {"persist": True, "cache": False}}]
     rule = (REPO / "workflow" / "rules" / "data.smk").read_text().split("rule prepare:")[1].split("\nrule ")[0]
-    assert "update(directory(str(paths.raw_dir(DATASET))))" in rule
+    assert "update(str(paths.manifest_path(DATASET)))" in rule
 
 
 def test_dvc_exp_run_without_lock_keeps_the_raw_folder(tmp_path):
@@ -170,6 +184,8 @@ def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
     evaluate, none for the data and report stages."""
     smk, _ = pipelines
     for job in smk:
+        if job["stage"] in SNAKEMAKE_ONLY:
+            continue
         want = {"train": "1", "evaluate": "1"}.get(job["stage"])
         assert job["resources"].get("gpu") == want, (job["stage"], job["resources"])
 
@@ -188,6 +204,34 @@ def test_both_engines_declare_the_code_each_stage_runs(pipelines):
     from cpsl import deps
 
     smk, dvc = pipelines
-    for job in smk + dvc:
+    for job in [j for j in smk if j["stage"] not in SNAKEMAKE_ONLY] + dvc:
         code = {d for d in job["deps"] if d.startswith(deps.SRC_PREFIX)}
         assert code == set(deps.stage_files(job["stage"], root=REPO)), job["stage"]
+
+
+def test_every_job_logs_to_its_own_file_and_train_jobs_are_benchmarked(pipelines):
+    """Issue 24: `log:` on every rule, one file per job under logs/<dataset>/, the command's stdout and stderr
+    redirected there (Snakemake names it on failure; profiles/default prints it); `benchmark:` on train, one record
+    per job, all of them summarised by the `benchmarks` rule. Not on evaluate: Snakemake counts a benchmark as an
+    output, so a run DVC retrained and evaluated would be evaluated again (tests/test_e2e_workflows.py)."""
+    smk, _ = pipelines
+    logs = [j["log"] for j in smk]
+    assert all(len(log) == 1 and log[0].startswith("logs/demo/") for log in logs), logs
+    assert len({log[0] for log in logs}) == len(smk)  # one file per job
+    bench = {j["benchmark"][0] for j in smk if j["stage"] == "train"}
+    assert len(bench) == sum(j["stage"] == "train" for j in smk)
+    assert all(not j["benchmark"] for j in smk if j["stage"] != "train")
+    summary = next(j for j in smk if j["stage"] == "benchmarks")
+    assert bench <= summary["deps"] and summary["outs"] == {"reports/demo/benchmarks.md"}
+    assert "reports/demo/summary.json" in summary["deps"]  # after the report, which swaps that folder in
+    assert (REPO / "profiles/default/config.yaml").read_text().count("show-failed-logs: true") == 1
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    work = tmp_path / "lint"
+    work.mkdir()
+    for name in ("Snakefile", "params.yaml", "workflow", "profiles", "src"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    proc = subprocess.run(["snakemake", "--lint"], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

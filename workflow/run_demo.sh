@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash workflow/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 snakemake --cores "${CORES:-2}" "$@"
-echo "Done: see reports/demo/ (tables, figures, summary.json)"
+echo "Done: see reports/demo/ (tables, figures, summary.json, results.json, benchmarks.md); each job's log is in logs/demo/; snakemake --report report.html for one browsable page"

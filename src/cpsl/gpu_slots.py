@@ -10,8 +10,9 @@ frees its devices and a restarted Snakemake never hands out a device that a live
 Environment (none needed on an ordinary multi-GPU box; validated at start-up by cpsl.env_vars):
 
 - ``CPSL_GPU_SLOTS``: jobs that may share one device (default 1). Declare ``--resources gpu=<GPUs x slots>``.
-- ``CPSL_GPU_LOCK_DIR``: folder of the lock files (default ``.cpsl/gpu-locks`` in the working directory;
-  point several checkouts on one machine at one shared folder so they coordinate too).
+- ``CPSL_GPU_LOCK_DIR``: folder of the lock files (default ``/tmp/cpsl-gpu-locks-<uid>``: one per user and
+  machine, so several checkouts and the temporary copies ``dvc queue`` runs experiments in never lease one
+  device twice; name a folder here to coordinate with other users too, or to keep jobs apart).
 - ``CPSL_GPU_COUNT``: number of devices (default: counted with ``nvidia-smi -L``); tests fake it.
 - ``CPSL_GPU_LEASE=0``: never lease (use whatever CUDA picks).
 - ``CPSL_GPU_WAIT_S``: give up after this many seconds when no device is free (default: wait).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -31,7 +33,9 @@ from cpsl.env_vars import env_value
 from cpsl.errors import PipelineError
 from cpsl.io_utils import open_lock_file
 
-DEFAULT_LOCK_DIR = ".cpsl/gpu-locks"
+# Not $XDG_RUNTIME_DIR: a login shell has it, a cron job, nohup'ed or systemd-started one often not, and two jobs of
+# one user that picked different folders would lease the same device. Not $TMPDIR either (it differs per session).
+LOCK_BASE = Path("/tmp")
 
 
 class GpuLeaseError(PipelineError):
@@ -57,8 +61,34 @@ def slots_per_device() -> int:
     return 1 if slots is None else slots
 
 
+def default_lock_dir(base: Path | None = None) -> Path:
+    """The machine-wide lock folder of this user, created 0700 if absent. It sits at a predictable name in a
+    world-writable folder, so one made by someone else (who could then hold or delete our locks), a link, or
+    one that others may write into is refused in one line rather than used."""
+    folder = (LOCK_BASE if base is None else base) / f"cpsl-gpu-locks-{os.getuid()}"
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    fix = "remove it (or set CPSL_GPU_LOCK_DIR to a folder of your own) and rerun"
+    if stat.S_ISLNK(info.st_mode):
+        raise GpuLeaseError(f"{folder}: the GPU lock folder is a symbolic link (to {os.readlink(folder)}), not the "
+                            f"folder cpsl makes; {fix}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise GpuLeaseError(f"{folder}: the GPU lock folder is not a folder; {fix}")
+    if info.st_uid != os.getuid():
+        raise GpuLeaseError(f"{folder}: the GPU lock folder belongs to user id {info.st_uid}, not to you "
+                            f"({os.getuid()}); {fix}")
+    if info.st_mode & 0o022:
+        raise GpuLeaseError(f"{folder}: the GPU lock folder is writable by other users (mode "
+                            f"{stat.S_IMODE(info.st_mode):o}); chmod 700 it, or {fix}")
+    return folder
+
+
 def lock_dir() -> Path:
-    return env_value("CPSL_GPU_LOCK_DIR") or Path(DEFAULT_LOCK_DIR)
+    """CPSL_GPU_LOCK_DIR when set (taken as named: it may be a folder shared on purpose), else the default."""
+    return env_value("CPSL_GPU_LOCK_DIR") or default_lock_dir()
 
 
 @dataclass

@@ -38,8 +38,11 @@ def summary_path(dataset: str) -> Path:
     return reports_dir(dataset) / "summary.json"
 
 
+# The report's small per-row results (cpsl.report.results_metrics): DVC's `metrics` of the report stage.
+RESULTS_METRICS_FILE = "results.json"
+
 # Files the report stage writes into reports_dir(dataset), besides summary.json.
 REPORT_FILES = (
     "table1.md", "table1.csv", "table2.md", "table2.csv", "figure2_losses.png", "figure3_modulation.png",
-    "history_mean.csv",
+    "history_mean.csv", RESULTS_METRICS_FILE,
 )

@@ -8,10 +8,10 @@ rule train:
         str(paths.processed_path(DATASET)),
         code("train"),
     output:
-        "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
-        "results/" + DATASET + "/{ablation}-seed{seed}/history.csv",
-        "results/" + DATASET + "/{ablation}-seed{seed}/train_summary.json",
-        directory("results/" + DATASET + "/{ablation}-seed{seed}/dvclive"),
+        f"{RUN}/best.pt",
+        f"{RUN}/history.csv",
+        f"{RUN}/train_summary.json",
+        directory(f"{RUN}/dvclive"),
     wildcard_constraints:
         ablation=ROW_PATTERN,
         seed="[0-9]+",
@@ -19,19 +19,26 @@ rule train:
         slice=lambda wildcards: params_slice("train", wildcards.ablation),
     resources:
         gpu=config["execution"]["nproc"],
+    log:
+        log_file("train", "{ablation}-seed{seed}"),
+    benchmark:
+        benchmark_file("train")
+    conda:
+        CONDA_ENV
     shell:
-        "cpsl train --ablation {wildcards.ablation} --seed {wildcards.seed}"
+        "cpsl train --ablation {wildcards.ablation} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        "results/" + DATASET + "/{ablation}-seed{seed}/best.pt",
-        "results/" + DATASET + "/{ablation}-seed{seed}/history.csv",
+        f"{RUN}/best.pt",
+        f"{RUN}/history.csv",
         str(paths.processed_path(DATASET)),
         code("evaluate"),
     output:
-        "results/" + DATASET + "/{ablation}-seed{seed}/metrics.json",
-        "results/" + DATASET + "/{ablation}-seed{seed}/predictions.csv",
+        report(f"{RUN}/metrics.json", caption="../report/run_metrics.rst", category="Runs",
+               subcategory="{ablation}", labels={"row": "{ablation}", "seed": "{seed}", "file": "metrics.json"}),
+        f"{RUN}/predictions.csv",
     wildcard_constraints:
         ablation=ROW_PATTERN,
         seed="[0-9]+",
@@ -39,5 +46,11 @@ rule evaluate:
         slice=params_slice("evaluate"),
     resources:
         gpu=1,
+    # no benchmark: Snakemake counts it as an output for its times, so after `dvc repro` retrained a run (a new
+    # best.pt, newer than this job's record) Snakemake would re-evaluate a run DVC had just evaluated
+    log:
+        log_file("evaluate", "{ablation}-seed{seed}"),
+    conda:
+        CONDA_ENV
     shell:
-        "cpsl evaluate --run results/" + DATASET + "/{wildcards.ablation}-seed{wildcards.seed}"
+        f"cpsl evaluate --run results/{DATASET}/{{wildcards.ablation}}-seed{{wildcards.seed}} > {{log}} 2>&1"

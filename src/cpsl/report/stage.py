@@ -11,7 +11,7 @@ row and seed, and the training its folder holds now (train_summary.json's finger
 file and the differing keys (cpsl.run_identity.check_metrics_run).
 
 Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
-figure3_modulation.png, history_mean.csv}`` as one set (cpsl.report.output_set: all written into a staging
+figure3_modulation.png, history_mean.csv, results.json}`` as one set (cpsl.report.output_set: all written into a staging
 folder, then swapped in; ``out_dir`` replaces reports/<dataset>). Rows are
 any row of cpsl.rows: Table 2 shows the CP+SL rows, Table 1 the baselines, T0 and A6 (cpsl.report.tables).
 
@@ -43,7 +43,7 @@ from cpsl.errors import PipelineError
 from cpsl.evaluate import learnt
 from cpsl.io_utils import refuse_symlink, write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
-from cpsl.report import figures, output_set, stats, tables, telemetry
+from cpsl.report import figures, output_set, results_metrics, stats, tables, telemetry
 from cpsl.report.metrics_schema import check_metrics
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
@@ -324,6 +324,8 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
                                                  f"{', '.join(map(str, seeds))}",
                               against=summary["ablations"][fig_id].get("modulation_vs_paper"))
         write_json_atomic(staged / summary_file.name, summary)
+        # DVC's metrics: the few results per row experiments are compared by
+        write_json_atomic(staged / paths.RESULTS_METRICS_FILE, results_metrics.flat_results(summary))
     _warn_not_learnt(summary)
     return summary
 
