@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     try:
         write_text_atomic(out, table([read_benchmark(p) for p in files]))
     except PipelineError as exc:
-        print(f"cpsl benchmarks: error: {exc}", file=sys.stderr)
+        print(f"cpsl.report.job_benchmarks: error: {exc}", file=sys.stderr)
         return 1
     return 0
 
