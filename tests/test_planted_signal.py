@@ -3,7 +3,7 @@ find it. A0 (no modulation) is trained with the real `train` and `evaluate` stag
 same cache with a/v zeroed, over 3 seeds; A0 must beat the zeroed control by a clear margin on every seed, and
 the modality-reliance check must see it rely on the visual stream (and T0, text only, on nothing).
 Issue 18: the same A0 with its new modules (AME, fusion, heads) frozen is marked "a/v not learnt" by
-cpsl.evaluate.learnt, the planted-signal runs are not, and the a/v-zeroed control is marked too."""
+cpsl.av_learnt, the planted-signal runs are not, and the a/v-zeroed control is marked too."""
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,6 @@ class BaselineSpec:
     hyper: Mapping[str, object]    # schema of one dataset sub-section besides `train` (cpsl.param_types leaves)
     sources: Mapping[str, str] = field(default_factory=dict)  # hyper-parameter -> where its value comes from
     # False where the prediction never reads the acoustic/visual inputs (ITHP: they are only training targets of
-    # its bottleneck); cpsl.evaluate.learnt then has nothing to judge and says so
+    # its bottleneck); cpsl.av_learnt then has nothing to judge and says so
     reads_av_at_inference: bool = True
     av_note: str = ""              # why, in one line (metrics.json ``learnt.note``)
