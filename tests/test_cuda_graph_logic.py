@@ -36,7 +36,7 @@ from cpsl.ablations import switches_for
 from cpsl.model.network import build_model
 from cpsl.train.cuda_graphs import CaptureFailed, GraphedSteps, GraphNotExact, _compare, _outputs_list
 from cpsl.train.data import load_tensors
-from cpsl.train.loop import linear_warmup_decay, make_optimizer
+from cpsl.train.recipe import linear_warmup_decay, make_optimizer
 from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
 
 

@@ -55,7 +55,8 @@ from cpsl.model.network import build_model
 from cpsl.train import step as step_module
 from cpsl.train.data import load_tensors
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import RunSpec, fit, linear_warmup_decay, make_optimizer, step_mode
+from cpsl.train.loop import RunSpec, fit, step_mode
+from cpsl.train.recipe import linear_warmup_decay, make_optimizer
 from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper, _StopVotes
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsl import av_learnt, paths, run_folder
+from cpsl.ablations import labels_of
 from cpsl.errors import PipelineError
 from cpsl.io_utils import refuse_symlink, write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
@@ -48,7 +49,7 @@ from cpsl.report.metrics_schema import check_metrics
 from cpsl.report.paper_results import FULL_MODEL_ID
 from cpsl.report.table1 import write_table1
 from cpsl.report.table2 import write_table2
-from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
+from cpsl.rows import ROWS, canonical, is_baseline, trained_rows
 from cpsl.run_identity import check_metrics_run, check_rows_consistent, training_params
 
 N_RESAMPLES = 5000
