@@ -27,7 +27,8 @@ from cpsl.config import load_params
 from cpsl.model.network import build_model
 from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import make_optimizer, make_stepper, optimizer_in_graph
+from cpsl.train.loop import make_stepper, optimizer_in_graph
+from cpsl.train.recipe import make_optimizer
 from cpsl.train.step import EpochSums, LossStep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def random_batch(vocab_size: int, device, batch=8, seq_len=50, acoustic_dim=74, 
 
 
 class Trainer:
-    """One ablation's model, optimiser (``cpsl.train.loop.make_optimizer``: execution.optimizer_impl,
+    """One ablation's model, optimiser (``cpsl.train.recipe.make_optimizer``: execution.optimizer_impl,
     execution.cuda_graph_scope) and step (``mode``: a execution.step value; None: the params'), ready to time."""
 
     def __init__(self, params: dict, ablation: str, text_model, device, acoustic_dim=74, visual_dim=47,

@@ -209,13 +209,13 @@ def _window_values(row: dict, key: str) -> list[float]:
 
 
 def verdict(row: dict) -> dict:
-    """cpsl.evaluate.learnt's verdict recomputed from the logged evidence (the rule as it is now)."""
-    from cpsl.evaluate import learnt
+    """cpsl.av_learnt's verdict recomputed from the logged evidence (the rule as it is now)."""
+    from cpsl import av_learnt
 
     if row["ablation"] == "T0":
-        return learnt.assess(False, None, None, float("nan"))
+        return av_learnt.assess(False, None, None, float("nan"))
     hist = [{k: row["history"][k][e] for k in ("gm/mae_a", "gm/mae_v")} for e in range(len(row["history"]["gm/mae_a"]))]
-    return learnt.assess(True, hist, row["reliance"], row["learnt"]["constant_predictor_train_mae"])
+    return av_learnt.assess(True, hist, row["reliance"], row["learnt"]["constant_predictor_train_mae"])
 
 
 def summarise_group(rows: list[dict]) -> dict:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
-from train_helpers import REPO, one_thread, planted_caches, small_params, tiny_text_model
+from train_helpers import REPO, planted_caches, small_params, tiny_text_model
 
 from cpsl.baselines.ithp import (
     LOSS_TERMS,
@@ -43,11 +43,6 @@ from cpsl.names import TENSOR_KEYS
 from cpsl.train.stage import run_train
 
 VOCAB, DA, DV = 60, 5, 3  # d_a != d_v, so a shape says which modality a level predicts
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 # params.yaml's MOSI section (the official code's defaults), without its schedule

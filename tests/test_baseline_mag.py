@@ -23,7 +23,6 @@ from train_helpers import (
     REPO,
     VOCAB,
     assert_planted_beats_zeroed,
-    one_thread,
     planted_caches,
     small_params,
     tiny_text_model,
@@ -37,11 +36,6 @@ from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.train.stage import run_train
 
 HP = {k: v for k, v in load_params(REPO / "params.yaml")["baselines"]["mag"]["mosi"].items() if k != "train"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _norms(x):

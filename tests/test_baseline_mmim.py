@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.utils.rnn import pack_padded_sequence
 from train_helpers import (
+    CPU,
     D_A,
     D_V,
     REPO,
@@ -23,7 +24,6 @@ from train_helpers import (
     free_port,
     load_model_states,
     make_cache,
-    one_thread,
     override_error,
     planted_caches,
     small_params,
@@ -48,21 +48,14 @@ from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import read_history
 from cpsl.train import loop
 from cpsl.train import step as step_module
-from cpsl.train.distributed import DistContext
 from cpsl.train.stage import run_train
 
 DA, DV, VOCAB, L = D_A, D_V, 1200, 10
-CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 # params.yaml's MOSI section with tiny widths and no dropout
 SECTION = load_params(REPO / "params.yaml")["baselines"]["mmim"]["mosi"]
 HP = {**SECTION, "acoustic_hidden": 8, "visual_hidden": 8, "acoustic_out": 8, "visual_out": 8, "fusion_hidden": 16,
       "fusion_dropout": 0.0}
 TP = SECTION["train"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _model(seed: int = 0, **hp) -> MMIM:

@@ -35,7 +35,6 @@ from train_helpers import (
     free_port,
     load_model_states,
     make_cache,
-    one_thread,
     override_error,
     planted_caches,
     small_params,
@@ -61,16 +60,9 @@ from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import STATE_FILE, read_history
 from cpsl.train import loop, recipes
 from cpsl.train import step as step_module
-from cpsl.train.distributed import DistContext
 from cpsl.train.stage import run_train
 
 DA, DV, VOCAB, L = 5, 4, 1200, 10
-CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 E1, E2 = torch.eye(4)[0], torch.eye(4)[1]
 
 

@@ -167,7 +167,8 @@ def test_ablation_table_pins_every_paper_row():
 
 
 def test_duplicate_paper_rows_are_trained_once():
-    from cpsl.ablations import ALIASES, canonical, labels_of
+    from cpsl.ablations import ALIASES, labels_of
+    from cpsl.rows import canonical
 
     same = {(a, b) for a in PAPER_TABLE2 for b in PAPER_TABLE2 if a < b and PAPER_TABLE2[a] == PAPER_TABLE2[b]}
     assert same == {("A1", "B1"), ("A2", "C3"), ("A5", "C4")}

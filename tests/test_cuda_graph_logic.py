@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import (
+    CPU,
     D_A,
     D_V,
     GradRecorder,
@@ -26,7 +27,6 @@ from train_helpers import (
     assert_clipped,
     assert_same_tensors,
     make_cache,
-    one_thread,
     small_params,
     tiny_text_model,
     write_params,
@@ -36,16 +36,8 @@ from cpsl.ablations import switches_for
 from cpsl.model.network import build_model
 from cpsl.train.cuda_graphs import CaptureFailed, GraphedSteps, GraphNotExact, _compare, _outputs_list
 from cpsl.train.data import load_tensors
-from cpsl.train.distributed import DistContext
-from cpsl.train.loop import linear_warmup_decay, make_optimizer
+from cpsl.train.recipe import linear_warmup_decay, make_optimizer
 from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
-
-CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 class FakeGraph:

@@ -59,14 +59,14 @@ def test_a_new_undeclared_import_fails_the_check(tmp_path):
     for name in ("dvc.yaml", "src"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
     heads = tmp_path / "src/cpsl/model/heads.py"
-    heads.write_text(heads.read_text() + "\n\ndef _table():\n    from cpsl.report import tables  # noqa: F401\n")
-    assert "src/cpsl/report/tables.py" in deps.stage_files("train", root=tmp_path)
-    assert "src/cpsl/report/tables.py" in deps.stage_files("evaluate", root=tmp_path)
+    heads.write_text(heads.read_text() + "\n\ndef _table():\n    from cpsl.report import table2  # noqa: F401\n")
+    assert "src/cpsl/report/table2.py" in deps.stage_files("train", root=tmp_path)
+    assert "src/cpsl/report/table2.py" in deps.stage_files("evaluate", root=tmp_path)
     check = subprocess.run([sys.executable, "-m", "cpsl.cli", "deps", "--check-dvc", str(tmp_path / "dvc.yaml")],
                            capture_output=True, text=True)
     assert check.returncode == 1 and "cpsl deps --write-dvc" in check.stderr
     subprocess.run([sys.executable, "-m", "cpsl.cli", "deps", "--write-dvc", str(tmp_path / "dvc.yaml")], check=True)
-    assert "src/cpsl/report/tables.py" in _dvc_code_deps((tmp_path / "dvc.yaml").read_text())["train"]
+    assert "src/cpsl/report/table2.py" in _dvc_code_deps((tmp_path / "dvc.yaml").read_text())["train"]
 
 
 def test_a_project_without_the_package_is_an_error_not_an_empty_list(tmp_path):

@@ -120,7 +120,7 @@ def assert_complete(root: Path) -> None:
     assert summary["params"]["cp"] == params["cp"]  # produced with the current params
 
 
-# a finding about the run, not noise: these 2-epoch runs may learn nothing from a/v (cpsl.evaluate.learnt)
+# a finding about the run, not noise: these 2-epoch runs may learn nothing from a/v (cpsl.av_learnt)
 AV_NOT_LEARNT = re.compile(r"^cpsl (evaluate|report): warning: .*the acoustic/visual path did not learn")
 
 

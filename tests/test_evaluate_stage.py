@@ -124,7 +124,7 @@ def test_learnt_verdict_in_metrics_json(setup):
 
 
 def test_learnt_reads_the_heads_from_history_csv(setup, tmp_path):
-    from cpsl.evaluate.learnt import constant_predictor_mae
+    from cpsl.av_learnt import constant_predictor_mae
     from cpsl.run_folder import HISTORY_COLUMNS, write_history
 
     run = tmp_path / "A6-seed3"

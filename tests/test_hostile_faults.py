@@ -22,7 +22,7 @@ import torch
 from fixtures_align import make_videos, write_raw
 from project_copy import copy_project
 from test_report_stage import _labels, make_run
-from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
+from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
 from cpsl import cli, errors, io_utils, run_folder
 from cpsl.errors import PipelineError
@@ -31,11 +31,6 @@ from cpsl.train import checkpoint as ckpt
 REPO = Path(__file__).resolve().parents[1]
 ULIMIT = "file too large for this process's file-size limit (`ulimit -f`: "
 Usage = namedtuple("Usage", "total used free")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _env() -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_data import make_params, write_fake_mirror
-from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
+from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
 import cpsl.data.mirror as mirror_mod
 import cpsl.data.prepare as prepare_mod
@@ -27,11 +27,6 @@ from cpsl.runlock import LOCK_NAME, run_folder_lock
 
 ONE_EPOCH = {"train.epochs": 1, "train.batch_size": 8}
 OUTSIDE_TEXT = "a user's file outside the project\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

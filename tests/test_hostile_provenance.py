@@ -11,18 +11,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
+from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
 from cpsl import run_folder
 from cpsl.cache import read_attrs
 from cpsl.cli import main
 
 SETTINGS = {"train.epochs": 1, "train.batch_size": 8, "ablations": ["A6"], "train.seeds": [0]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

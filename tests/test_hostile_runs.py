@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_cache, one_thread, small_params, tiny_text_model, write_params
+from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
 from cpsl import io_utils, run_folder
 from cpsl.cache import CacheError, read_split
@@ -28,11 +28,6 @@ from cpsl.train import checkpoint as ckpt
 from cpsl.train.stage import run_train
 
 ONE_EPOCH = {"train.epochs": 1, "train.batch_size": 8}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_data import make_params
-from train_helpers import REPO, make_cache, one_thread, small_params, tiny_text_model, write_params
+from train_helpers import REPO, make_cache, small_params, tiny_text_model, write_params
 
 import cpsl.data.prepare as prepare_mod
 from cpsl.align.subwords import load_tokenizer
@@ -38,11 +38,6 @@ class EvilTokenizer(BertTokenizerFast):
 """
 AUTO_MAP = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
             "AutoTokenizer": ["evil.EvilTokenizer", None]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

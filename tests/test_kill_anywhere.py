@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from fixtures_align import make_videos, write_raw
@@ -27,7 +26,6 @@ from train_helpers import (
     assert_same_tensors,
     load_model_states,
     make_cache,
-    one_thread,
     small_params,
     tiny_text_model,
     write_params,
@@ -66,11 +64,6 @@ else:
 from cpsl.cli import main
 sys.exit(main(sys.argv[3:]))
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _env() -> dict:

@@ -15,7 +15,7 @@ from cpsl.model.network import build_model, word_positions
 from cpsl.model.normalize import batch_min_max
 from cpsl.model.text_encoder import tiny_deberta_config
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import make_optimizer
+from cpsl.train.recipe import make_optimizer
 from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
 
 DA, DV, VOCAB, L = 5, 4, 1200, 10

@@ -3,7 +3,7 @@ find it. A0 (no modulation) is trained with the real `train` and `evaluate` stag
 same cache with a/v zeroed, over 3 seeds; A0 must beat the zeroed control by a clear margin on every seed, and
 the modality-reliance check must see it rely on the visual stream (and T0, text only, on nothing).
 Issue 18: the same A0 with its new modules (AME, fusion, heads) frozen is marked "a/v not learnt" by
-cpsl.evaluate.learnt, the planted-signal runs are not, and the a/v-zeroed control is marked too."""
+cpsl.av_learnt, the planted-signal runs are not, and the a/v-zeroed control is marked too."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from train_helpers import one_thread, planted_caches, small_params, tiny_text_model
+from train_helpers import planted_caches, small_params, tiny_text_model
 
 from cpsl.evaluate.stage import run_evaluate
 from cpsl.train.recipe import Recipe
@@ -25,11 +25,6 @@ MARGIN_CORR = 0.4  # test Pearson r: planted visual signal vs the same model wit
 SETTINGS = {"train.epochs": 6, "train.lr": 1e-4, "train.lr_new_modules": 5e-3, "model.intermediate_dim": 16,
             "model.fusion_dim": 16,
             "train.warmup_ratio": 0.0, "eval.reliance_permutations": 3}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def _frozen_optimizer(self, tp, *args, **kwargs):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_helpers import one_thread, small_params, tiny_text_model
+from train_helpers import small_params, tiny_text_model
 
 from cpsl.align.stage import run_align
 from cpsl.cache import read_split, write_cache
@@ -33,11 +33,6 @@ from cpsl.train.stage import run_train
 FACTOR = 5.0  # valid/test loss terms within this factor of their training value ...
 FLOOR = 0.2   # ... or of this floor, for terms whose training value is near 0
 PROBE_SHARE = 0.05  # one extreme test value moves no prediction by more than 5 % of the predictions' spread
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    yield from one_thread()
 
 
 def _layout():

@@ -10,17 +10,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from train_helpers import assert_same_tensors, load_model_states, make_cache, one_thread, small_params, tiny_text_model
+from train_helpers import assert_same_tensors, load_model_states, make_cache, small_params, tiny_text_model
 
 from cpsl import deps, run_folder
 from cpsl.train.stage import run_train
 
 SETTINGS = {"train.epochs": 2, "train.batch_size": 8, "ablations": ["A6"]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from train_helpers import (
+    CPU,
     REPO,
     assert_same_tensors,
     free_port,
     load_model_states,
     make_cache,
-    one_thread,
     small_params,
     tiny_text_model,
 )
@@ -38,15 +38,8 @@ from cpsl.errors import ParamsError
 from cpsl.run_folder import read_history
 from cpsl.train import loop, recipes
 from cpsl.train import step as step_module
-from cpsl.train.distributed import DistContext, all_gather_tensor
+from cpsl.train.distributed import all_gather_tensor
 from cpsl.train.recipe import StepTelemetry
-
-CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 # ------------------------------------------------------------------------------------------------------ rows

@@ -53,7 +53,8 @@ def test_a_malformed_benchmark_file_is_one_line_naming_it(tmp_path, content, fra
     proc = subprocess.run([sys.executable, "-m", "cpsl.report.job_benchmarks", str(out), str(bad)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.startswith(f"cpsl.report.job_benchmarks: error: {bad}: ") and fragment in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"cpsl.report.job_benchmarks: error: {bad}: "), proc.stderr
+    assert fragment in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()  # nothing half-written
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import (
+    CPU,
     D_A,
     D_V,
     GradRecorder,
@@ -43,7 +44,6 @@ from train_helpers import (
     global_norm,
     load_model_states,
     make_cache,
-    one_thread,
     small_params,
     tiny_text_model,
 )
@@ -55,15 +55,9 @@ from cpsl.model.network import build_model
 from cpsl.train import step as step_module
 from cpsl.train.data import load_tensors
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import RunSpec, fit, linear_warmup_decay, make_optimizer, step_mode
+from cpsl.train.loop import RunSpec, fit, step_mode
+from cpsl.train.recipe import linear_warmup_decay, make_optimizer
 from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper, _StopVotes
-
-CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

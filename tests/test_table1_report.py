@@ -118,7 +118,7 @@ def test_the_report_reads_a_baseline_row_folder_name(tmp_path):
 
 
 def test_a_baseline_whose_av_path_learnt_nothing_is_marked_in_table1(tmp_path):
-    """MAG's seeds all marked by evaluate (cpsl.evaluate.learnt): its Table 1 row carries the mark, the count of
+    """MAG's seeds all marked by evaluate (cpsl.av_learnt): its Table 1 row carries the mark, the count of
     marked seeds and the footnote; the unmarked rows do not."""
     params, metrics = _grid(tmp_path)
     for seed in SEEDS:

@@ -18,7 +18,7 @@ from cpsl.train import checkpoint as ckpt
 from cpsl.train import stage
 from cpsl.train.data import BatchPlan
 from cpsl.train.distributed import DistContext, torchrun_command
-from cpsl.train.loop import linear_warmup_decay
+from cpsl.train.recipe import linear_warmup_decay
 from cpsl.train.step import noise_generator
 
 

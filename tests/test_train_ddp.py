@@ -38,7 +38,6 @@ from train_helpers import (
     free_port,
     load_model_states,
     make_cache,
-    one_thread,
     small_params,
     tiny_text_model,
     write_params,
@@ -51,11 +50,6 @@ from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, fit
 
 NO_DROPOUT = {"model.encoder_dropout": 0.0, "model.classifier_dropout": 0.0, "loss.task": "mse"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

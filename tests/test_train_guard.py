@@ -7,18 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_cache, one_thread, small_params, tiny_text_model
+from train_helpers import make_cache, small_params, tiny_text_model
 
 from cpsl import run_folder
 from cpsl.cache import CacheError, read_attrs, read_split, write_cache
 from cpsl.train import loop
 from cpsl.train import step as step_module
 from cpsl.train.stage import run_train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,11 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
-from train_helpers import make_cache, one_thread, small_params, tiny_text_model
+from train_helpers import make_cache, small_params, tiny_text_model
 
 from cpsl.run_folder import HISTORY_COLUMNS, read_history
 from cpsl.train.stage import run_train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def test_full_model_learns_a_synthetic_signal(tmp_path):

@@ -14,9 +14,8 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
-from train_helpers import REPO, assert_same_tensors, make_cache, one_thread, small_params, tiny_text_model, write_params
+from train_helpers import REPO, assert_same_tensors, make_cache, small_params, tiny_text_model, write_params
 
 from cpsl.run_folder import read_history
 from cpsl.train.stage import run_train
@@ -26,11 +25,6 @@ SETTINGS = {"train.epochs": 3, "train.batch_size": 4, "ablations": ["A6"]}  # 8 
 
 def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    yield from one_thread()
 
 
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):

@@ -13,10 +13,13 @@ import transformers
 from cpsl.cache import write_cache
 from cpsl.config import load_params, set_dotted, validate_params
 from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.train.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 30522
 D_A, D_V = 5, 4
+# the single-process CPU context the in-process training tests run under
+CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 def tiny_text_model(folder: Path) -> str:
@@ -184,17 +187,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def one_thread():
-    """Generator for a fixture: torch on one thread while a test trains (2 shared cores: two threads per
-    process only contend), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class GradRecorder:

@@ -15,7 +15,7 @@ T0 is ours, not the paper's: the text encoder and task head alone (no injection,
 reference every multimodal row must beat to show that it uses the acoustic and visual streams at all.
 
 Rows that the paper lists twice (A1 = B1, A2 = C3, A5 = C4) are the same switch sets: they are trained once
-per seed, under the first ID (:data:`ALIASES`, :func:`canonical`), and reported under both labels.
+per seed, under the first ID (:data:`ALIASES`, cpsl.rows.canonical), and reported under both labels.
 """
 from __future__ import annotations
 
@@ -67,12 +67,6 @@ ABLATIONS: dict[str, tuple[Switches, str]] = {
 # Paper rows with the same switches as an earlier row: trained once, under the earlier ID.
 ALIASES: dict[str, str] = {"B1": "A1", "C3": "A2", "C4": "A5"}
 PAPER_ROWS = tuple(a for a in ABLATIONS if a != "T0")
-
-
-def canonical(ablation_id: str) -> str:
-    """The ID a row is trained (and its run folder named) under: B1 -> A1, C3 -> A2, C4 -> A5."""
-    switches_for(ablation_id)  # unknown IDs fail here, naming the known ones
-    return ALIASES.get(ablation_id, ablation_id)
 
 
 def labels_of(trained_id: str) -> list[str]:

@@ -89,6 +89,19 @@ def _closure(pkg: Path, roots: list[tuple[str, bool]]) -> set[Path]:
     return files
 
 
+def import_graph(pkg: Path | None = None) -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports, at module level or inside functions (a lazy
+    import still closes a circle). Default: the running package. tests/test_import_graph.py keeps it acyclic."""
+    pkg = Path(pkg) if pkg is not None else package_dir()
+    graph: dict[str, set[str]] = {}
+    for path in sorted(pkg.rglob("*.py")):
+        parts = path.relative_to(pkg).with_suffix("").parts
+        module = ".".join((PACKAGE, *(parts[:-1] if parts[-1] == "__init__" else parts)))
+        graph[module] = {m for m in _imported(pkg, module, path, False)
+                         if m != module and _module_file(pkg, m) is not None}
+    return graph
+
+
 @functools.lru_cache(maxsize=None)
 def _stage_paths(stage: str, pkg: Path) -> tuple[Path, ...]:
     if stage not in ENTRY:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from cpsl.ablations import ABLATIONS, ALIASES, PAPER_ROWS, labels_of  # noqa: F401 - labels_of: every row's, re-exported
+from cpsl.ablations import ABLATIONS, ALIASES, PAPER_ROWS
 from cpsl.baselines.registry import BASELINES, DATASETS
 from cpsl.baselines.spec import BaselineSpec
 

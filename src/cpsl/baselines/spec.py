@@ -1,7 +1,7 @@
 """What a Table 1 baseline declares about itself, torch-free: ``BaselineSpec`` (see cpsl.baselines.registry)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 
@@ -12,8 +12,7 @@ class BaselineSpec:
     label: str                     # the configuration label in the tables
     paper_rows: Mapping[str, str]  # text backbone ("d" DeBERTa, "b" BERT) -> its row name in paper_results.TABLE1
     hyper: Mapping[str, object]    # schema of one dataset sub-section besides `train` (cpsl.param_types leaves)
-    sources: Mapping[str, str] = field(default_factory=dict)  # hyper-parameter -> where its value comes from
     # False where the prediction never reads the acoustic/visual inputs (ITHP: they are only training targets of
-    # its bottleneck); cpsl.evaluate.learnt then has nothing to judge and says so
+    # its bottleneck); cpsl.av_learnt then has nothing to judge and says so
     reads_av_at_inference: bool = True
     av_note: str = ""              # why, in one line (metrics.json ``learnt.note``)

@@ -15,7 +15,7 @@ name, this cache and this code give; otherwise one line names best.pt and what d
 
 Modality-reliance check (cpsl.evaluate.reliance): the test metrics again with the acoustic, then the visual
 stream permuted across test segments (``eval.reliance_permutations`` draws); the deltas go to metrics.json.
-Whether the a/v path learnt anything (cpsl.evaluate.learnt: the unimodal heads' training MAEs in the run's
+Whether the a/v path learnt anything (cpsl.av_learnt: the unimodal heads' training MAEs in the run's
 history.csv against the best constant predictor's, and the reliance draws against their noise) goes to
 metrics.json ``learnt``; a marked run also gets one line on stderr naming the setting to change.
 
@@ -44,11 +44,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpsl import deps, gpu_slots, paths, rows, run_folder, run_identity
+from cpsl import av_learnt, deps, gpu_slots, paths, rows, run_folder, run_identity
 from cpsl.ablations import Switches, switches_for
 from cpsl.cache import check_token_ids, content_identity, read_attrs, read_labels, read_split
 from cpsl.errors import PipelineError
-from cpsl.evaluate import input_range, learnt
+from cpsl.evaluate import input_range
 from cpsl.evaluate.reliance import reliance_check
 from cpsl.io_utils import refuse_symlink, remove_stale_temporaries
 from cpsl.metrics import compute_metrics, json_safe
@@ -167,7 +167,7 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
     result["learnt"] = _assess_learnt(run_dir, ckpt, data_path, result["reliance"])
     if result["learnt"]["av_not_learnt"]:
-        print(f"cpsl evaluate: warning: {learnt.hint_line(str(run_dir), _rate_setting(meta['ablation'], dataset))}",
+        print(f"cpsl evaluate: warning: {av_learnt.hint_line(str(run_dir), _rate_setting(meta['ablation'], dataset))}",
               file=sys.stderr)
 
     run_folder.write_predictions(run_dir, rows)
@@ -177,20 +177,20 @@ def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
 
 
 def _assess_learnt(run_dir: Path, ckpt: dict, data_path: Path, reliance: dict) -> dict:
-    """cpsl.evaluate.learnt's verdict; the unimodal heads' telemetry comes from the run's history.csv (absent:
+    """cpsl.av_learnt's verdict; the unimodal heads' telemetry comes from the run's history.csv (absent:
     the reliance draws alone decide)."""
     history_path = run_dir / run_folder.HISTORY_FILE
     history = run_folder.read_history(history_path) if history_path.is_file() else None
     has_av, note = _reads_av(ckpt["meta"])
-    return learnt.assess(has_av, history, reliance, learnt.constant_predictor_mae(read_labels(data_path, "train")),
-                         note=note)
+    constant = av_learnt.constant_predictor_mae(read_labels(data_path, "train"))
+    return av_learnt.assess(has_av, history, reliance, constant, note=note)
 
 
 def _rate_setting(row_id: str, dataset: str) -> str:
     """The param that sets the learning rate of the row's new modules (a baseline: its own train section)."""
     spec = rows.row(row_id).baseline
     if spec is None:
-        return learnt.SETTING
+        return av_learnt.SETTING
     return f"{rows.BASELINES_SECTION}.{spec.section}.{rows.hyper_dataset(dataset)}.train.lr_new_modules"
 
 

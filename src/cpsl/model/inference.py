@@ -6,10 +6,9 @@ size, up to float round-off). With ``batch`` (the paper read literally) each bat
 own min/max and the evaluation runs in batches of ``train.batch_size`` in cache order
 (:func:`inference_batch_size`), so predictions depend on the neighbours. A DDP-wrapped model is unwrapped
 and the normalisation is never all-reduced here, so rank 0 can evaluate alone. The model's train/eval mode
-is restored afterwards. Losses, when ``loss_params`` is given, are the Eq. 4 terms averaged over segments
-(each batch weighted by its size); any other model's, when ``losses`` (out, batch) -> {term: scalar} is given
-(a row's recipe: cpsl.train.recipe). Only ``prediction`` is required of the model's output; ``uni_a``/``uni_v``
-are the CP+SL model's unimodal heads (None for a model without them).
+is restored afterwards. Losses, when ``losses`` (out, batch) -> {term: scalar} is given (a row's recipe:
+cpsl.train.recipe), are averaged over segments (each batch weighted by its size). Only ``prediction`` is required
+of the model's output; ``uni_a``/``uni_v`` are the CP+SL model's unimodal heads (None for a model without them).
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpsl.model.losses import total_loss
 from cpsl.names import TENSOR_KEYS as REQUIRED
 
 
@@ -51,15 +49,9 @@ def inference_batch_size(params: dict) -> int:
     return int(params["execution"]["eval_batch_size"])
 
 
-def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, loss_params: dict | None = None,
-                  switches=None, losses=None) -> InferenceResult:
+def run_inference(model: nn.Module, arrays: dict, batch_size: int, device, losses=None) -> InferenceResult:
     if batch_size < 1:
         raise ValueError(f"run_inference: batch_size must be >= 1, got {batch_size}")
-    if loss_params is not None and switches is None:
-        raise ValueError("run_inference: loss_params given without switches (needed to form the Eq. 4 total)")
-    if loss_params is not None:
-        def losses(out, batch):
-            return total_loss(out, batch["label"], loss_params, switches)
     n = _check(arrays)
     model = getattr(model, "module", model)  # DDP wrapper: run the bare model, no collective calls
     was_training = model.training

@@ -13,7 +13,8 @@ file and the differing keys (cpsl.run_identity.check_metrics_run).
 Writes ``reports/<dataset>/{summary.json, table1.md, table1.csv, table2.md, table2.csv, figure2_losses.png,
 figure3_modulation.png, history_mean.csv, results.json}`` as one set (cpsl.report.output_set: all written into a staging
 folder, then swapped in; ``out_dir`` replaces reports/<dataset>). Rows are
-any row of cpsl.rows: Table 2 shows the CP+SL rows, Table 1 the baselines, T0 and A6 (cpsl.report.tables).
+any row of cpsl.rows: Table 2 shows the CP+SL rows (cpsl.report.table2), Table 1 the baselines, T0 and A6
+(cpsl.report.table1).
 
 Statistics (cpsl.report.stats has the details): per ablation and metric, on test and valid, the mean,
 std (ddof=1), a t 95% interval over seeds (null with one seed) and each seed's value; the full model A6
@@ -24,7 +25,7 @@ runs; else the full model, else the first CP+SL row that has runs, else the firs
 Rows the paper lists twice (B1 = A1, C3 = A2, C4 = A5) are trained once; both labels are reported from the
 same runs (``trained_as`` in summary.json). The modality-reliance deltas of cpsl evaluate are aggregated over
 seeds like the metrics (``reliance``).
-Per row, ``av_learnt`` counts the seeds whose acoustic/visual path did not learn (cpsl.evaluate.learnt, the
+Per row, ``av_learnt`` counts the seeds whose acoustic/visual path did not learn (cpsl.av_learnt, the
 verdict evaluate wrote to metrics.json; Tables 1-2 mark such rows and a line on stderr names the setting to
 change), and ``modulation_vs_paper`` holds the per-epoch c_a, c_v and imbalance degree beside the paper's
 Section 3.5 ranges with the share of the modulation window inside them (cpsl.report.telemetry; Figure 3 shades
@@ -38,15 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsl import paths, run_folder
+from cpsl import av_learnt, paths, run_folder
+from cpsl.ablations import labels_of
 from cpsl.errors import PipelineError
-from cpsl.evaluate import learnt
 from cpsl.io_utils import refuse_symlink, write_json_atomic
 from cpsl.metrics import METRIC_KEYS, json_safe
-from cpsl.report import figures, output_set, results_metrics, stats, tables, telemetry
+from cpsl.report import figures, output_set, results_metrics, stats, telemetry
 from cpsl.report.metrics_schema import check_metrics
 from cpsl.report.paper_results import FULL_MODEL_ID
-from cpsl.rows import ROWS, canonical, is_baseline, labels_of, trained_rows
+from cpsl.report.table1 import write_table1
+from cpsl.report.table2 import write_table2
+from cpsl.rows import ROWS, canonical, is_baseline, trained_rows
 from cpsl.run_identity import check_metrics_run, check_rows_consistent, training_params
 
 N_RESAMPLES = 5000
@@ -155,7 +158,7 @@ def _aggregate(runs: list[dict], gm: dict) -> dict:
         reliance = _reliance(group)
         if reliance:
             entry["reliance"] = reliance
-        entry["av_learnt"] = learnt.row_summary({r["seed"]: r["metrics"].get("learnt") for r in group})
+        entry["av_learnt"] = av_learnt.row_summary({r["seed"]: r["metrics"].get("learnt") for r in group})
         histories, seeds = _histories(group)
         if histories and not is_baseline(aid):  # the baselines have no modulation
             entry["modulation_vs_paper"] = telemetry.against_paper(histories, seeds, _window(group, gm))
@@ -270,7 +273,7 @@ def build_summary(params: dict, runs: list[dict], missing: list[str], others: li
         "configured": {"ablations": list(params["ablations"]), "grid": grid, "table1": table1,
                        "seeds": list(params["train"]["seeds"]), "missing_runs": missing},
         "other_folders_not_read": others,
-        "av_learnt_rule": learnt.RULE,
+        "av_learnt_rule": av_learnt.RULE,
         "ablations": aggregated,
         "comparisons": _compare(runs),
     }
@@ -319,7 +322,8 @@ def run_report(params: dict, results_dir=None, out_dir=None, grid: bool = False,
     summary["figures"] = {"ablation": fig_id, "seeds": seeds}
     # every output into a staging folder, swapped in as one set: a kill leaves the old report or the new one
     with output_set.staged_set(out_dir, (summary_file.name, *paths.REPORT_FILES)) as staged:
-        tables.write_tables(summary, staged)
+        write_table2(summary, staged)  # table2 first, as before: a write fault names reports/<dataset>/table2.md
+        write_table1(summary, staged)
         figures.write_figures(histories, staged, f"{dataset}, {fig_id} ({ROWS[fig_id].label}), mean over seeds "
                                                  f"{', '.join(map(str, seeds))}",
                               against=summary["ablations"][fig_id].get("modulation_vs_paper"))
@@ -337,4 +341,4 @@ def _warn_not_learnt(summary: dict) -> None:
             and e.get("trained_as", aid) == aid]
     if rows:
         print(f"cpsl report: warning: the acoustic/visual path did not learn in {', '.join(rows)}; "
-              f"{learnt.HINT}", file=sys.stderr)
+              f"{av_learnt.HINT}", file=sys.stderr)

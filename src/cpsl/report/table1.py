@@ -7,23 +7,28 @@ stream permuted). The paper's number is the row of ``paper_results.TABLE1`` for 
 and for a baseline the row of its text backbone (``BaselineSpec.paper_rows``: "d" for a DeBERTa text model, "b" for
 BERT-base, as the paper names them); none on the demo or for another backbone (e.g. the demo's MiniLM). The paper
 does not say which Acc-2/F1 convention its rows use: its numbers stand beside our non-zero ones. Then the paired
-comparisons of A6 with each of these rows, the same tests as Table 2 (summary.json ``comparisons``).
+comparisons of A6 with each of these rows, the same tests as Table 2 (summary.json ``comparisons``), and then the
+paper's Table 1 itself with our A6 beside its rows. All of Table 1 is here; what it shares with Table 2 is in
+:mod:`cpsl.report.table_parts`.
 """
 from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
-from cpsl.evaluate import learnt
+from cpsl import av_learnt
+from cpsl.io_utils import write_text_atomic
 from cpsl.report.paper_results import FULL_MODEL_ID, TABLE1
-from cpsl.report.tables import (
+from cpsl.report.table_parts import (
     CONVENTION_NOTE,
     RELIANCE_NOTE,
-    _num,
-    _reliance_stat,
-    _stat,
     comparison_lines,
+    fmt,
     learnt_footnote,
+    num,
+    reliance_stat,
+    stat,
 )
 from cpsl.rows import BASELINE_IDS, ROWS, backbone, is_baseline
 
@@ -83,19 +88,19 @@ def runs_rows(summary: dict) -> list[dict]:
                "n_seeds": len(entry["seeds"]), "seeds": " ".join(str(s) for s in entry["seeds"]),
                "paper_row": name or ""}
         for _, key, field, _d in COLUMNS:
-            st = _stat(summary, aid, key)
+            st = stat(summary, aid, key)
             ci = st.get("ci95") or (None, None)
-            rec.update({f"{key}_mean": _num(st.get("mean")), f"{key}_std": _num(st.get("std")),
-                        f"{key}_ci95_low": _num(ci[0]), f"{key}_ci95_high": _num(ci[1])})
+            rec.update({f"{key}_mean": num(st.get("mean")), f"{key}_std": num(st.get("std")),
+                        f"{key}_ci95_low": num(ci[0]), f"{key}_ci95_high": num(ci[1])})
             if field is not None:
                 rec[f"{key}_paper"] = "" if paper is None else getattr(paper, field)
         for _, stream, key, _d in RELIANCE:
-            st = _reliance_stat(summary, aid, stream, key)
+            st = reliance_stat(summary, aid, stream, key)
             ci = st.get("ci95") or (None, None)
             prefix = f"reliance_{stream}_{key}"
-            rec.update({f"{prefix}_mean": _num(st.get("mean")), f"{prefix}_std": _num(st.get("std")),
-                        f"{prefix}_ci95_low": _num(ci[0]), f"{prefix}_ci95_high": _num(ci[1])})
-        rec["av_not_learnt"] = learnt.csv_cell(entry.get("av_learnt"))
+            rec.update({f"{prefix}_mean": num(st.get("mean")), f"{prefix}_std": num(st.get("std")),
+                        f"{prefix}_ci95_low": num(ci[0]), f"{prefix}_ci95_high": num(ci[1])})
+        rec["av_not_learnt"] = av_learnt.csv_cell(entry.get("av_learnt"))
         out.append(rec)
     return out
 
@@ -129,15 +134,69 @@ def runs_markdown(summary: dict) -> str:
     for aid in ids:
         entry = summary["ablations"][aid]
         name, paper = paper_row(summary, aid)
-        mark = learnt.table1_suffix(entry.get("av_learnt"))
+        mark = av_learnt.table1_suffix(entry.get("av_learnt"))
         cells = [aid, entry["label"] + mark, str(len(entry["seeds"])), name or "-"]
         for _label, key, field, d in COLUMNS:
-            cells.append(_cell(_stat(summary, aid, key), d))
+            cells.append(_cell(stat(summary, aid, key), d))
             if field:
                 cells.append("-" if paper is None else f"{getattr(paper, field):.{d}f}")
         for _label, stream, key, d in RELIANCE:
-            cells.append(_cell(_reliance_stat(summary, aid, stream, key), d))
-        cells.append(learnt.table_cell(entry.get("av_learnt")))
+            cells.append(_cell(reliance_stat(summary, aid, stream, key), d))
+        cells.append(av_learnt.table_cell(entry.get("av_learnt")))
         lines.append("| " + " | ".join(cells) + " |")
     others = [a for a in ids if a != FULL_MODEL_ID]
     return "\n".join(lines + learnt_footnote(summary, ids) + comparison_lines(summary, ids=others)) + "\n"
+
+
+def _paper_block(title: str, rows: list[tuple[str, tuple]], ours: list[str] | None) -> list[str]:
+    out = [f"### {title}", "", "| Method | Acc-2 | F1 | MAE | Corr |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        out.append(f"| {name} | {r.acc2:.2f} | {r.f1:.2f} | {r.mae:.3f} | {r.corr:.3f} |")
+    if ours:
+        out.append("| " + " | ".join(ours) + " |")
+    return out + [""]
+
+
+def paper_markdown(summary: dict) -> str:
+    """The paper's Table 1 with our full model's row beside its rows (the second part of table1.md)."""
+    dataset = summary["dataset"]
+    lines = [f"## The paper's Table 1 - our full model ({FULL_MODEL_ID}) on `{dataset}` beside the paper's rows", ""]
+    ours = None
+    if FULL_MODEL_ID in summary["ablations"]:
+        n = len(summary["ablations"][FULL_MODEL_ID]["seeds"])
+        mark = av_learnt.table1_suffix(summary["ablations"][FULL_MODEL_ID].get("av_learnt"))
+        ours = [f"**Ours (this reproduction, {n} seed{'s' if n != 1 else ''})**{mark}"]
+        for key, d in (("acc2_nonzero", 2), ("f1_nonzero", 2), ("mae", 3), ("corr", 3)):
+            st = stat(summary, FULL_MODEL_ID, key)
+            ours.append(fmt(st.get("mean"), st.get("std"), d))
+        hz = [fmt(stat(summary, FULL_MODEL_ID, k).get("mean"), stat(summary, FULL_MODEL_ID, k).get("std"), 2)
+              for k in ("acc2_haszero", "f1_haszero")]
+        conv = (f"{CONVENTION_NOTE} Has-zero for our row: Acc-2 {hz[0]}, F1 {hz[1]}. "
+                "Paper rows are copied from its Table 1; their conventions are those of the cited works.")
+    else:
+        conv = f"No run of the full model {FULL_MODEL_ID} was found; only the paper's rows are listed."
+    lines += [conv, ""]
+    if dataset in TABLE1:
+        lines += _paper_block(f"CMU-{dataset.upper()}", TABLE1[dataset], ours)
+    else:
+        lines += [f"**The paper's rows below are for CMU-MOSI and CMU-MOSEI; ours are on `{dataset}`. "
+                  "They are NOT comparable: they are listed only for the table's layout.**", ""]
+        if ours:
+            lines += [f"### Ours on `{dataset}`", "", "| Method | Acc-2 | F1 | MAE | Corr |", "|---|---|---|---|---|",
+                      "| " + " | ".join(ours) + " |", ""]
+        for name in ("mosi", "mosei"):
+            lines += _paper_block(f"CMU-{name.upper()} (paper)", TABLE1[name], None)
+    lines += learnt_footnote(summary, [FULL_MODEL_ID])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_table1(summary: dict, out_dir) -> list[str]:
+    """Write table1.md (Table 1 from runs, then the paper's Table 1 beside our A6) and table1.csv atomically into
+    ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    written = []
+    markdown = runs_markdown(summary) + "\n" + paper_markdown(summary)
+    for name, text in (("table1.md", markdown), ("table1.csv", runs_csv(summary))):
+        write_text_atomic(out_dir / name, text)
+        written.append(str(out_dir / name))
+    return written

@@ -5,7 +5,7 @@ At batch 8 x 50 the eager step of DeBERTa-v3-base is bound by kernel launches an
 Eq. 5-6 + GE, the gradient norm and flags, clipping) with one launch. ``execution.cuda_graph_scope`` says whether the
 AdamW step is in the graph too: ``body`` (default) keeps it outside, exactly as in the other modes; ``step``
 captures it as well, with a capturable AdamW whose learning rates are device tensors that the scheduler updates in
-place (cpsl.train.loop.make_optimizer), so that a replay reads the current rate.
+place (cpsl.train.recipe.make_optimizer), so that a replay reads the current rate.
 
 How it stays exact:
 - Static shapes: one graph per case, keyed by the row's recipe (CP+SL: whether the modulation window is open, as

@@ -57,11 +57,7 @@ from cpsl.train import checkpoint as ckpt
 from cpsl.train.cuda_graphs import GraphedSteps
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
 from cpsl.train.distributed import DistContext, gather_objects
-from cpsl.train.recipe import (  # noqa: F401 - make_optimizer, linear_warmup_decay: their home was here (tests)
-    Recipe,
-    linear_warmup_decay,
-    make_optimizer,
-)
+from cpsl.train.recipe import Recipe
 from cpsl.train.recipes import recipe_for
 from cpsl.train.step import Collapse, EpochSums, StepBody, Stepper
 

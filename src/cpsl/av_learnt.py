@@ -1,6 +1,7 @@
 """Did a run's acoustic/visual path learn anything? One rule for every row (ours, with unimodal heads, or a
 Table 1 baseline without them); evaluate writes the verdict to metrics.json, report counts it per row in
-summary.json, and the table writers ask :func:`table_cell` / :func:`table1_suffix` per row.
+summary.json, and the table writers ask :func:`table_cell` / :func:`table1_suffix` per row. Torch-free and at the
+package level, not inside either stage: both stages use it, and neither imports the other's internals.
 
 Evidence, per stream m (acoustic, visual), each used only where the run has it:
 
