@@ -43,14 +43,22 @@ SIZES = {"train": 256, "valid": 48, "test": 96}
 BASE = {"dataset": "mosi", "model.intermediate_dim": 16, "model.fusion_dim": 16, "train.batch_size": 8,
         "train.lr": 1e-4, "train.lr_new_modules": 5e-3, "train.warmup_ratio": 0.1, "execution.device": "cpu",
         "execution.nproc": 1, "execution.eval_batch_size": 32, "eval.reliance_permutations": 1}
+# setting -> (params overrides, optimizer, SGD's rates as a multiple of AdamW's: a plain-gradient step needs a
+# larger rate to move at all)
 SETTINGS = {
-    "paper": ({}, "adamw"),
-    "sl_x100": ({"loss.stat": 10.0}, "adamw"),
-    "ge_modulated": ({"gm.ge_noise": "modulated"}, "adamw"),
-    "sgd": ({}, "sgd"),
-    "sgd_sl_x100": ({"loss.stat": 10.0}, "sgd"),
+    "paper": ({}, "adamw", None),
+    "sl_x100": ({"loss.stat": 10.0}, "adamw", None),
+    "ge_modulated": ({"gm.ge_noise": "modulated"}, "adamw", None),
+    "sgd": ({}, "sgd", 20.0),
+    "sgd_sl_x100": ({"loss.stat": 10.0}, "sgd", 20.0),
+    # the stability edge: where a step's size follows the gradient's (SGD), a rate high enough for the dominant
+    # stream's scaled gradient (c <= 0.24) to overshoot, but not the CP-halved one, is where CP could rescue
+    "sgd_hot": ({}, "sgd", 200.0),
+    "sgd_hotter": ({}, "sgd", 1000.0),
+    "sgd_sl_x100_hot": ({"loss.stat": 10.0}, "sgd", 200.0),
+    # AdamW at a hot rate for the new modules (its step follows the rate, not the gradient)
+    "adamw_hot": ({"train.lr_new_modules": 5e-2}, "adamw", None),
 }
-SGD_LR_SCALE = 20.0  # SGD's rates: AdamW's x 20 (a plain-gradient step needs a larger rate to move at all)
 
 
 def planted_cache(path: Path, seed: int = 25) -> Path:
@@ -99,9 +107,13 @@ def study_params(text_model: str, epochs: int, overrides: dict) -> dict:
 
 
 class use_sgd:
-    """Context: the trainer's AdamW replaced by SGD with momentum over the same two groups (rates x SGD_LR_SCALE)."""
+    """Context: the trainer's AdamW replaced by SGD with momentum over the same two groups (rates x ``scale``)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
 
     def __enter__(self):
+        scale = self.scale
         import torch
 
         from cpsl.train import recipe
@@ -111,8 +123,8 @@ class use_sgd:
         def sgd(self_, tp, *args, **kwargs):
             groups = recipe.text_and_new_groups(self_.model, tp)
             for g in groups:
-                g["lr"] *= SGD_LR_SCALE
-            return torch.optim.SGD(groups, lr=tp["lr"] * SGD_LR_SCALE, momentum=0.9)
+                g["lr"] *= scale
+            return torch.optim.SGD(groups, lr=tp["lr"] * scale, momentum=0.9)
 
         recipe.Recipe.optimizer = sgd
         return self
@@ -123,7 +135,7 @@ class use_sgd:
         recipe.Recipe.optimizer = self.real
 
 
-def run_one(params: dict, ablation: str, seed: int, cache: Path, run: Path, optimizer: str) -> dict:
+def run_one(params: dict, ablation: str, seed: int, cache: Path, run: Path, sgd_scale: float | None) -> dict:
     import contextlib
 
     from study_table2 import loss_spikes
@@ -133,7 +145,7 @@ def run_one(params: dict, ablation: str, seed: int, cache: Path, run: Path, opti
     from cpsl.train.stage import run_train
 
     start = time.time()
-    with use_sgd() if optimizer == "sgd" else contextlib.nullcontext():
+    with use_sgd(sgd_scale) if sgd_scale else contextlib.nullcontext():
         code = run_train(params, seed=seed, ablation=ablation, data_path=cache, out_dir=run)
     hist = read_history(run / "history.csv") if (run / "history.csv").is_file() else []
     row = {"exit_code": code, "collapse_guard_stop": (run / COLLAPSE_FILE).is_file(), "epochs_run": len(hist),
@@ -205,23 +217,26 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cache = planted_cache(work / "planted.h5")
     text = tiny_text_model(work / "tiny_text")
-    runs = []
+    out = Path(args.out) / f"{args.tag}.json"
+    # runs already recorded under this tag are kept and not rerun (settings added later extend the same record)
+    runs = json.loads(out.read_text())["runs"] if out.is_file() else []
+    done = {(r["setting"], r["ablation"], r["seed"], r["epochs"]) for r in runs}
     for setting in args.settings:
-        overrides, optimizer = SETTINGS[setting]
+        overrides, optimizer, sgd_scale = SETTINGS[setting]
         params = study_params(text, args.epochs, overrides)
         for seed in args.seeds:
             for ablation in ("A5", "A6"):
-                row = {"setting": setting, "optimizer": optimizer, "overrides": overrides, "ablation": ablation,
-                       "seed": seed, "epochs": args.epochs,
-                       **run_one(params, ablation, seed, cache, work / "runs" / f"{setting}-{ablation}-seed{seed}",
-                                 optimizer)}
+                if (setting, ablation, seed, args.epochs) in done:
+                    continue
+                run = work / "runs" / f"{setting}-{ablation}-e{args.epochs}-seed{seed}"
+                row = {"setting": setting, "optimizer": optimizer, "sgd_lr_scale": sgd_scale, "overrides": overrides,
+                       "ablation": ablation, "seed": seed, "epochs": args.epochs,
+                       **run_one(params, ablation, seed, cache, run, sgd_scale)}
                 runs.append(row)
                 print(f"{setting} {ablation} seed {seed}: {row.get('test')} c_v {row['gm/c_v']} "
                       f"conflicts {row['gm/conflicts']} ({row['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-                write_json_atomic(Path(args.out) / f"{args.tag}.json",
-                                  {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN}, "base": BASE,
-                                   "settings": {k: SETTINGS[k] for k in args.settings}, "summary": summarise(runs),
-                                   "runs": runs})
+                write_json_atomic(out, {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN},
+                                        "base": BASE, "settings": SETTINGS, "summary": summarise(runs), "runs": runs})
     print(json.dumps(summarise(runs), indent=1))
     return 0
 

@@ -67,7 +67,7 @@ def project_params(dataset: str, work: Path, seeds: list[int], epochs: int | Non
         from study_lr_new_modules import MIRROR_MAX_SEQ_LEN
 
         params["dataset"] = "mosi"
-        params["data"]["mirror"] = str(mirror_folder(dataset, work))
+        params["data"]["mirror"] = str(work / "mirrors" / dataset)  # written by mirror_folder before the run
         params["data"]["max_seq_len"] = MIRROR_MAX_SEQ_LEN
         params["text"]["model"] = TEXT_MODEL
         if epochs is not None:
@@ -282,6 +282,8 @@ def main(argv=None) -> int:
         project = work / dataset
         if not args.collect_only:
             params = project_params(dataset, work, args.seeds, args.epochs, rows, args.demo_videos)
+            if dataset != "demo":
+                mirror_folder(dataset, work)
             make_project(project, params)
             with (work / f"{dataset}.log").open("a") as log:
                 codes = run_pipeline(project, args.cores, rows is None, log)

@@ -85,3 +85,17 @@ def test_the_study_on_a_tiny_demo_matches_its_run_folders_and_report(tmp_path):
     boot = summary["comparisons"]["vs"]["A0"]["paired_bootstrap_over_test_segments"]["metrics"]["mae"]
     assert ds["rows"]["A0"]["vs_A6"]["mae"]["bootstrap"] == boot and "vs_A6" not in ds["rows"]["A6"]
     assert math.isfinite(boot["p"]) and ds["rows"]["A0"]["vs_A6"]["mae"]["t_test_p"] is None
+
+
+@pytest.mark.parametrize("dataset", ["demo", "mosi_mirror", "real_features"])
+def test_each_datasets_project_params_validate(tmp_path, dataset):
+    """A renamed param fails here, not an hour into the study."""
+    from cpsl.config import validate_params
+
+    study = _study()
+    params = validate_params(study.project_params(dataset, tmp_path, [0, 1, 2], 3, None), "study params")
+    assert params["train"]["seeds"] == [0, 1, 2] and params["train"]["epochs"] == 3
+    assert params["execution"]["device"] == "cpu" and params["ablations"] == ["A6", "T0"]
+    if dataset != "demo":
+        assert params["dataset"] == "mosi" and params["data"]["mirror"] == str(tmp_path / "mirrors" / dataset)
+        assert params["text"]["model"] == study.TEXT_MODEL
