@@ -133,11 +133,14 @@ def run_pipeline(project: Path, cores: int, grid: bool, log) -> dict:
     smk = _snakemake(project, cores, config, log)
     codes["snakemake"] = smk
     if smk != 0:  # the report rule did not run: report the runs that finished
-        rep = subprocess.run([sys.executable, "-m", "cpsl.cli", "report", *(["--grid"] if grid else [])],
-                             cwd=project, env=project_env(project), stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-        codes["report"] = rep.returncode
+        codes["report"] = _report(project, grid, log)
     return codes
+
+
+def _report(project: Path, grid: bool, log) -> int:
+    return subprocess.run([sys.executable, "-m", "cpsl.cli", "report", *(["--grid"] if grid else [])], cwd=project,
+                          env=project_env(project), stdout=log, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL).returncode
 
 
 def _snakemake(project: Path, cores: int, args: list[str], log) -> int:
@@ -219,7 +222,61 @@ def collect(project: Path, dataset: str) -> dict:
             "epochs": epochs,
             "text_model": params["demo"]["text_model"] if data == "demo" else params["text"]["model"],
             "spike_rule": f"train/total > {SPIKE_FACTOR:g} x the previous epoch's", "collapse_guard_folders": stopped,
-            "rows": rows}
+            "rows": rows, "claims": claims(rows)}
+
+
+# Table 2 of the paper (CMU-MOSI): test MAE / Corr of the rows the claims compare
+PAPER = {"A0": (0.6773, 0.8295), "A1": (0.6771, 0.8314), "A2": (0.6653, 0.8538), "A3": (0.6613, 0.8511),
+         "A4": (0.6560, 0.8478), "A5": (1.1268, 0.7292), "A6": (0.6379, 0.8644), "B3": (0.6599, 0.8523),
+         "B5": (0.6808, 0.8411), "C1": (0.8646, 0.7523), "C5": (0.6478, 0.8538)}
+
+
+def paired(rows: dict, a: str, b: str, key: str = "mae") -> dict | None:
+    """Row a minus row b on ``key`` over their shared seeds: mean difference, per seed, paired t-test p (>= 2)."""
+    if a not in rows or b not in rows:
+        return None
+    pa, pb = rows[a][key]["per_seed"], rows[b][key]["per_seed"]
+    shared = sorted(set(pa) & set(pb), key=int)
+    diffs = [pa[s] - pb[s] for s in shared if pa[s] is not None and pb[s] is not None]
+    if not diffs:
+        return None
+    out = {"rows": f"{a} - {b}", "metric": key, "mean_diff": sum(diffs) / len(diffs),
+           "per_seed": dict(zip(shared, diffs)), "t_test_p": None}
+    if len(diffs) >= 2:
+        from scipy import stats
+
+        out["t_test_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    if a in PAPER and b in PAPER:
+        out["paper_diff"] = PAPER[a][key == "corr"] - PAPER[b][key == "corr"]
+    return out
+
+
+def claims(rows: dict) -> dict:
+    """The numbers each of the issue's six claims is judged on (row differences paired over seeds)."""
+    group_a = [r for r in ("A0", "A1", "A2", "A3", "A4", "A5", "A6") if r in rows]
+    paper_rows = [r for r in rows if r != "T0"]
+    best = {k: (min if k == "mae" else max)(paper_rows, key=lambda r: rows[r][k]["mean"]) for k in METRICS}
+    stab = {r: {"mae_std": rows[r]["mae"]["std"], "corr_std": rows[r]["corr"]["std"],
+                "loss_spikes": rows[r]["loss_spikes"], "collapse_guard_stops": rows[r]["collapse_guard_stops"]}
+            for r in rows}
+    return {
+        "1_A5_collapses": [paired(rows, "A5", "A4"), paired(rows, "A5", "A4", "corr")],
+        "2_CP_rescues": [paired(rows, "A6", "A5"), paired(rows, "A6", "A5", "corr"),
+                         {"best_row_per_metric": best}],
+        "3_GE_without_AME": [paired(rows, "C1", "B5"), paired(rows, "C1", "B5", "corr")],
+        "4_SL_alone_strong": [paired(rows, "B3", "A0"), paired(rows, "B3", "A6")],
+        "5_group_A_steps": [{"mae_means": {r: rows[r]["mae"]["mean"] for r in group_a},
+                             "steps_improving_mae": sum(rows[b]["mae"]["mean"] < rows[a]["mae"]["mean"]
+                                                        for a, b in zip(group_a, group_a[1:]))},
+                            paired(rows, "A6", "A0"), paired(rows, "C5", "A6")],
+        "6_stability": stab,
+    }
+
+
+def _compact(v) -> str:
+    if isinstance(v, dict):
+        return " ".join(f"{k} {_compact(x)}" for k, x in v.items())
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def _ms(d: dict, digits: int = 3) -> str:
@@ -249,6 +306,23 @@ def markdown(result: dict) -> str:
                          f"{_ms(r['acc2_nonzero'], 1)} | {cell} | {mark or '-'} | {_num(r['c_a'])} | "
                          f"{_num(r['c_v'])} | {_num(r['conflicts_per_epoch'], 1)} | {r['loss_spikes']} | "
                          f"{r['collapse_guard_stops']} |")
+        lines += ["", "| claim | measured (row − row, mean over shared seeds; paired t-test p over seeds) | paper |",
+                  "|---|---|---|"]
+        for name, items in ds.get("claims", {}).items():
+            if name == "6_stability":
+                continue
+            cells, paper = [], []
+            for item in items:
+                if item is None:
+                    cells.append("not run")
+                elif "rows" in item:
+                    cells.append(f"{item['rows']} {item['metric']} {item['mean_diff']:+.3f} "
+                                 f"(p {_num(item['t_test_p'], 3)})")
+                    if "paper_diff" in item:
+                        paper.append(f"{item['rows']} {item['metric']} {item['paper_diff']:+.3f}")
+                else:
+                    cells.append(", ".join(f"{k}: {_compact(v)}" for k, v in item.items()))
+            lines.append(f"| {name} | {'; '.join(cells)} | {'; '.join(paper) or '-'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -274,13 +348,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--tag", default="study_table2")
     ap.add_argument("--collect-only", action="store_true", help="only collect what the projects hold")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run `cpsl report` in each project (the runs that finished; no training), then collect")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     rows = None if args.rows is None else list(dict.fromkeys(["A6", *args.rows]))
     result = {"spike_factor": SPIKE_FACTOR, "command": " ".join(sys.argv), "datasets": []}
     for dataset in args.datasets:
         project = work / dataset
-        if not args.collect_only:
+        if args.report_only:
+            with (work / f"{dataset}.log").open("a") as log:
+                print(f"{dataset}: report exit {_report(project, rows is None, log)}", file=sys.stderr, flush=True)
+        elif not args.collect_only:
             params = project_params(dataset, work, args.seeds, args.epochs, rows, args.demo_videos)
             if dataset != "demo":
                 mirror_folder(dataset, work)

@@ -99,3 +99,24 @@ def test_each_datasets_project_params_validate(tmp_path, dataset):
     if dataset != "demo":
         assert params["dataset"] == "mosi" and params["data"]["mirror"] == str(tmp_path / "mirrors" / dataset)
         assert params["text"]["model"] == study.TEXT_MODEL
+
+
+def test_claims_pair_rows_over_their_shared_seeds():
+    study = _study()
+
+    def row(maes, corr=0.8):
+        per = {str(s): v for s, v in enumerate(maes)}
+        return {"mae": {"mean": sum(maes) / len(maes), "std": 0.1, "per_seed": per},
+                "corr": {"mean": corr, "std": 0.0, "per_seed": {s: corr for s in per}},
+                "acc2_nonzero": {"mean": 80.0, "std": 0.0, "per_seed": {s: 80.0 for s in per}},
+                "loss_spikes": 0, "collapse_guard_stops": 0}
+
+    rows = {"A4": row([0.6, 0.7, 0.8]), "A5": row([1.0, 1.2, 1.3], 0.7), "A6": row([0.5, 0.6])}
+    c1 = study.claims(rows)["1_A5_collapses"][0]
+    assert c1["rows"] == "A5 - A4" and c1["per_seed"] == pytest.approx({"0": 0.4, "1": 0.5, "2": 0.5})
+    assert c1["mean_diff"] == pytest.approx(1.4 / 3) and 0 < c1["t_test_p"] < 0.01
+    assert c1["paper_diff"] == pytest.approx(1.1268 - 0.6560)
+    c2 = study.claims(rows)["2_CP_rescues"]
+    assert c2[0]["per_seed"] == pytest.approx({"0": -0.5, "1": -0.6})  # seed 2 has no A6 run
+    assert c2[2]["best_row_per_metric"]["mae"] == "A6" and c2[2]["best_row_per_metric"]["corr"] == "A4"
+    assert study.claims(rows)["3_GE_without_AME"] == [None, None]  # C1, B5 not run: said, not guessed
