@@ -242,7 +242,7 @@ def paired(rows: dict, a: str, b: str, key: str = "mae") -> dict | None:
         return None
     out = {"rows": f"{a} - {b}", "metric": key, "mean_diff": sum(diffs) / len(diffs),
            "per_seed": dict(zip(shared, diffs)), "t_test_p": None}
-    if len(diffs) >= 2:
+    if len(diffs) >= 2 and max(diffs) - min(diffs) > 1e-12 * max(1.0, abs(max(diffs))):  # else undefined
         from scipy import stats
 
         out["t_test_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
