@@ -16,7 +16,10 @@ stages. Per setting, A5 and A6 x seeds:
 * ``ge_modulated``: GE noise from the scaled gradient (gm.ge_noise: modulated), so the noise shrinks with c;
 * ``sgd``: the same with plain SGD (momentum 0.9) instead of AdamW: a counterfactual where scaling a gradient
   scales the update (AdamW divides each parameter's update by its own gradient RMS, which makes a steady c a no-op);
-* ``sgd_sl_x100``: both.
+* ``sgd_sl_x100``: both;
+* ``sgd_x50`` ... ``sgd_hotter``: SGD at 50 ... 1000 x AdamW's rates: the stability edge, where a step that follows
+  the gradient's size overshoots (if CP rescues anything by halving c, it is there);
+* ``adamw_hot``: AdamW with the new modules at 5e-2 (10 x).
 
 Records per run: test MAE / Corr, c_a / c_v / conflicts (window means), loss spikes (train/total > 2 x the previous
 epoch's), collapse-guard stops; per setting: A6 - A5 paired over seeds. Results: <out>/study_collapse.json.
@@ -53,6 +56,8 @@ SETTINGS = {
     "sgd_sl_x100": ({"loss.stat": 10.0}, "sgd", 20.0),
     # the stability edge: where a step's size follows the gradient's (SGD), a rate high enough for the dominant
     # stream's scaled gradient (c <= 0.24) to overshoot, but not the CP-halved one, is where CP could rescue
+    "sgd_x50": ({}, "sgd", 50.0),
+    "sgd_x100": ({}, "sgd", 100.0),
     "sgd_hot": ({}, "sgd", 200.0),
     "sgd_hotter": ({}, "sgd", 1000.0),
     "sgd_sl_x100_hot": ({"loss.stat": 10.0}, "sgd", 200.0),
@@ -154,6 +159,10 @@ def run_one(params: dict, ablation: str, seed: int, cache: Path, run: Path, sgd_
     for key in ("gm/c_a", "gm/c_v", "gm/conflicts", "gm/g_a", "gm/g_v", "gm/mae_a", "gm/mae_v"):
         vals = [h.get(key) for h in hist if h.get(key) is not None and math.isfinite(h.get(key))]
         row[key] = float(np.mean(vals)) if vals else None
+    if row["collapse_guard_stop"]:
+        record = json.loads((run / COLLAPSE_FILE).read_text())
+        row["stopped_at"] = record.get("global_step")
+        row["stopped_because"] = record.get("what")
     if code == 0:
         metrics = run_evaluate(params, run, data_path=cache)
         row["test"] = {k: metrics["test"][k] for k in ("mae", "corr", "acc2_nonzero")}
@@ -167,8 +176,12 @@ def summarise(runs: list[dict]) -> dict:
     for setting in dict.fromkeys(r["setting"] for r in runs):
         entry = {}
         for ablation in ("A5", "A6"):
-            rs = [r for r in runs if r["setting"] == setting and r["ablation"] == ablation and "test" in r]
-            if not rs:
+            every = [r for r in runs if r["setting"] == setting and r["ablation"] == ablation]
+            rs = [r for r in every if "test" in r]
+            if not rs:  # every run stopped by the collapse guard (or failed): say so
+                entry[ablation] = {"runs": len(every), "collapse_guard_stops": sum(r["collapse_guard_stop"]
+                                                                                   for r in every),
+                                   "stopped_at_global_step": [r.get("stopped_at") for r in every]}
                 continue
             entry[ablation] = {k: [float(np.mean([r["test"][k] for r in rs])),
                                    float(np.std([r["test"][k] for r in rs], ddof=1)) if len(rs) > 1 else None]
@@ -221,6 +234,11 @@ def main(argv=None) -> int:
     # runs already recorded under this tag are kept and not rerun (settings added later extend the same record)
     runs = json.loads(out.read_text())["runs"] if out.is_file() else []
     done = {(r["setting"], r["ablation"], r["seed"], r["epochs"]) for r in runs}
+    for r in runs:  # records written before the stop's step and reason were kept: read them from the run folder
+        record = work / "runs" / f"{r['setting']}-{r['ablation']}-e{r['epochs']}-seed{r['seed']}" / "collapse.json"
+        if r["collapse_guard_stop"] and "stopped_at" not in r and record.is_file():
+            info = json.loads(record.read_text())
+            r.update(stopped_at=info.get("global_step"), stopped_because=info.get("what"))
     for setting in args.settings:
         overrides, optimizer, sgd_scale = SETTINGS[setting]
         params = study_params(text, args.epochs, overrides)
