@@ -171,6 +171,13 @@ def run_one(params: dict, ablation: str, seed: int, cache: Path, run: Path, sgd_
     return row
 
 
+COLLAPSE_CORR = 0.5  # a run "collapsed": stopped by the guard, or test Corr below this (stable runs: >= 0.85)
+
+
+def collapsed(r: dict) -> bool:
+    return r["collapse_guard_stop"] or ("test" in r and r["test"]["corr"] < COLLAPSE_CORR)
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for setting in dict.fromkeys(r["setting"] for r in runs):
@@ -207,6 +214,14 @@ def summarise(runs: list[dict]) -> dict:
                 from scipy import stats
 
                 entry["A6_minus_A5_mae"]["t_test_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+        mine = [r for r in runs if r["setting"] == setting]
+        by_seed = {(r["ablation"], r["seed"]): collapsed(r) for r in mine}
+        seeds = sorted({r["seed"] for r in mine if ("A5", r["seed"]) in by_seed and ("A6", r["seed"]) in by_seed})
+        entry["collapsed"] = {"rule": f"collapse-guard stop, or test Corr < {COLLAPSE_CORR}", "seeds": len(seeds),
+                              "A5": sum(by_seed[("A5", s)] for s in seeds),
+                              "A6": sum(by_seed[("A6", s)] for s in seeds),
+                              "A5_only": sum(by_seed[("A5", s)] and not by_seed[("A6", s)] for s in seeds),
+                              "A6_only": sum(by_seed[("A6", s)] and not by_seed[("A5", s)] for s in seeds)}
         out[setting] = entry
     return out
 
