@@ -234,6 +234,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--tag", default="study_collapse")
+    ap.add_argument("--summarise", action="store_true", help="only re-summarise the runs recorded under --tag")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -254,7 +255,7 @@ def main(argv=None) -> int:
         if r["collapse_guard_stop"] and "stopped_at" not in r and record.is_file():
             info = json.loads(record.read_text())
             r.update(stopped_at=info.get("global_step"), stopped_because=info.get("what"))
-    for setting in args.settings:
+    for setting in [] if args.summarise else args.settings:
         overrides, optimizer, sgd_scale = SETTINGS[setting]
         params = study_params(text, args.epochs, overrides)
         for seed in args.seeds:
@@ -270,6 +271,8 @@ def main(argv=None) -> int:
                       f"conflicts {row['gm/conflicts']} ({row['wall_s']:.0f} s)", file=sys.stderr, flush=True)
                 write_json_atomic(out, {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN},
                                         "base": BASE, "settings": SETTINGS, "summary": summarise(runs), "runs": runs})
+    write_json_atomic(out, {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN}, "base": BASE,
+                            "settings": SETTINGS, "summary": summarise(runs), "runs": runs})
     print(json.dumps(summarise(runs), indent=1))
     return 0
 
