@@ -273,6 +273,17 @@ def claims(rows: dict) -> dict:
     }
 
 
+def _learnt_mark(learnt) -> str:
+    """The report's a/v verdict over seeds (cpsl.evaluate.learnt.row_summary) as a table cell."""
+    if not isinstance(learnt, dict):
+        return "-"
+    if learnt.get("not_applicable"):
+        return "n/a"
+    if learnt.get("n_marked"):
+        return f"**not learnt** ({learnt['n_marked']}/{learnt['n_seeds']})"
+    return "learnt" + (f" ({len(learnt['unknown_seeds'])} unknown)" if learnt.get("unknown_seeds") else "")
+
+
 def _compact(v) -> str:
     if isinstance(v, dict):
         return " ".join(f"{k} {_compact(x)}" for k, x in v.items())
@@ -300,8 +311,7 @@ def markdown(result: dict) -> str:
             boot = (vs or {}).get("bootstrap") or {}
             cell = "-" if not vs else (f"{_num(boot.get('diff'), 3)} (t p {_num(vs['t_test_p'], 3)}; "
                                        f"boot p {_num(boot.get('p'), 4)})")
-            learnt = r["av_learnt"]
-            mark = learnt.get("mark", learnt.get("status", "")) if isinstance(learnt, dict) else str(learnt)
+            mark = _learnt_mark(r["av_learnt"])
             lines.append(f"| {row_id} | {r['label']} | {_ms(r['mae'])} | {_ms(r['corr'])} | "
                          f"{_ms(r['acc2_nonzero'], 1)} | {cell} | {mark or '-'} | {_num(r['c_a'])} | "
                          f"{_num(r['c_v'])} | {_num(r['conflicts_per_epoch'], 1)} | {r['loss_spikes']} | "

@@ -79,6 +79,7 @@ def test_the_study_on_a_tiny_demo_matches_its_run_folders_and_report(tmp_path):
         assert row["conflicts_per_epoch"] == pytest.approx(float(hist[0]["gm/conflicts"]))
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {row_id} |"))
         assert f"{row['mae']['mean']:.3f}" in line and f"{row['corr']['mean']:.3f}" in line
+        assert "| learnt |" in line or "**not learnt** (1/1)" in line  # the report's verdict, one seed
     assert ds["rows"]["A0"]["c_a"] == 1.0 and ds["rows"]["A0"]["conflicts_per_epoch"] == 0  # no modulation
     assert ds["rows"]["A6"]["c_v"] < 1.0 or ds["rows"]["A6"]["c_a"] < 1.0  # modulated
     # the paired test vs A6 is the report's (one seed: the t-test is undefined, the bootstrap is not)
