@@ -178,11 +178,13 @@ def collapsed(r: dict) -> bool:
     return r["collapse_guard_stop"] or ("test" in r and r["test"]["corr"] < COLLAPSE_CORR)
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], pair: tuple[str, str] = ("A5", "A6")) -> dict:
+    """Per setting: each row of ``pair`` over its seeds, "<b>_minus_<a>_mae" paired by seed, and collapses."""
+    a, b = pair
     out = {}
     for setting in dict.fromkeys(r["setting"] for r in runs):
         entry = {}
-        for ablation in ("A5", "A6"):
+        for ablation in pair:
             every = [r for r in runs if r["setting"] == setting and r["ablation"] == ablation]
             rs = [r for r in every if "test" in r]
             if not rs:  # every run stopped by the collapse guard (or failed): say so
@@ -201,29 +203,33 @@ def summarise(runs: list[dict]) -> dict:
                 collapse_guard_stops=sum(r["collapse_guard_stop"] for r in runs
                                          if r["setting"] == setting and r["ablation"] == ablation))
         pairs = {}
-        for r5 in (r for r in runs if r["setting"] == setting and r["ablation"] == "A5" and "test" in r):
-            r6 = next((r for r in runs if r["setting"] == setting and r["ablation"] == "A6" and r["seed"] == r5["seed"]
+        for r5 in (r for r in runs if r["setting"] == setting and r["ablation"] == a and "test" in r):
+            r6 = next((r for r in runs if r["setting"] == setting and r["ablation"] == b and r["seed"] == r5["seed"]
                        and "test" in r), None)
             if r6:
                 pairs[r5["seed"]] = r6["test"]["mae"] - r5["test"]["mae"]
         if pairs:
             diffs = np.array(list(pairs.values()))
-            entry["A6_minus_A5_mae"] = {"per_seed": pairs, "mean": float(diffs.mean()),
-                                        "a6_better_seeds": int((diffs < 0).sum())}
+            entry[f"{b}_minus_{a}_mae"] = {"per_seed": pairs, "mean": float(diffs.mean()),
+                                          "second_better_seeds": int((diffs < 0).sum())}
             if len(diffs) > 1:
                 from scipy import stats
 
-                entry["A6_minus_A5_mae"]["t_test_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+                entry[f"{b}_minus_{a}_mae"]["t_test_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
         mine = [r for r in runs if r["setting"] == setting]
         by_seed = {(r["ablation"], r["seed"]): collapsed(r) for r in mine}
-        seeds = sorted({r["seed"] for r in mine if ("A5", r["seed"]) in by_seed and ("A6", r["seed"]) in by_seed})
+        seeds = sorted({r["seed"] for r in mine if (a, r["seed"]) in by_seed and (b, r["seed"]) in by_seed})
         entry["collapsed"] = {"rule": f"collapse-guard stop, or test Corr < {COLLAPSE_CORR}", "seeds": len(seeds),
-                              "A5": sum(by_seed[("A5", s)] for s in seeds),
-                              "A6": sum(by_seed[("A6", s)] for s in seeds),
-                              "A5_only": sum(by_seed[("A5", s)] and not by_seed[("A6", s)] for s in seeds),
-                              "A6_only": sum(by_seed[("A6", s)] and not by_seed[("A5", s)] for s in seeds)}
+                              a: sum(by_seed[(a, s)] for s in seeds), b: sum(by_seed[(b, s)] for s in seeds),
+                              f"{a}_only": sum(by_seed[(a, s)] and not by_seed[(b, s)] for s in seeds),
+                              f"{b}_only": sum(by_seed[(b, s)] and not by_seed[(a, s)] for s in seeds)}
         out[setting] = entry
     return out
+
+
+def record(runs: list[dict], pair: tuple[str, str]) -> dict:
+    return {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN}, "base": BASE, "settings": SETTINGS,
+            "pair": list(pair), "summary": summarise(runs, pair), "runs": runs}
 
 
 def main(argv=None) -> int:
@@ -235,6 +241,7 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--tag", default="study_collapse")
     ap.add_argument("--summarise", action="store_true", help="only re-summarise the runs recorded under --tag")
+    ap.add_argument("--pair", nargs=2, default=["A5", "A6"], help="the two rows compared (claim 3: B5 C1)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -259,7 +266,7 @@ def main(argv=None) -> int:
         overrides, optimizer, sgd_scale = SETTINGS[setting]
         params = study_params(text, args.epochs, overrides)
         for seed in args.seeds:
-            for ablation in ("A5", "A6"):
+            for ablation in args.pair:
                 if (setting, ablation, seed, args.epochs) in done:
                     continue
                 run = work / "runs" / f"{setting}-{ablation}-e{args.epochs}-seed{seed}"
@@ -269,11 +276,9 @@ def main(argv=None) -> int:
                 runs.append(row)
                 print(f"{setting} {ablation} seed {seed}: {row.get('test')} c_v {row['gm/c_v']} "
                       f"conflicts {row['gm/conflicts']} ({row['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-                write_json_atomic(out, {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN},
-                                        "base": BASE, "settings": SETTINGS, "summary": summarise(runs), "runs": runs})
-    write_json_atomic(out, {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN}, "base": BASE,
-                            "settings": SETTINGS, "summary": summarise(runs), "runs": runs})
-    print(json.dumps(summarise(runs), indent=1))
+                write_json_atomic(out, record(runs, tuple(args.pair)))
+    write_json_atomic(out, record(runs, tuple(args.pair)))
+    print(json.dumps(summarise(runs, tuple(args.pair)), indent=1))
     return 0
 
 

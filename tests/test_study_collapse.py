@@ -57,3 +57,12 @@ def test_the_summary_counts_collapses_and_pairs_by_seed():
                               "A5_only": 1, "A6_only": 0}
     assert s["A6_minus_A5_mae"]["per_seed"] == pytest.approx({0: 0.1, 1: -0.8})  # seed 2: no test metrics
     assert s["A5"]["collapse_guard_stops"] == 1 and s["A5"]["seeds"] == [0, 1]
+
+
+def test_the_summary_pairs_any_two_rows():
+    study = _study()
+    runs = [{"setting": "s", "ablation": a, "seed": 0, "collapse_guard_stop": False, "loss_spikes": [],
+             "gm/c_a": 1.0, "gm/c_v": 0.2, "gm/conflicts": 0.0, "test": {"mae": m, "corr": 0.9}}
+            for a, m in (("B5", 0.5), ("C1", 0.7))]
+    s = study.summarise(runs, ("B5", "C1"))["s"]
+    assert s["C1_minus_B5_mae"]["per_seed"] == pytest.approx({0: 0.2}) and s["collapsed"]["C1_only"] == 0
