@@ -227,7 +227,7 @@ def summarise(runs: list[dict], pair: tuple[str, str] = ("A5", "A6")) -> dict:
     return out
 
 
-def record(runs: list[dict], pair: tuple[str, str]) -> dict:
+def study_record(runs: list[dict], pair: tuple[str, str]) -> dict:
     return {"data": {"sizes": SIZES, "dims": [D_A, D_V], "seq_len": SEQ_LEN}, "base": BASE, "settings": SETTINGS,
             "pair": list(pair), "summary": summarise(runs, pair), "runs": runs}
 
@@ -258,9 +258,9 @@ def main(argv=None) -> int:
     runs = json.loads(out.read_text())["runs"] if out.is_file() else []
     done = {(r["setting"], r["ablation"], r["seed"], r["epochs"]) for r in runs}
     for r in runs:  # records written before the stop's step and reason were kept: read them from the run folder
-        record = work / "runs" / f"{r['setting']}-{r['ablation']}-e{r['epochs']}-seed{r['seed']}" / "collapse.json"
-        if r["collapse_guard_stop"] and "stopped_at" not in r and record.is_file():
-            info = json.loads(record.read_text())
+        stop_file = work / "runs" / f"{r['setting']}-{r['ablation']}-e{r['epochs']}-seed{r['seed']}" / "collapse.json"
+        if r["collapse_guard_stop"] and "stopped_at" not in r and stop_file.is_file():
+            info = json.loads(stop_file.read_text())
             r.update(stopped_at=info.get("global_step"), stopped_because=info.get("what"))
     for setting in [] if args.summarise else args.settings:
         overrides, optimizer, sgd_scale = SETTINGS[setting]
@@ -276,8 +276,8 @@ def main(argv=None) -> int:
                 runs.append(row)
                 print(f"{setting} {ablation} seed {seed}: {row.get('test')} c_v {row['gm/c_v']} "
                       f"conflicts {row['gm/conflicts']} ({row['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-                write_json_atomic(out, record(runs, tuple(args.pair)))
-    write_json_atomic(out, record(runs, tuple(args.pair)))
+                write_json_atomic(out, study_record(runs, tuple(args.pair)))
+    write_json_atomic(out, study_record(runs, tuple(args.pair)))
     print(json.dumps(summarise(runs, tuple(args.pair)), indent=1))
     return 0
 
