@@ -101,8 +101,9 @@ def smk_jobs(root: Path, *extra: str) -> set[str]:
     out = run(root, "snakemake", "-n", "--cores", "1", *extra)
     assert_quiet(out)
     jobs = set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
-    # the Snakemake-only benchmarks table (issue 24) follows the report, and nothing else reruns it
-    assert ("benchmarks" in jobs) == ("report" in jobs), jobs
+    # the Snakemake-only benchmarks table (issue 24) is rebuilt when, and only when, a train job reruns (it follows
+    # the report, whose reruns alone, e.g. by `dvc repro`, leave it current)
+    assert ("benchmarks" in jobs) == ("train" in jobs), jobs
     return jobs - {"benchmarks"}
 
 
