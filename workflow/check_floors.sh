@@ -15,8 +15,11 @@ floor=$(sed -n 's/^ *"transformers>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
 [ -n "$floor" ] || { echo "check_floors: no transformers>=X in pyproject.toml" >&2; exit 1; }
 [ -x "$venv/bin/python" ] || "$PY" -m venv --system-site-packages "$venv"
 log=$(mktemp)
-# pip's notes about packages of the outer environment that want a newer transformers are expected: not shown
-"$venv/bin/python" -m pip install -q "transformers==$floor" > "$log" 2>&1 || { cat "$log"; exit 1; }
+# pip's notes about packages of the outer environment that want a newer transformers are expected: not shown.
+# [hub-kernels]: the floor's own pin of `kernels` goes into the venv. Newer transformers require `kernels` (0.19 in
+# the outer environment), whose LayerRepository the floor's transformers/integrations/hub_kernels.py calls at import
+# time with arguments 0.19 refuses ("Either a revision or a version must be specified"): every model import failed.
+"$venv/bin/python" -m pip install -q "transformers[hub-kernels]==$floor" > "$log" 2>&1 || { cat "$log"; exit 1; }
 "$venv/bin/python" -c "import transformers, torch
 from packaging.version import Version
 assert Version(transformers.__version__) == Version('$floor'), transformers.__version__
