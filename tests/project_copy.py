@@ -1,8 +1,12 @@
-"""Copy parts of this repository into a throw-away project folder (engine, SLURM and parity tests)."""
+"""Copy parts of this repository into a throw-away project folder (engine, SLURM and parity tests), give it a tiny
+demo params.yaml, and load a benchmarks/ script as a module (the study tests)."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,3 +22,23 @@ def copy_project(dest: Path, names) -> Path:
         else:
             shutil.copy(src, dest / name)
     return dest
+
+
+def write_tiny_demo_params(dest: Path, ablations, videos: int = 6, max_segments: int = 3) -> Path:
+    """``dest``/params.yaml: the repository's params with a tiny demo (3 to ``max_segments`` segments per video),
+    one epoch, seed 0 and the given rows."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo"].update(videos=videos, min_segments=3, max_segments=max_segments)
+    params["train"].update(epochs=1, seeds=[0])
+    params["demo"]["train"]["epochs"] = 1  # the demo's own schedule replaces train.epochs
+    params["ablations"] = list(ablations)
+    (Path(dest) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return Path(dest)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

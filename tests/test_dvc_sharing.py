@@ -14,8 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from project_copy import copy_project
+from project_copy import copy_project, write_tiny_demo_params
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = "reports/demo/results.json"
@@ -49,12 +48,7 @@ def project(tmp_path_factory):
     """A repo with the pipeline and a tiny demo (6 videos, 1 epoch, 1 seed, one row), run once by `dvc repro`."""
     root = copy_project(tmp_path_factory.mktemp("share") / "origin",
                         ("dvc.yaml", "src", ".dvc", ".dvcignore", ".gitignore"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"].update(videos=6, min_segments=3, max_segments=3)
-    params["train"].update(epochs=1, seeds=[0])
-    params["demo"]["train"]["epochs"] = 1
-    params["ablations"] = ["A6"]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_tiny_demo_params(root, ["A6"])
     run(root, "git", "init", "-q")
     commit(root, "pipeline")
     run(root, "dvc", "repro")

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from project_copy import copy_project
+from project_copy import copy_project, write_tiny_demo_params
 from slurm_cluster import SlurmCluster, missing_tools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,13 +32,7 @@ pytestmark = [
 
 def demo_project(dest: Path) -> Path:
     copy_project(dest, ("Snakefile", "workflow", "src"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"].update(videos=8, min_segments=3, max_segments=4)
-    params["train"].update(epochs=1, seeds=[0])
-    params["demo"]["train"]["epochs"] = 1  # the demo's own schedule replaces train.epochs
-    params["ablations"] = ["A0", "A6"]
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dest
+    return write_tiny_demo_params(dest, ["A0", "A6"], videos=8, max_segments=4)
 
 
 def parse_jobs(scontrol_out: str) -> list[dict]:

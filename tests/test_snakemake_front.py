@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from project_copy import copy_project
+from project_copy import copy_project, write_tiny_demo_params
 
 from cpsl.report import job_benchmarks
 
@@ -60,13 +59,7 @@ def test_a_malformed_benchmark_file_is_one_line_naming_it(tmp_path, content, fra
 
 def _project(dest: Path) -> Path:
     copy_project(dest, ("Snakefile", "workflow", "profiles", "src", ".gitignore"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"].update(videos=6, min_segments=3, max_segments=3)
-    params["train"].update(epochs=1, seeds=[0])
-    params["demo"]["train"]["epochs"] = 1
-    params["ablations"] = ["A6"]
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dest
+    return write_tiny_demo_params(dest, ["A6"])
 
 
 def _snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:

@@ -2,18 +2,13 @@
 settings validate, and its summary counts collapses and pairs A6 with A5 by seed."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
-from train_helpers import REPO
+from project_copy import load_benchmark
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("study_collapse", REPO / "benchmarks/study_collapse.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("study_collapse")
 
 
 def test_the_planted_visual_stream_dominates_the_acoustic_one(tmp_path):

@@ -3,17 +3,13 @@ a MOSI-size mirror with MOSI's folds and segment counts: a renamed param (e.g. t
 or a changed fold table fails here rather than when someone reruns the study for an hour."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from train_helpers import REPO
+from project_copy import load_benchmark
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("study_lr_new_modules", REPO / "benchmarks/study_lr_new_modules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("study_lr_new_modules")
 
 
 def test_the_study_params_validate_and_follow_the_epochs():

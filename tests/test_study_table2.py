@@ -4,21 +4,17 @@ the modulation telemetry, loss spikes and collapse-guard stops."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 
 import pytest
-from train_helpers import REPO
+from project_copy import load_benchmark
 
 from cpsl.run_folder import HISTORY_COLUMNS
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("study_table2", REPO / "benchmarks/study_table2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("study_table2")
 
 
 def test_a_loss_spike_is_an_epoch_above_twice_the_previous_one():
