@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from cpsl.errors import write_fault
+from cpsl.errors import PipelineError, describe_os_error, write_fault
 
 
 @contextlib.contextmanager
@@ -81,8 +81,6 @@ def open_lock_file(path: str | Path, mode: int = 0o644) -> int:
     are truncated and rewritten with the holder's name, so a symbolic or hard link planted at ``path`` would
     empty and overwrite a file outside the project. No ``O_TRUNC``: a waiting opener must not wipe the holder's
     text. A link, or anything but a regular file, is refused in one line (PipelineError)."""
-    from cpsl.errors import PipelineError
-
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
@@ -103,8 +101,6 @@ def open_lock_file(path: str | Path, mode: int = 0o644) -> int:
 def refuse_symlink(path: str | Path, what: str) -> None:
     """Refuse ``path`` (one line, PipelineError) when it is a symbolic link: a folder cpsl writes or reads as its
     own (a run folder, a lock folder) that was replaced by a link would send every write outside the project."""
-    from cpsl.errors import PipelineError
-
     path = Path(path)
     if path.is_symlink():
         raise PipelineError(f"{path}: {what} is a symbolic link (to {os.readlink(path)}); cpsl does not write or read "
@@ -140,8 +136,6 @@ def remove_stale_temporaries(folder: str | Path, names) -> list[Path]:
 def check_free_space(folder: str | Path, need_bytes: int, what: str) -> None:
     """Fail early, in one line, when ``folder`` cannot be written (read-only, no permission) or lacks
     ``need_bytes`` of free space for ``what``; the folder is created if needed."""
-    from cpsl.errors import PipelineError, describe_os_error
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
