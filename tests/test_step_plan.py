@@ -7,6 +7,7 @@ import pytest
 import torch
 from train_helpers import CPU, make_cache, small_params, tiny_text_model
 
+from cpsl.runlock import LOCK_NAME
 from cpsl.train import loop
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, StepPlan, fit, plan_step
@@ -65,3 +66,22 @@ def test_a_training_run_resolves_execution_step_once(tmp_path: Path, monkeypatch
     result = fit(RunSpec(params, "A6", 0, cache, tmp_path / "run", text), CPU)
     assert result.exit_code == loop.EXIT_OK
     assert calls == ["sync_free"]
+
+
+def test_cuda_graph_on_a_cpu_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys):
+    """Was a ValueError traceback from inside the run (the plan is resolved there, before any work)."""
+    from train_helpers import write_params
+
+    from cpsl import cli
+
+    text = tiny_text_model(tmp_path / "text")
+    cache = make_cache(tmp_path / "cache.h5", n_train=8, n_valid=8)
+    params = write_params(tmp_path / "params.yaml", small_params(text, **{"execution.step": "cuda_graph"}))
+    run = tmp_path / "run"
+    code = cli.main(["train", "--params", str(params), "--seed", "0", "--data", str(cache), "--out", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == ("cpsl train: invalid params: execution.step: cuda_graph needs one process on a CUDA device "
+                       "(this one: cpu, 1 process(es)); use auto, sync_free or eager")
+    assert not any("Traceback" in line for line in err)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # the run folder's lock, no output

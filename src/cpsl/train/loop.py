@@ -164,8 +164,9 @@ def step_mode(configured: str, ctx: DistContext) -> str:
             return "eager"
         return "cuda_graph" if cuda_alone else "sync_free"
     if configured == "cuda_graph" and not cuda_alone:
-        raise ValueError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
-                         f"{ctx.world_size} process(es)); use auto, sync_free or eager")
+        # ParamsError (a ValueError): the CLI answers one line, exit 2, not a traceback
+        raise ParamsError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
+                          f"{ctx.world_size} process(es)); use auto, sync_free or eager")
     return configured
 
 
