@@ -27,7 +27,7 @@ from cpsl.config import load_params
 from cpsl.model.network import build_model
 from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
-from cpsl.train.loop import make_stepper, optimizer_in_graph
+from cpsl.train.loop import make_stepper, plan_step
 from cpsl.train.recipe import make_optimizer
 from cpsl.train.step import EpochSums, LossStep
 
@@ -61,11 +61,12 @@ class Trainer:
         self.model = build_model(params, self.switches, acoustic_dim, visual_dim, text_model,
                                  pretrained=pretrained).to(self.ctx.device)
         self.net = LossStep(self.model, params["loss"], self.switches)
-        self.optimizer = make_optimizer(self.model, params["train"], params["execution"]["optimizer_impl"],
-                                        self.ctx.device if optimizer_in_graph(params, self.ctx) else None)
+        plan = plan_step(params["execution"], self.ctx)
+        self.optimizer = make_optimizer(self.model, params["train"], plan.optimizer_impl,
+                                        self.ctx.device if plan.optimizer_in_graph() else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.stepper = make_stepper(self.net, self.model, self.optimizer, self.scheduler, params, self.switches,
-                                    self.ctx, seed=0, batch_per_rank=batch, use_bf16=bf16)
+                                    self.ctx, seed=0, batch_per_rank=batch, use_bf16=bf16, plan=plan)
         self.sums = EpochSums(self.ctx.device)
         self.global_step = 0
 

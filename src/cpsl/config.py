@@ -91,8 +91,10 @@ SCHEMA: dict = {
         "start_epoch": _num(0, integer=True),
         "end_epoch": _num(0, integer=True),
         "eps": _num(0, lo_open=True),
-        "coefficient": _choice("paper", "shifted"),
-        "ge_noise": _choice("unmodulated", "modulated"),
+        # the two choices the paper does not make; their defaults are the paper's Eq. 5 as written and the official
+        # OGM-GE noise (cpsl.model.modulation), taken when a gm mapping given to the API leaves them out
+        "coefficient": _choice("paper", "shifted", default="paper"),
+        "ge_noise": _choice("unmodulated", "modulated", default="unmodulated"),
     },
     "cp": {"eta": _num(0, 1, lo_open=True, hi_open=True)},
     "train": {

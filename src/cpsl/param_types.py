@@ -9,14 +9,26 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+# Spec.default of a key without one (None is a value: a nullable key could default to it)
+NO_DEFAULT = _NoDefault()
+
+
 @dataclass(frozen=True)
 class Spec:
-    """One leaf of the schema: its type(s) and an optional range/choice check."""
+    """One leaf of the schema: its type(s), an optional range/choice check and an optional default. The default
+    is the value code falls back to when a section mapping given straight to the API leaves the key out
+    (cpsl.param_sections); a params file still lists every key."""
 
     types: tuple
     check: Callable[[Any], bool] | None = None
     expect: str = ""  # human description of the allowed values, used in errors
     nullable: bool = False
+    default: Any = NO_DEFAULT
 
 
 def number(lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> Spec:
@@ -33,8 +45,10 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, integer=False) -> Spe
     return Spec((int,) if integer else (int, float), check, expect)
 
 
-def choice(*options) -> Spec:
-    return Spec((str,), lambda v: v in options, "one of " + ", ".join(options))
+def choice(*options, default=NO_DEFAULT) -> Spec:
+    if default is not NO_DEFAULT and default not in options:
+        raise ValueError(f"choice: default {default!r} is not among {options}")
+    return Spec((str,), lambda v: v in options, "one of " + ", ".join(options), default=default)
 
 
 BOOL = Spec((bool,), None, "true or false")

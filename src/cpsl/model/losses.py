@@ -30,13 +30,16 @@ Choices where the paper is vague (also in docs/method.md):
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 
 from cpsl.ablations import Switches
 from cpsl.names import LOSS_TERMS, MODALITIES
+from cpsl.param_sections import LossSection, section
 
-# term -> (switch attribute, lambda key in params["loss"]); "task" is always on with weight 1
+# term -> (switch attribute, its lambda's field of the loss section); "task" is always on with weight 1
 _WEIGHTED = {"recon": ("recon", "recon"), "uni": ("uni", "uni"), "div": ("div", "div"), "stat": ("sl", "stat")}
 
 
@@ -116,13 +119,12 @@ def _term(name: str, out, label, task: str) -> torch.Tensor:
     return statistical_loss(out)
 
 
-def total_loss(out, label: torch.Tensor, loss_params: dict, switches: Switches) -> dict[str, torch.Tensor]:
-    """Eq. 4. Returns {"total","task","recon","uni","div","stat"}; disabled terms are detached and left out of total."""
-    try:
-        task = loss_params["task"]
-        weights = {name: float(loss_params[key]) for name, (_, key) in _WEIGHTED.items()}
-    except KeyError as exc:
-        raise KeyError(f"total_loss: params is missing 'loss.{exc.args[0]}'") from None
+def total_loss(out, label: torch.Tensor, loss: LossSection | Mapping, switches: Switches) -> dict[str, torch.Tensor]:
+    """Eq. 4 with the run's ``loss`` section (cpsl.param_sections; a mapping is read as one). Returns
+    {"total","task","recon","uni","div","stat"}; disabled terms are detached and left out of total."""
+    loss = section(LossSection, loss)
+    task = loss.task
+    weights = {name: float(getattr(loss, key)) for name, (_, key) in _WEIGHTED.items()}
     losses = {"task": _term("task", out, label, task)}
     total = losses["task"]
     for name, (switch, _) in _WEIGHTED.items():

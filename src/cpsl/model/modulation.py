@@ -34,9 +34,12 @@ Eq. 5-6 are taken in float64 (as the Python floats they replaced); ``Telemetry.t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
+
+from cpsl.param_sections import CPSection, GMSection, section
 
 FORMULAS = ("paper", "shifted")
 GE_NOISE = ("unmodulated", "modulated")
@@ -141,20 +144,23 @@ def modulate_gradients(
     mae_a,
     mae_v,
     epoch: int,
-    gm_params: dict,
-    cp_params: dict,
+    gm: GMSection | Mapping,
+    cp: CPSection | Mapping,
     switches,
     generator: torch.Generator | None,
 ) -> Telemetry:
     """Scale the a/v encoder gradients in place (Eq. 5, Eq. 6, GE) and return the step's Telemetry.
-    ``mae_a``/``mae_v``: the unimodal heads' batch MAEs (0-dim tensors on the device, or floats)."""
+    ``mae_a``/``mae_v``: the unimodal heads' batch MAEs (0-dim tensors on the device, or floats); ``gm``, ``cp``:
+    the run's sections (cpsl.param_sections; a mapping is read as one, its missing keys taking the schema's
+    defaults)."""
+    gm, cp = section(GMSection, gm), section(CPSection, cp)
     for key in ("a", "v"):
         if key not in encoders:
             raise KeyError(f"modulate_gradients: encoders need keys 'a' and 'v' (missing {key!r})")
     device = next(encoders["a"].parameters()).device
     mae_a, mae_v = _f64(mae_a, device), _f64(mae_v, device)
-    eps = gm_params["eps"]
-    active = in_window(epoch, gm_params["start_epoch"], gm_params["end_epoch"]) and (switches.gm or switches.cp)
+    eps = gm.eps
+    active = in_window(epoch, gm.start_epoch, gm.end_epoch) and (switches.gm or switches.cp)
     one, nan = torch.ones((), dtype=torch.float64, device=device), torch.full((), float("nan"), dtype=torch.float64,
                                                                                device=device)
     imbalance = imbalance_degree(mae_a, mae_v, eps)
@@ -165,14 +171,14 @@ def modulate_gradients(
         raise ValueError("modulate_gradients: switch 'ge' needs a torch.Generator shared (same seed) by every rank")
     g_a, g_v = mean_grad_norm(encoders["a"]), mean_grad_norm(encoders["v"])
     if switches.gm:
-        c_a, c_v = eq5_coefficients(mae_a, mae_v, gm_params["alpha"], eps, gm_params.get("coefficient", "paper"))
+        c_a, c_v = eq5_coefficients(mae_a, mae_v, gm.alpha, eps, gm.coefficient)
     else:
         c_a, c_v = one, one
     conflict_a = conflict_v = torch.zeros((), dtype=torch.bool, device=device)
     if switches.cp:
-        c_a, c_v, conflict_a, conflict_v = conflict_penalty(c_a, c_v, mae_a, mae_v, g_a, g_v, cp_params["eta"])
+        c_a, c_v, conflict_a, conflict_v = conflict_penalty(c_a, c_v, mae_a, mae_v, g_a, g_v, cp.eta)
     for key, c in (("a", c_a), ("v", c_v)):  # fixed order: identical noise draws on every rank
-        _scale_and_enhance(encoders[key], c, switches.ge, generator, gm_params.get("ge_noise", "unmodulated"))
+        _scale_and_enhance(encoders[key], c, switches.ge, generator, gm.ge_noise)
     vector = torch.stack([c_a, c_v, g_a.double(), g_v.double(), mae_a, mae_v, imbalance, conflict_a.double(),
                           conflict_v.double()])
     return Telemetry(vector, active=True, ge=bool(switches.ge))

@@ -35,6 +35,7 @@ from cpsl.model.heads import ReconstructionDecoder, TaskHead, UnimodalHead
 from cpsl.model.normalize import MinMaxNormalizer
 from cpsl.model.text_encoder import load_text_encoder
 from cpsl.names import MODALITIES
+from cpsl.param_sections import ModelSection, section
 
 
 @dataclass
@@ -52,37 +53,24 @@ class ModelOutput:
 
 
 class CPSLModel(nn.Module):
-    def __init__(
-        self,
-        text_encoder: nn.Module,
-        acoustic_dim: int,
-        visual_dim: int,
-        intermediate_dim: int = 256,
-        fusion_dim: int = 512,
-        fusion: str = "gated",
-        encoder_dropout: float = 0.3,
-        classifier_dropout: float = 0.5,
-        beta: float = 1.0,
-        pooling: str = "mean",
-        var_eps: float = 1e-6,
-        sample: bool = True,
-        eval_norm: str = "running",
-        use_av: bool = True,
-    ):
+    def __init__(self, text_encoder: nn.Module, acoustic_dim: int, visual_dim: int, config: ModelSection,
+                 sample: bool = True, use_av: bool = True):
+        """``config``: the run's ``model`` section (its values live in params.yaml, nowhere else); ``sample``:
+        draw Z in training (switch ame); ``use_av``: inject P_av at all (off: T0)."""
         super().__init__()
-        text_dim = text_encoder.config.hidden_size
+        text_dim, h = text_encoder.config.hidden_size, config.intermediate_dim
         self.text_encoder = text_encoder
         dims = {"a": acoustic_dim, "v": visual_dim}
         self.ame = nn.ModuleDict(
-            {m: AdaptiveModalityEncoder(dims[m], intermediate_dim, encoder_dropout, var_eps, sample)
+            {m: AdaptiveModalityEncoder(dims[m], h, config.encoder_dropout, config.var_eps, sample)
              for m in MODALITIES}
         )
-        self.fusion = FusionBlock(intermediate_dim, fusion_dim, fusion)
-        self.inject = ResidualInjection(fusion_dim, text_dim, beta)
-        self.task_head = TaskHead(text_dim, classifier_dropout, pooling)
-        self.uni_heads = nn.ModuleDict({m: UnimodalHead(intermediate_dim, classifier_dropout) for m in MODALITIES})
-        self.decoders = nn.ModuleDict({m: ReconstructionDecoder(intermediate_dim, dims[m]) for m in MODALITIES})
-        self.normalizers = nn.ModuleDict({m: MinMaxNormalizer(dims[m], eval_norm) for m in MODALITIES})
+        self.fusion = FusionBlock(h, config.fusion_dim, config.fusion)
+        self.inject = ResidualInjection(config.fusion_dim, text_dim, config.beta)
+        self.task_head = TaskHead(text_dim, config.classifier_dropout, config.pooling)
+        self.uni_heads = nn.ModuleDict({m: UnimodalHead(h, config.classifier_dropout) for m in MODALITIES})
+        self.decoders = nn.ModuleDict({m: ReconstructionDecoder(h, dims[m]) for m in MODALITIES})
+        self.normalizers = nn.ModuleDict({m: MinMaxNormalizer(dims[m], config.eval_norm) for m in MODALITIES})
         self.dims = dims
         self.use_av = use_av
         # drop all-padding trailing positions (below); the training step turns this off on a GPU (static shapes)
@@ -159,18 +147,14 @@ def build_model(
     text_model: str | transformers.PretrainedConfig,
     pretrained: bool = True,
 ) -> CPSLModel:
-    """Build the model from ``params["model"]``; ``switches.ame`` decides whether Z is sampled in training,
-    ``switches.av`` whether P_av is injected at all (off: the text-only reference row T0)."""
+    """Build the model from ``params["model"]`` (read once, as cpsl.param_sections.ModelSection); ``switches.ame``
+    decides whether Z is sampled in training, ``switches.av`` whether P_av is injected at all (off: the text-only
+    reference row T0)."""
     if "model" not in params:
         raise KeyError("build_model: params has no 'model' section")
     try:
-        p = params["model"]
-        kwargs = dict(
-            intermediate_dim=p["intermediate_dim"], fusion_dim=p["fusion_dim"], fusion=p["fusion"],
-            encoder_dropout=p["encoder_dropout"], classifier_dropout=p["classifier_dropout"], beta=p["beta"],
-            pooling=p["pooling"], var_eps=p["var_eps"], eval_norm=p["eval_norm"],
-        )
+        model = section(ModelSection, params["model"])
     except KeyError as exc:
-        raise KeyError(f"build_model: params is missing 'model.{exc.args[0]}'") from None
-    return CPSLModel(load_text_encoder(text_model, pretrained), acoustic_dim, visual_dim, sample=switches.ame,
-                     use_av=switches.av, **kwargs)
+        raise KeyError(f"build_model: {exc.args[0]}") from None
+    return CPSLModel(load_text_encoder(text_model, pretrained), acoustic_dim, visual_dim, model, sample=switches.ame,
+                     use_av=switches.av)

@@ -11,7 +11,8 @@ requests, gradient modulation (Eq. 5-6, GE; only inside the gm window and per th
 gradient clipping (train.grad_clip, 0 = off) and the AdamW step with linear warmup then linear decay.
 ``execution.step`` says when the host reads the step's numbers: every step (eager), once per epoch (sync_free), or
 once per epoch with the step replayed from a CUDA graph (cuda_graph); auto = cuda_graph on one CUDA process
-(where verified exact), sync_free under DDP on CUDA, eager on the CPU (where reading a value costs nothing).
+(where verified exact), sync_free under DDP on CUDA, eager on the CPU (where reading a value costs nothing); it is
+resolved once per run, with the execution keys that decide how a step runs, into a ``StepPlan`` (``plan_step``).
 Per epoch: the train means of every loss term (all-reduced over ranks), validation on rank 0 with
 ``run_inference`` (loss terms, MAE, Pearson corr), selection on the validation MAE (never the test set),
 best.pt on improvement, history.csv, DVCLive, and state/last.pt for resuming.
@@ -163,44 +164,64 @@ def step_mode(configured: str, ctx: DistContext) -> str:
             return "eager"
         return "cuda_graph" if cuda_alone else "sync_free"
     if configured == "cuda_graph" and not cuda_alone:
-        raise ValueError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
-                         f"{ctx.world_size} process(es)); use auto, sync_free or eager")
+        # ParamsError (a ValueError): the CLI answers one line, exit 2, not a traceback
+        raise ParamsError(f"execution.step: cuda_graph needs one process on a CUDA device (this one: {ctx.device}, "
+                          f"{ctx.world_size} process(es)); use auto, sync_free or eager")
     return configured
 
 
-def optimizer_in_graph(params: dict, ctx: DistContext, recipe: Recipe | None = None) -> bool:
-    """Whether this process captures the AdamW step in its CUDA graphs (execution.cuda_graph_scope: step; never for
-    a recipe whose step cannot be captured at all)."""
-    ex = params["execution"]
-    blocked = recipe is not None and recipe.capture_blocker is not None
-    return step_mode(ex["step"], ctx) == "cuda_graph" and ex["cuda_graph_scope"] == "step" and not blocked
+@dataclass(frozen=True)
+class StepPlan:
+    """How this process runs a training step: ``execution.step`` resolved once (``plan_step``), with the other
+    execution keys that decide it. The loop and the step read this, never the execution section."""
+
+    configured: str      # execution.step as written: auto | eager | sync_free | cuda_graph
+    mode: str            # what runs here (step_mode): eager | sync_free | cuda_graph
+    graph_scope: str     # execution.cuda_graph_scope: body | step (the AdamW step captured too)
+    optimizer_impl: str  # execution.optimizer_impl: foreach | fused
+
+    @property
+    def strict(self) -> bool:
+        """cuda_graph asked for by name: a failed capture fails the run (auto runs sync-free instead)."""
+        return self.configured == "cuda_graph"
+
+    def optimizer_in_graph(self, recipe: Recipe | None = None) -> bool:
+        """Whether the CUDA graphs capture the AdamW step (never for a recipe whose step cannot be captured)."""
+        blocked = recipe is not None and recipe.capture_blocker is not None
+        return self.mode == "cuda_graph" and self.graph_scope == "step" and not blocked
+
+
+def plan_step(execution: dict, ctx: DistContext) -> StepPlan:
+    """The execution section resolved for this process; raises ValueError for an impossible execution.step."""
+    return StepPlan(execution["step"], step_mode(execution["step"], ctx), execution["cuda_graph_scope"],
+                    execution["optimizer_impl"])
 
 
 def make_stepper(net, model, optimizer, scheduler, params: dict, switches, ctx: DistContext, seed: int,
-                 batch_per_rank: int, use_bf16: bool, recipe: Recipe | None = None) -> Stepper:
-    """The training step of execution.step for this process (graphs for full batches of ``batch_per_rank``; with
-    execution.cuda_graph_scope step they include ``optimizer``, which must then be capturable on a GPU); without a
-    ``recipe``, the CP+SL recipe of ``switches``. A recipe whose step cannot be captured (``capture_blocker``)
-    makes ``auto`` run sync-free, saying why, and ``cuda_graph`` fail."""
-    mode = step_mode(params["execution"]["step"], ctx)
+                 batch_per_rank: int, use_bf16: bool, recipe: Recipe | None = None,
+                 plan: StepPlan | None = None) -> Stepper:
+    """The training step of ``plan`` (default: params' execution section resolved here) for this process (graphs
+    for full batches of ``batch_per_rank``; with execution.cuda_graph_scope step they include ``optimizer``, which
+    must then be capturable on a GPU); without a ``recipe``, the CP+SL recipe of ``switches``. A recipe whose step
+    cannot be captured (``capture_blocker``) makes ``auto`` run sync-free, saying why, and ``cuda_graph`` fail."""
+    plan = plan if plan is not None else plan_step(params["execution"], ctx)
     body = StepBody(net, model, params, switches, ctx, use_bf16, recipe=recipe)
-    strict = params["execution"]["step"] == "cuda_graph"
     blocker = body.recipe.capture_blocker
-    if mode == "cuda_graph" and blocker and strict:
+    if plan.mode == "cuda_graph" and blocker and plan.strict:
         raise ParamsError(f"execution.step: cuda_graph is impossible for this row: {blocker}; use auto, sync_free "
                           f"or eager")
-    graphs = (GraphedSteps(body, batch_per_rank, strict=strict, log=lambda msg: _log(ctx, msg),
-                           optimizer=optimizer if optimizer_in_graph(params, ctx, body.recipe) else None)
-              if mode == "cuda_graph" else None)
+    graphs = (GraphedSteps(body, batch_per_rank, strict=plan.strict, log=lambda msg: _log(ctx, msg),
+                           optimizer=optimizer if plan.optimizer_in_graph(body.recipe) else None)
+              if plan.mode == "cuda_graph" else None)
     if graphs is not None and blocker:
         graphs.disable(blocker)
-    return Stepper(mode, body, optimizer, scheduler, ctx, seed, graphs)
+    return Stepper(plan.mode, body, optimizer, scheduler, ctx, seed, graphs)
 
 
 def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     """``switches``: a CP+SL row's (None for a baseline, whose recipe and model come from its registry entries)."""
     params, tp, device = spec.params, spec.params["train"], ctx.device
-    step_mode(params["execution"]["step"], ctx)  # refuse an impossible execution.step before any work
+    step_plan = plan_step(params["execution"], ctx)  # once, before any work: an impossible execution.step fails
     attrs = read_attrs(spec.data_path)
     # on a GPU the training split lives on the device (MOSI ~30 MB, MOSEI ~0.4 GB): batches are gathered there,
     # with no host-to-device copy (and so no synchronisation) per step
@@ -217,12 +238,11 @@ def _build(spec: RunSpec, ctx: DistContext, switches, fingerprint: str) -> _Run:
     # find_unused_parameters: a switched-off part (e.g. the variance head in C1) gets no gradient
     net = (DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True) if ctx.distributed else step_fn)
-    optimizer = recipe.optimizer(tp, params["execution"]["optimizer_impl"],
-                                 device if optimizer_in_graph(params, ctx, recipe) else None)
+    optimizer = recipe.optimizer(tp, step_plan.optimizer_impl, device if step_plan.optimizer_in_graph(recipe) else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_factor(total_steps, tp))
     use_bf16 = bool(tp["bf16"]) and device.type == "cuda"
-    stepper = make_stepper(net, model, optimizer, scheduler, params, switches, ctx, spec.seed, plan.batch_per_rank,
-                           use_bf16, recipe=recipe)
+    stepper = make_stepper(net, model, optimizer, scheduler, params, switches, ctx, spec.seed,
+                           plan.batch_per_rank, use_bf16, recipe=recipe, plan=step_plan)
     meta = {"params": params, "ablation": spec.ablation, "seed": spec.seed,
             "switches": switches.as_dict() if switches is not None else None,
             "acoustic_dim": int(attrs["acoustic_dim"]), "visual_dim": int(attrs["visual_dim"]),

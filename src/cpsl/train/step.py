@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
@@ -30,6 +31,7 @@ from cpsl.model import losses as eq4
 from cpsl.model.losses import total_loss
 from cpsl.model.modulation import TELE, in_window, modulate_gradients
 from cpsl.names import COUNTS, LOSS_TERMS, MODALITIES, TELEMETRY
+from cpsl.param_sections import CPSection, GMSection, LossSection, section
 from cpsl.train.distributed import DistContext, all_reduce_sum
 from cpsl.train.recipe import Recipe, StepTelemetry
 
@@ -68,13 +70,13 @@ class LossStep(torch.nn.Module):
     predictions. DDP wraps this, so the tensors it sees are exactly those the loss depends on: parameters
     that only feed switched-off (detached) terms are then correctly found unused."""
 
-    def __init__(self, model: torch.nn.Module, loss_params: dict, switches: Switches):
+    def __init__(self, model: torch.nn.Module, loss: LossSection | Mapping, switches: Switches):
         super().__init__()
-        self.model, self.loss_params, self.switches = model, loss_params, switches
+        self.model, self.loss, self.switches = model, section(LossSection, loss), switches
 
     def forward(self, batch: dict):
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["acoustic"], batch["visual"])
-        losses = total_loss(out, batch["label"], self.loss_params, self.switches)
+        losses = total_loss(out, batch["label"], self.loss, self.switches)
         return losses, {m: out.uni[m].detach() for m in MODALITIES}
 
 
@@ -89,16 +91,19 @@ class CPSLRecipe(Recipe):
     stats_size = 2
 
     def __init__(self, model, params: dict, row_id: str | None, ctx, switches: Switches | None = None):
-        """``switches``: the row's (default: those of ``row_id``, which may then be None)."""
+        """``switches``: the row's (default: those of ``row_id``, which may then be None). The sections the
+        equations read are built here, once per run, from the validated run params."""
         super().__init__(model, params, row_id, ctx)
         self.switches = switches if switches is not None else switches_for(row_id)
+        self.loss = section(LossSection, params["loss"])
+        self.gm, self.cp = section(GMSection, params["gm"]), section(CPSection, params["cp"])
 
     def loss_module(self) -> torch.nn.Module:
-        return LossStep(self.model, self.params["loss"], self.switches)
+        return LossStep(self.model, self.loss, self.switches)
 
     def losses(self, out, batch: dict, objective: str = "main") -> dict:
         """Eq. 4 (validation; the training step computes it inside LossStep)."""
-        return eq4.total_loss(out, batch["label"], self.params["loss"], self.switches)
+        return eq4.total_loss(out, batch["label"], self.loss, self.switches)
 
     def step_stats(self, aux: dict, batch: dict) -> torch.Tensor:
         label = batch["label"]
@@ -107,8 +112,7 @@ class CPSLRecipe(Recipe):
     def after_backward(self, stats, count, aux, batch, epoch, generator):
         """Eq. 5-6 + GE on the AME encoders' gradients, from the all-reduced unimodal errors."""
         return modulate_gradients(self.model.modality_encoders(), stats[ABS_A].double() / count,
-                                  stats[ABS_V].double() / count, epoch, self.params["gm"], self.params["cp"],
-                                  self.switches, generator)
+                                  stats[ABS_V].double() / count, epoch, self.gm, self.cp, self.switches, generator)
 
     @staticmethod
     def means(tele) -> torch.Tensor:
@@ -122,8 +126,7 @@ class CPSLRecipe(Recipe):
 
     def graph_key(self, epoch: int) -> bool:
         """Eq. 5-6 and GE add kernels only inside the modulation window: one graph per side of it."""
-        gm = self.params["gm"]
-        return in_window(epoch, gm["start_epoch"], gm["end_epoch"])
+        return in_window(epoch, self.gm.start_epoch, self.gm.end_epoch)
 
 
 @dataclass
