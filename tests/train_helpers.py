@@ -279,33 +279,6 @@ def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_pa
         shutdown(ctx)
 
 
-def assert_planted_beats_zeroed(runs: dict, seeds, name: str, margin_corr: float, margin_mae: float = 0.0) -> None:
-    """A baseline's planted-signal proof (runs[("planted"|"zeroed", seed)] = metrics.json): on every seed its test
-    corr beats its a/v-zeroed self by more than ``margin_corr`` and its MAE is lower by more than ``margin_mae``,
-    and the reliance check sees the visual stream (the signal), not the noise-only acoustic one."""
-    corr = {k: np.array([runs[(k, s)]["test"]["corr"] or 0.0 for s in seeds]) for k in ("planted", "zeroed")}
-    mae = {k: np.array([runs[(k, s)]["test"]["mae"] for s in seeds]) for k in ("planted", "zeroed")}
-    print(f"{name} test corr planted {corr['planted'].round(3)} vs a/v zeroed {corr['zeroed'].round(3)}; "
-          f"MAE {mae['planted'].round(3)} vs {mae['zeroed'].round(3)}")
-    assert (corr["planted"] - corr["zeroed"] > margin_corr).all(), corr
-    assert (mae["zeroed"] - mae["planted"] > margin_mae).all(), mae
-    for s in seeds:
-        rel = runs[("planted", s)]["reliance"]
-        assert rel["visual"]["mae"] > 0.5 and rel["visual"]["mae"] > 5 * abs(rel["acoustic"]["mae"]), rel
-
-
-def override_error(key: str, value) -> str:
-    """The ParamsError message of ``--set key=value`` on the repository's params.yaml ('' if it is accepted)."""
-    from cpsl.config import apply_overrides, parse_yaml
-    from cpsl.errors import ParamsError
-
-    try:
-        apply_overrides(parse_yaml((REPO / "params.yaml").read_text()), [f"{key}={value}"])
-    except ParamsError as exc:
-        return str(exc)
-    return ""
-
-
 # ------------------------------------------------------------------------------ real `cpsl` processes, killed
 def cli_env() -> dict:
     """The environment of a `cpsl` child process: this process's thread count, nothing downloaded."""
