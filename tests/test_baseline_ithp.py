@@ -13,7 +13,6 @@
 4. Shapes on the tiny DeBERTa and the demo's MiniLM, deterministic batch-independent evaluation, bad values."""
 from __future__ import annotations
 
-import json
 import types
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
-from train_helpers import REPO, planted_caches, small_params, tiny_text_model
+from train_helpers import REPO
 
 from cpsl.baselines.ithp import (
     LOSS_TERMS,
@@ -32,15 +31,10 @@ from cpsl.baselines.ithp import (
     reparameterise,
     scale_targets,
 )
-from cpsl.cache import read_split
-from cpsl.config import apply_overrides, load_params, parse_yaml
+from cpsl.config import load_params
 from cpsl.data.planted import planted_splits
-from cpsl.errors import ParamsError
-from cpsl.evaluate.stage import rebuild_model, run_evaluate
 from cpsl.model.network import word_positions
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
-from cpsl.names import TENSOR_KEYS
-from cpsl.train.stage import run_train
 
 VOCAB, DA, DV = 60, 5, 3  # d_a != d_v, so a shape says which modality a level predicts
 
@@ -325,19 +319,6 @@ def test_b0_learns_the_acoustic_signal_only_when_the_acoustic_stream_carries_one
     assert control < 0.05, control
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("baselines.ithp.mosi.gamma", 0, "'baselines.ithp.mosi.gamma' must be a number in (0"),
-    ("baselines.ithp.mosei.target_scaling", "per_segment",
-     "'baselines.ithp.mosei.target_scaling' must be one of batch_global, batch_per_feature"),
-    ("baselines.ithp.mosi.b0_dim", 0.5, "'baselines.ithp.mosi.b0_dim' must be an integer"),
-    ("baselines.ithp.mosi.kappa", 1, "unknown key 'baselines.ithp.mosi.kappa'"),
-])
-def test_the_params_section_is_validated_naming_the_key(key, value, message):
-    with pytest.raises(ParamsError) as err:
-        apply_overrides(parse_yaml((REPO / "params.yaml").read_text()), [f"{key}={value}"])
-    assert message in str(err.value)
-
-
 def test_trimming_padding_changes_nothing_and_happens_only_where_padding_is_in_no_term():
     x = batch(n=3, length=12)
     x["attention_mask"][:, 9:] = 0  # trailing padding in every row
@@ -353,67 +334,3 @@ def test_trimming_padding_changes_nothing_and_happens_only_where_padding_is_in_n
         hp = official_hp(loss_positions=positions)
         for key, value in ithp_losses(full, torch.zeros(3), hp).items():
             torch.testing.assert_close(ithp_losses(trimmed, torch.zeros(3), hp)[key], value, rtol=1e-5, atol=1e-6)
-
-
-# ------------------------------------------------------------- the planted-signal cache, through the real stages
-SEEDS = (0, 1, 2)
-MARGIN_R2 = 0.05  # R^2 of the acoustic signal predicted from the text alone; the a/v-zeroed runs stay below 0
-# MAG's planted schedule (tests/test_baseline_mag.py): 6 epochs of 24 steps, text encoder 5e-4, the rest 5e-3
-SCHEDULE = {"epochs": 6, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
-N_SIGNAL_DIMS = 2  # cpsl.data.planted's default: the features that carry the label
-
-
-def _signal_r2(run, test: dict) -> float:
-    """R^2 of B0's prediction of the acoustic signal features (eval: B0 = mu0, from the text alone) against the
-    intact planted test acoustic, at the test segments' word positions."""
-    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-    model = rebuild_model(ckpt, run / "best.pt").eval()
-    with torch.no_grad():
-        out = model(test["input_ids"], test["attention_mask"].long(), test["acoustic"], test["visual"])
-    at = word_positions(test["attention_mask"].bool())
-    hat, target = out.acoustic_hat[..., :N_SIGNAL_DIMS][at], out.acoustic_target[..., :N_SIGNAL_DIMS][at]
-    return 1 - float(((hat - target) ** 2).mean() / target.var(unbiased=False))
-
-
-@pytest.fixture(scope="module")
-def planted_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ithp_planted")
-    text = tiny_text_model(tmp / "text")
-    # the label in the text (sentiment words) AND in the a/v streams: what ITHP's B0/B1 can distil from the text
-    caches = planted_caches(tmp, signal=("text", "acoustic", "visual"))
-    test = {k: torch.as_tensor(np.asarray(v)) for k, v in read_split(caches["planted"], "test").items()
-            if k in TENSOR_KEYS}
-    settings = {f"baselines.ithp.mosi.train.{k}": v for k, v in SCHEDULE.items()}  # ITHP's own MOSI schedule
-    params = small_params(text, **settings, **{"eval.reliance_permutations": 3})
-    results = {}
-    for seed in SEEDS:
-        for name, cache in caches.items():
-            run = tmp / f"{name}-ITHP-seed{seed}"
-            assert run_train(params, seed=seed, ablation="ITHP", data_path=cache, out_dir=run) == 0
-            run_evaluate(params, run, data_path=cache)
-            results[(name, seed)] = {"metrics": json.loads((run / "metrics.json").read_text()),
-                                     "summary": json.loads((run / "train_summary.json").read_text()),
-                                     "history": (run / "history.csv").read_text().splitlines()[0].split(","),
-                                     "r2": _signal_r2(run, test)}
-    return results
-
-
-def test_ithp_distils_the_acoustic_signal_into_b0_only_when_trained_with_it(planted_runs):
-    planted = np.array([planted_runs[("planted", s)]["r2"] for s in SEEDS])
-    zeroed = np.array([planted_runs[("zeroed", s)]["r2"] for s in SEEDS])
-    corr = {k: planted_runs[k]["metrics"]["test"]["corr"] for k in planted_runs}
-    print(f"ITHP acoustic R^2 from text: planted {planted.round(3)} vs a/v zeroed {zeroed.round(3)}; test corr {corr}")
-    assert (planted > MARGIN_R2).all() and (zeroed < 0).all(), (planted, zeroed)
-
-
-def test_ithp_runs_never_read_av_at_test_time_and_log_their_own_terms(planted_runs):
-    for (name, seed), run in planted_runs.items():
-        reliance = run["metrics"]["reliance"]
-        for stream in ("acoustic", "visual"):  # permuting a stream across test segments changes no prediction
-            deltas = {k: v for k, v in reliance[stream].items() if isinstance(v, (int, float))}
-            assert deltas and all(v == 0 for v in deltas.values()), (name, seed, reliance)
-        assert [c for c in run["history"] if c.startswith("train/")] == [f"train/{t}" for t in LOSS_TERMS]
-    summary = planted_runs[("planted", SEEDS[0])]["summary"]
-    assert summary["params"]["train"]["epochs"] == 6 and summary["steps_per_epoch"] == 24
-    assert set(summary["params"]["baselines"]) == {"ithp"}
-    assert not {"model", "loss", "gm", "cp"} & set(summary["params"])

@@ -3,10 +3,7 @@ information of a toy pair, its two-stage step, and that the a/v inputs reach the
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -18,14 +15,11 @@ from train_helpers import (
     D_A,
     D_V,
     REPO,
-    assert_planted_beats_zeroed,
     assert_same_tensors,
     ddp_worker,
     free_port,
     load_model_states,
     make_cache,
-    override_error,
-    planted_caches,
     small_params,
     tiny_text_model,
 )
@@ -43,12 +37,9 @@ from cpsl.baselines.mmim_estimators import (
 from cpsl.baselines.mmim_training import MMIMRecipe, Plateau, estimator_optimizer, estimator_step, main_optimizer
 from cpsl.config import load_params
 from cpsl.data.planted import planted_split
-from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import read_history
 from cpsl.train import loop
-from cpsl.train import step as step_module
-from cpsl.train.stage import run_train
 
 DA, DV, VOCAB, L = D_A, D_V, 1200, 10
 # params.yaml's MOSI section with tiny widths and no dropout
@@ -341,17 +332,6 @@ def test_plateau_halves_the_rate_as_torchs_reduce_lr_on_plateau():
     assert scales[-1] == 0.125  # three plateaus; 0.79999 is no improvement on 0.8 (relative threshold 1e-4)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("baselines.mmim.mosi.ba_pairs", "[tv, tv]", "'baselines.mmim.mosi.ba_pairs' must be a non-empty list of distinct"),
-    ("baselines.mmim.mosei.stage1", "batch", "'baselines.mmim.mosei.stage1' must be one of step, epoch"),
-    ("baselines.mmim.mosi.acoustic_out", 3, "'baselines.mmim.mosi.acoustic_out' must be an integer in [4"),
-    ("baselines.mmim.mosi.lr_plateau_factor", 1.0, "'baselines.mmim.mosi.lr_plateau_factor' must be a number in (0"),
-    ("baselines.mmim.mosi.alpha", 0.1, "unknown key 'baselines.mmim.mosi.alpha'"),
-])
-def test_the_mmim_section_is_validated_naming_the_key(key, value, message):
-    assert message in override_error(key, value)
-
-
 # ------------------------------------------------------------------------------------------- the training loop
 TINY = {"acoustic_out": 8, "visual_out": 8, "fusion_hidden": 16}  # entropy on 2 dims: batch 8 + memory suffice
 
@@ -394,32 +374,6 @@ def test_stage_1_runs_every_step_or_once_per_epoch_over_its_share_of_the_batches
     assert _recipe_state(tmp_path / "epoch")["memory"]["batches"] == {}  # emptied at each epoch's end
 
 
-def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_run(tiny_run, tmp_path, monkeypatch):
-    text, cache = tiny_run
-    params = _loop_params(text)
-    ref = _fit(params, cache, tmp_path / "ref", text)
-    assert ref.exit_code == 0
-    real = step_module.Stepper.step
-
-    def killing_step(self, batch, sums, *, epoch, step, **kwargs):
-        if (epoch, step) == (1, 1):
-            os.kill(os.getpid(), signal.SIGTERM)  # the run stops after this step
-        return real(self, batch, sums, epoch=epoch, step=step, **kwargs)
-
-    monkeypatch.setattr(step_module.Stepper, "step", killing_step)
-    assert _fit(params, cache, tmp_path / "run", text).exit_code == 128 + signal.SIGTERM
-    saved = _recipe_state(tmp_path / "run")
-    assert saved["memory"]["batches"]["tv"] and saved["estimator_optimizer"]["state"]  # mid-epoch: both in use
-    monkeypatch.setattr(step_module.Stepper, "step", real)
-    resumed = _fit(params, cache, tmp_path / "run", text)
-    assert resumed.exit_code == 0
-    assert_same_tensors(ref.model.state_dict(), resumed.model.state_dict())
-    ref_state, run_state = _recipe_state(tmp_path / "ref"), _recipe_state(tmp_path / "run")
-    assert_same_tensors(ref_state["estimator_optimizer"]["state"][0], run_state["estimator_optimizer"]["state"][0])
-    same = str(read_history(tmp_path / "ref" / "history.csv")) == str(read_history(tmp_path / "run" / "history.csv"))
-    assert same  # compared as text: valid/entropy and valid/total are NaN in both
-
-
 def test_two_ddp_ranks_end_with_identical_weights_estimators_included(tiny_run, tmp_path):
     text, cache = tiny_run
     params = _loop_params(text, settings={"execution.nproc": 2})
@@ -429,31 +383,3 @@ def test_two_ddp_ranks_end_with_identical_weights_estimators_included(tiny_run, 
     ranks = [load_model_states(tmp_path / f"mmim-rank{r}.pt") for r in (0, 1)]
     assert_same_tensors(*ranks)  # each rank's stage 1 saw other segments: their gradients were averaged
     assert any(k.startswith("estimators.") for k in ranks[0]) and _stage1_steps(tmp_path / "run") == 8
-
-
-# ------------------------------------------------------------------------------------------- planted signal
-SEEDS = (0, 1, 2)
-MARGIN_CORR = 0.5  # test Pearson r: planted visual signal vs the same runs with a/v zeroed, on every seed
-MARGIN_MAE = 0.5   # test MAE: zeroed minus planted, on every seed
-SCHEDULE = {"epochs": 2, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
-
-
-@pytest.fixture(scope="module")
-def planted_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mmim_planted")
-    text = tiny_text_model(tmp / "text")
-    caches = planted_caches(tmp)  # the label in the visual stream only; the same with a/v zeroed
-    params = small_params(text, **{f"baselines.mmim.mosi.train.{k}": v for k, v in SCHEDULE.items()},
-                          **{"eval.reliance_permutations": 3})
-    metrics = {}
-    for seed in SEEDS:
-        for name, cache in caches.items():
-            run = tmp / f"{name}-MMIM-seed{seed}"
-            assert run_train(params, seed=seed, ablation="MMIM", data_path=cache, out_dir=run) == 0
-            run_evaluate(params, run, data_path=cache)
-            metrics[(name, seed)] = json.loads((run / "metrics.json").read_text())
-    return metrics
-
-
-def test_mmim_beats_its_av_zeroed_self_on_the_planted_signal_on_every_seed(planted_runs):
-    assert_planted_beats_zeroed(planted_runs, SEEDS, "MMIM", MARGIN_CORR, MARGIN_MAE)

@@ -8,38 +8,29 @@
 2. The weighted multi-task loss (Eq. 13), which refuses to run without the generated labels.
 3. The model: the gradient of the prediction reaches the a/v inputs at the word positions only; each unimodal head
    reads its own modality; the gathered sLSTM end state is the packed one; trimming changes nothing.
-4. In the real loop: on the planted-signal cache Self-MM beats its own a/v-zeroed runs on every one of 3 seeds by
-   MARGIN_CORR in test Pearson r, with the ULGM active; its per-segment state survives SIGTERM (in process) and
-   SIGKILL (a real `cpsl train`) with results identical to an uninterrupted run; on 2 gloo ranks it is identical on
-   both ranks.
+4. In the real loop on 2 gloo ranks: the ULGM's per-segment state is identical on both ranks, every subtask's
+   labels moved. (The row's contract, planted signal, SIGTERM/SIGKILL resume with the ULGM state, params
+   validation and the a/v mark: tests/test_row_contract.py.)
 """
 from __future__ import annotations
 
-import copy
 import io
-import json
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_kill_anywhere import _kill_mid_epoch, completes
 from torch.nn.utils.rnn import pack_padded_sequence
 from train_helpers import (
     REPO,
-    assert_planted_beats_zeroed,
     assert_same_tensors,
     free_port,
     load_model_states,
     make_cache,
-    override_error,
-    planted_caches,
+    schedule_settings,
     small_params,
     tiny_text_model,
-    write_params,
 )
 
 from cpsl.baselines.selfmm import (
@@ -54,13 +45,9 @@ from cpsl.baselines.selfmm_labels import REPRESENTATIONS, UnimodalLabels, moment
 from cpsl.baselines.selfmm_training import SelfMMRecipe
 from cpsl.config import parse_yaml
 from cpsl.data.planted import planted_split
-from cpsl.evaluate.stage import run_evaluate
 from cpsl.model.network import word_positions
 from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
-from cpsl.run_folder import STATE_FILE, read_history
 from cpsl.train import loop, recipes
-from cpsl.train import step as step_module
-from cpsl.train.stage import run_train
 
 DA, DV, VOCAB, L = 5, 4, 1200, 10
 E1, E2 = torch.eye(4)[0], torch.eye(4)[1]
@@ -382,17 +369,6 @@ def test_a_short_training_run_moves_the_unimodal_labels_and_stays_finite():
 
 
 # ------------------------------------------------------------------------------------------------ params
-@pytest.mark.parametrize("key, value, message", [
-    ("baselines.selfmm.mosi.ulgm_rule", "mmsa", "'baselines.selfmm.mosi.ulgm_rule' must be one of paper, official"),
-    ("baselines.selfmm.mosei.head_hidden_layers", 3, "'baselines.selfmm.mosei.head_hidden_layers' must be an integer"),
-    ("baselines.selfmm.mosi.label_bound", 0, "'baselines.selfmm.mosi.label_bound' must be a number in (0"),
-    ("baselines.selfmm.mosi.post_v_dropout", 1.0, "'baselines.selfmm.mosi.post_v_dropout' must be a number in [0, 1)"),
-    ("baselines.selfmm.mosi.update_epochs", 4, "unknown key 'baselines.selfmm.mosi.update_epochs'"),
-])
-def test_the_params_section_is_validated_naming_the_key(key, value, message):
-    assert message in override_error(key, value)
-
-
 def test_the_params_sections_build_the_model_the_official_config_describes():
     params = parse_yaml((REPO / "params.yaml").read_text())["baselines"]["selfmm"]
     text = load_text_encoder(tiny_deberta_config(VOCAB), pretrained=False)
@@ -405,101 +381,6 @@ def test_the_params_sections_build_the_model_the_official_config_describes():
 
 
 # ------------------------------------------------------------------------------------------------ in the loop
-SEEDS = (0, 1, 2)
-MARGIN_CORR = 0.8  # test Pearson r: planted visual signal vs the same runs with a/v zeroed (measured: ~0.99 vs ~0)
-# 3 epochs of 24 steps: the unimodal losses start in the third (labels change from the second epoch on, and a
-# segment's loss reads its label before that step's update)
-SCHEDULE = {"epochs": 3, "batch_size": 8, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
-
-
-def _schedule(text, **extra):
-    """small_params (dataset mosi: Self-MM's MOSI section) with a short schedule of its own."""
-    return small_params(text, **{**{f"baselines.selfmm.mosi.train.{k}": v for k, v in SCHEDULE.items()}, **extra})
-
-
-@pytest.fixture(scope="module")
-def planted_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("selfmm_planted")
-    text = tiny_text_model(tmp / "text")
-    caches = planted_caches(tmp)
-    params = _schedule(text, **{"eval.reliance_permutations": 3})
-    metrics = {}
-    for seed in SEEDS:
-        for name, cache in caches.items():
-            run = tmp / f"{name}-SELFMM-seed{seed}"
-            assert run_train(params, seed=seed, ablation="SELFMM", data_path=cache, out_dir=run) == 0
-            run_evaluate(params, run, data_path=cache)
-            metrics[(name, seed)] = json.loads((run / "metrics.json").read_text())
-            metrics[(name, seed)]["history"] = read_history(run / "history.csv")
-    return metrics
-
-
-def test_selfmm_beats_its_av_zeroed_self_on_the_planted_signal_on_every_seed(planted_runs):
-    assert_planted_beats_zeroed(planted_runs, SEEDS, "Self-MM", MARGIN_CORR)
-    for s in SEEDS:
-        # the ULGM ran in the loop: labels unchanged in the first epoch, moved afterwards; the unimodal losses
-        # are exactly 0 until a segment's label has moved (W_s = tanh(0)), then positive
-        history = planted_runs[("planted", s)]["history"]
-        assert [row["ulgm/gap_v"] == 0 for row in history] == [True, False, False]
-        assert [row["train/uni_v"] > 0 for row in history] == [False, False, True]
-        assert np.isnan(history[-1]["valid/uni_v"]) and history[-1]["valid/total"] == history[-1]["valid/task"]
-
-
-def _recipe_state(run_dir):
-    return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)["recipe"]["ulgm"]
-
-
-def _same_outputs(run, reference):
-    assert_same_tensors(load_model_states(run / "best.pt"), load_model_states(reference / "best.pt"))
-    assert_same_tensors(load_model_states(run / STATE_FILE), load_model_states(reference / STATE_FILE))
-    assert_same_tensors(_recipe_state(run), _recipe_state(reference))
-    # valid/uni_* are NaN (no generated labels on validation): assert_equal counts NaN == NaN
-    np.testing.assert_equal(read_history(run / "history.csv"), read_history(reference / "history.csv"))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("selfmm_resume")
-    text = tiny_text_model(tmp / "text")
-    cache = make_cache(tmp / "cache.h5", n_train=32, n_valid=8, learnable=True)
-    params = _schedule(text, **{"ablations": ["SELFMM"], "baselines.selfmm.mosi.train.batch_size": 4})
-    assert run_train(params, seed=0, ablation="SELFMM", data_path=cache, out_dir=tmp / "ref") == 0
-    state = _recipe_state(tmp / "ref")
-    assert (state["labels"][1:] != state["labels"][:1]).any()  # the labels moved: resuming them is tested
-    return tmp, text, cache, params
-
-
-def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(reference_run, monkeypatch):
-    tmp, text, cache, params = reference_run
-    real = step_module.Stepper.step
-
-    def killing_step(self, batch, sums, *, epoch, step, **kwargs):
-        if (epoch, step) == (2, 2):  # mid-epoch, with the ULGM updating labels and the unimodal losses on
-            os.kill(os.getpid(), signal.SIGTERM)  # fit's StopFlag: the run stops after the next step
-        return real(self, batch, sums, epoch=epoch, step=step, **kwargs)
-
-    monkeypatch.setattr(step_module.Stepper, "step", killing_step)
-    run = tmp / "sigterm"
-    assert run_train(params, seed=0, ablation="SELFMM", data_path=cache, out_dir=run) == 128 + signal.SIGTERM
-    saved = torch.load(run / STATE_FILE, weights_only=True)
-    assert (saved["epoch"], saved["step_in_epoch"]) == (2, 4)
-    monkeypatch.setattr(step_module.Stepper, "step", real)
-    assert run_train(params, seed=0, ablation="SELFMM", data_path=cache, out_dir=run) == 0
-    _same_outputs(run, tmp / "ref")
-
-
-def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(reference_run):
-    tmp, text, cache, params = reference_run
-    params_file = write_params(tmp / "params.yaml", params)
-    run = tmp / "sigkill"
-    args = ["train", "--params", str(params_file), "--seed", "0", "--ablation", "SELFMM", "--data", str(cache),
-            "--out", str(run)]
-    _kill_mid_epoch(args, run)  # a real `cpsl train`, killed a few steps into epoch 1 (labels already moving)
-    assert torch.load(run / STATE_FILE, weights_only=True)["epoch"] == 1
-    assert "resuming" in completes(args)
-    _same_outputs(run, tmp / "ref")
-
-
 class _KeepLabels(SelfMMRecipe):
     def end_epoch(self, epoch, row):
         self.model.ulgm_state = {k: v.clone() for k, v in self.ulgm.state_dict().items()}  # read by the worker
@@ -522,11 +403,11 @@ def _ddp_worker(rank, world_size, port, params, cache, run_dir, text, out):
         shutdown(ctx)
 
 
-def test_the_ulgm_state_is_identical_on_every_ddp_rank(reference_run, tmp_path):
-    _, text, _, params = reference_run
-    params = copy.deepcopy(params)
-    params["execution"]["nproc"] = 2
-    params["baselines"]["selfmm"]["mosi"]["train"]["batch_size"] = 6
+def test_the_ulgm_state_is_identical_on_every_ddp_rank(tmp_path):
+    text = tiny_text_model(tmp_path / "text")
+    # 3 epochs: the labels move from the second on
+    schedule = {"epochs": 3, "batch_size": 6, "lr": 5e-4, "lr_new_modules": 5e-3, "warmup_ratio": 0.0}
+    params = small_params(text, **schedule_settings("SELFMM", **schedule), **{"execution.nproc": 2})
     # 31 segments over 2 ranks: DistributedSampler repeats one, so a gathered batch holds it twice
     cache = make_cache(tmp_path / "cache.h5", n_train=31, n_valid=8, learnable=True)
     mp.start_processes(_ddp_worker, args=(2, free_port(), params, cache, tmp_path / "run", text, tmp_path),

@@ -11,19 +11,19 @@ rerun must cope with.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
 import yaml
 from fixtures_align import make_videos, write_raw
 from train_helpers import (
     REPO,
     assert_same_tensors,
+    cli_completes,
+    cli_env,
+    kill_mid_epoch,
     load_model_states,
     make_cache,
     small_params,
@@ -66,24 +66,12 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1"}
-
-
 def killed_at(point: str, n: int, args: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-c", KILLER, point, str(n), *args], cwd=REPO, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, str(n), *args], cwd=REPO, env=cli_env(),
                           capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, (
         f"not killed at {point} #{n} (exit {proc.returncode}): {proc.stderr[-2000:]}"
     )
-
-
-def completes(args: list[str]) -> str:
-    proc = subprocess.run([sys.executable, "-m", "cpsl.cli", *args], cwd=REPO, env=_env(), capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stderr
 
 
 def no_temporaries(folder: Path) -> None:
@@ -103,7 +91,7 @@ def test_align_killed_anywhere_rerun_gives_the_identical_cache(tmp_path):
         return ["align", "--params", str(params_file), "--raw", str(raw), "--out", str(out)]
 
     reference = tmp_path / "ref" / "demo.h5"
-    completes(args(reference))
+    cli_completes(args(reference))
     out = tmp_path / "out" / "demo.h5"
     report = out.with_name("demo.report.json")
     killed_at("dataset", 3, args(out))  # mid-write of the cache's temporary
@@ -112,7 +100,7 @@ def test_align_killed_anywhere_rerun_gives_the_identical_cache(tmp_path):
     assert not out.exists()
     killed_at("replaced", 1, args(out))  # the cache in place, its report not yet written
     assert out.exists() and not report.exists()
-    completes(args(out))
+    cli_completes(args(out))
 
     assert out.read_bytes() == reference.read_bytes()
     strip = lambda p: {k: v for k, v in json.loads(p.read_text()).items() if k not in ("seconds", "cache")}  # noqa: E731
@@ -121,25 +109,6 @@ def test_align_killed_anywhere_rerun_gives_the_identical_cache(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ train
-def _kill_mid_epoch(args: list[str], run: Path) -> None:
-    """Start a real `cpsl train`, SIGKILL it a moment after it saved a new state (mid-epoch)."""
-    state = run / run_folder.STATE_FILE
-    before = state.stat().st_mtime_ns if state.exists() else None
-    proc = subprocess.Popen([sys.executable, "-m", "cpsl.cli", *args], cwd=REPO, env=_env(), stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if state.exists() and state.stat().st_mtime_ns != before:
-                time.sleep(0.01)  # into the next epoch's steps
-                break
-            time.sleep(0.002)
-        assert proc.poll() is None, "train finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 def test_train_killed_anywhere_rerun_gives_the_same_weights(tmp_path):
     text = tiny_text_model(tmp_path / "text")
     cache = make_cache(tmp_path / "cache.h5", n_train=32, n_valid=8, learnable=True)  # so epoch 1 improves
@@ -150,18 +119,18 @@ def test_train_killed_anywhere_rerun_gives_the_same_weights(tmp_path):
         return ["train", "--params", str(params_file), "--seed", "0", "--data", str(cache), "--out", str(out)]
 
     reference = tmp_path / "ref"
-    completes(args(reference))
+    cli_completes(args(reference))
 
     run = tmp_path / "run"
     # renames per epoch: best.pt (when it improves), history.csv, state/last.pt; each rerun resumes
     killed_at("replace", 2, args(run))  # epoch 0: best.pt written, history.csv complete but not in place
     killed_at("replaced", 2, args(run))  # history.csv in place, the state of epoch 0 not saved yet
-    _kill_mid_epoch(args(run), run)  # a few steps into an epoch, after a state was saved
+    kill_mid_epoch(args(run), run)  # a few steps into an epoch, after a state was saved
     assert load_state(run / run_folder.STATE_FILE)["epoch"] == 1  # killed inside epoch 1
     killed_at("replace", 3, args(run))  # a state/last.pt complete in its temporary, not renamed
     # that rename was the state of epoch 1, after its improved best.pt: best.pt is newer than the state
     assert run_folder.best_record(run)["epoch"] == load_state(run / run_folder.STATE_FILE)["epoch"] == 1
-    log = completes(args(run))
+    log = cli_completes(args(run))
     # resumed, not retrained: a best.pt newer than the state (written by the killed epoch) is adopted
     assert "resuming" in log and "from scratch" not in log
 

@@ -68,10 +68,18 @@ def make_cache(path: Path, n_train: int = 16, n_valid: int = 8, n_test: int = 8,
     return Path(path)
 
 
+def shuffled_labels(splits: dict[str, dict], seed: int = 0) -> dict[str, dict]:
+    """The same splits with the training and validation labels permuted across segments (the test split intact):
+    the shuffled-label control of a planted-signal study, where no input predicts the label a model is fitted to."""
+    rng = np.random.default_rng(seed)
+    return {s: {**arrays, "label": arrays["label"][rng.permutation(len(arrays["label"]))]} if s != "test" else arrays
+            for s, arrays in splits.items()}
+
+
 def planted_caches(folder: Path, signal: tuple[str, ...] = ("visual",)) -> dict[str, Path]:
-    """The planted-signal study's two caches in ``folder``: {"planted": label in the ``signal`` streams (default the
-    visual stream only; the others carry noise), "zeroed": the same with a/v zeroed} (cpsl.data.planted; 192/32/48
-    segments, length 12)."""
+    """The planted-signal study's caches in ``folder``: {"planted": label in the ``signal`` streams (default the
+    visual stream only; the others carry noise), "zeroed": the same with a/v zeroed, "shuffled": the same with the
+    training and validation labels shuffled} (cpsl.data.planted; 192/32/48 segments, length 12)."""
     from cpsl.data.planted import planted_splits, zero_streams
 
     splits = planted_splits({"train": 192, "valid": 32, "test": 48}, 12, (D_A, D_V), VOCAB, signal=signal,
@@ -79,7 +87,7 @@ def planted_caches(folder: Path, signal: tuple[str, ...] = ("visual",)) -> dict[
     attrs = {"dataset": "mosi", "tokenizer": "tiny", "max_seq_len": 12, "acoustic_name": "a", "visual_name": "v",
              "acoustic_dim": D_A, "visual_dim": D_V, "raw_manifest_sha256": {"words": "0"}}
     out = {}
-    for name, data in (("planted", splits), ("zeroed", zero_streams(splits))):
+    for name, data in (("planted", splits), ("zeroed", zero_streams(splits)), ("shuffled", shuffled_labels(splits))):
         out[name] = Path(folder) / f"{name}.h5"
         write_cache(out[name], data, attrs)
     return out
@@ -98,6 +106,17 @@ def small_params(text_model: str, **overrides) -> dict:
     for key, value in settings.items():
         set_dotted(params, key, value)
     return validate_params(params, "test params")
+
+
+def schedule_settings(row_id: str, **schedule) -> dict:
+    """``small_params`` overrides that give row ``row_id`` the training ``schedule`` (train keys: epochs, lr, ...):
+    a baseline trains with its own section's schedule on MOSI (baselines.<section>.mosi.train.*), a CP+SL row with
+    train.*."""
+    from cpsl import rows
+
+    spec = rows.row(row_id).baseline
+    prefix = "train" if spec is None else f"{rows.BASELINES_SECTION}.{spec.section}.mosi.train"
+    return {f"{prefix}.{key}": value for key, value in schedule.items()}
 
 
 def write_params(path: Path, params: dict) -> Path:
@@ -260,28 +279,49 @@ def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_pa
         shutdown(ctx)
 
 
-def assert_planted_beats_zeroed(runs: dict, seeds, name: str, margin_corr: float, margin_mae: float = 0.0) -> None:
-    """A baseline's planted-signal proof (runs[("planted"|"zeroed", seed)] = metrics.json): on every seed its test
-    corr beats its a/v-zeroed self by more than ``margin_corr`` and its MAE is lower by more than ``margin_mae``,
-    and the reliance check sees the visual stream (the signal), not the noise-only acoustic one."""
-    corr = {k: np.array([runs[(k, s)]["test"]["corr"] or 0.0 for s in seeds]) for k in ("planted", "zeroed")}
-    mae = {k: np.array([runs[(k, s)]["test"]["mae"] for s in seeds]) for k in ("planted", "zeroed")}
-    print(f"{name} test corr planted {corr['planted'].round(3)} vs a/v zeroed {corr['zeroed'].round(3)}; "
-          f"MAE {mae['planted'].round(3)} vs {mae['zeroed'].round(3)}")
-    assert (corr["planted"] - corr["zeroed"] > margin_corr).all(), corr
-    assert (mae["zeroed"] - mae["planted"] > margin_mae).all(), mae
-    for s in seeds:
-        rel = runs[("planted", s)]["reliance"]
-        assert rel["visual"]["mae"] > 0.5 and rel["visual"]["mae"] > 5 * abs(rel["acoustic"]["mae"]), rel
+# ------------------------------------------------------------------------------ real `cpsl` processes, killed
+def cli_env() -> dict:
+    """The environment of a `cpsl` child process: this process's thread count, nothing downloaded."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"}
 
 
-def override_error(key: str, value) -> str:
-    """The ParamsError message of ``--set key=value`` on the repository's params.yaml ('' if it is accepted)."""
-    from cpsl.config import apply_overrides, parse_yaml
-    from cpsl.errors import ParamsError
+def cli_completes(args: list[str]) -> str:
+    """Run `cpsl <args>` to completion (exit 0 asserted); returns its stderr."""
+    import subprocess
+    import sys
 
+    proc = subprocess.run([sys.executable, "-m", "cpsl.cli", *args], cwd=REPO, env=cli_env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def kill_mid_epoch(args: list[str], run: Path) -> None:
+    """Start a real `cpsl train` (``args``) writing run folder ``run``; SIGKILL it a moment after it saved a new
+    state (so mid-epoch): no clean-up runs, whatever it left is what a rerun must cope with."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cpsl import run_folder
+
+    state = Path(run) / run_folder.STATE_FILE
+    before = state.stat().st_mtime_ns if state.exists() else None
+    proc = subprocess.Popen([sys.executable, "-m", "cpsl.cli", *args], cwd=REPO, env=cli_env(),
+                            stderr=subprocess.DEVNULL)
     try:
-        apply_overrides(parse_yaml((REPO / "params.yaml").read_text()), [f"{key}={value}"])
-    except ParamsError as exc:
-        return str(exc)
-    return ""
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if state.exists() and state.stat().st_mtime_ns != before:
+                time.sleep(0.01)  # into the next epoch's steps
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, "train finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
