@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from train_helpers import REPO, planted_caches, small_params, tiny_text_model
 
-from cpsl.baselines.ithp import (
+from cpsl.baselines.ithp.model import (
     LOSS_TERMS,
     ITHPModel,
     ithp_losses,
@@ -37,9 +37,9 @@ from cpsl.config import apply_overrides, load_params, parse_yaml
 from cpsl.data.planted import planted_splits
 from cpsl.errors import ParamsError
 from cpsl.evaluate.stage import rebuild_model, run_evaluate
-from cpsl.model.network import word_positions
-from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.names import TENSOR_KEYS
+from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.tokens import word_positions
 from cpsl.train.stage import run_train
 
 VOCAB, DA, DV = 60, 5, 3  # d_a != d_v, so a shape says which modality a level predicts

@@ -14,9 +14,9 @@ from cpsl.cache import content_identity, write_cache
 from cpsl.config import validate_params
 from cpsl.evaluate.stage import EvaluateError, run_evaluate
 from cpsl.metrics import compute_metrics
-from cpsl.model.inference import run_inference
 from cpsl.model.network import build_model
-from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.nn.inference import run_inference
+from cpsl.nn.text_encoder import tiny_deberta_config
 from cpsl.run_folder import RunFolderError
 
 L, DA, DV, VOCAB = 8, 5, 7, 100
