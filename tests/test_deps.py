@@ -128,3 +128,23 @@ def test_a_new_undeclared_import_fails_the_check(tmp_path):
 def test_a_project_without_the_package_is_an_error_not_an_empty_list(tmp_path):
     with pytest.raises(FileNotFoundError, match="no cpsl package here"):
         deps.stage_files("train", root=tmp_path)
+
+
+def test_the_run_fingerprint_code_is_per_row(tmp_path, monkeypatch):
+    """deps.code_hash('train', row): an edit in MMIM's folder changes MMIM's runs' code identity only (was: every
+    run's, so a state of A6 saved before an MMIM edit was discarded)."""
+    pkg = tmp_path / "cpsl"
+    shutil.copytree(REPO / "src/cpsl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(deps, "package_dir", lambda: pkg)
+
+    def hashes():
+        deps.code_hash.cache_clear()
+        return {row: deps.code_hash("train", row) for row in ("A6", "T0", "MAG", "MMIM")}
+
+    before = hashes()
+    assert before["A6"] == before["T0"] and len({before["A6"], before["MAG"], before["MMIM"]}) == 3
+    estimators = pkg / "baselines/mmim/estimators.py"
+    estimators.write_text(estimators.read_text() + "\n# an edit\n")
+    after = hashes()
+    deps.code_hash.cache_clear()
+    assert {r for r in before if before[r] != after[r]} == {"MMIM"}

@@ -60,7 +60,7 @@ def setup(tmp_path_factory):
             "acoustic_dim": DA, "visual_dim": DV, "text_model": str(text_dir)}
     # the run identity train records (cpsl.run_identity): these params, this row and seed, this cache, this code
     meta["identity"] = run_identity.identity(params, "A6", 3, cache=content_identity(cache),
-                                             code=deps.code_hash("train"))
+                                             code=deps.code_hash("train", "A6"))
     meta["fingerprint"] = run_identity.fingerprint(meta["identity"])
     # the validation MAE the trainer would have recorded for this model
     valid_mae = float(np.mean(np.abs(run_inference(model, splits["valid"], 4, torch.device("cpu")).prediction
