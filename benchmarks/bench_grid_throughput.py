@@ -49,7 +49,7 @@ def worker(args) -> None:
     from bench_step_overhead import MOSI_SHAPE, REPO, Trainer
 
     from cpsl.config import apply_overrides, load_params
-    from cpsl.model.text_encoder import tiny_deberta_config
+    from cpsl.nn.text_encoder import tiny_deberta_config
 
     torch.set_num_threads(args.threads)
     params = copy.deepcopy(load_params(REPO / "params.yaml"))

@@ -25,11 +25,12 @@ import torch
 from cpsl.ablations import switches_for
 from cpsl.config import load_params
 from cpsl.model.network import build_model
+from cpsl.model.recipe import LossStep
 from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import make_stepper, plan_step
 from cpsl.train.recipe import make_optimizer
-from cpsl.train.step import EpochSums, LossStep
+from cpsl.train.step import EpochSums
 
 REPO = Path(__file__).resolve().parents[1]
 MOSI_SHAPE = {"batch": 8, "seq_len": 50, "acoustic_dim": 74, "visual_dim": 47}

@@ -93,7 +93,7 @@ def tiny_text_model(folder: Path) -> str:
     import torch
     import transformers
 
-    from cpsl.model.text_encoder import tiny_deberta_config
+    from cpsl.nn.text_encoder import tiny_deberta_config
 
     if not (folder / "config.json").is_file():
         torch.manual_seed(1234)

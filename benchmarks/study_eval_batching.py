@@ -32,7 +32,7 @@ def main() -> int:
     from cpsl.cache import read_split
     from cpsl.evaluate.stage import rebuild_model
     from cpsl.metrics import compute_metrics
-    from cpsl.model.inference import run_inference
+    from cpsl.nn.inference import run_inference
     from cpsl.run_folder import load_best
 
     torch.set_num_threads(1)

@@ -52,7 +52,7 @@ def tiny_text_model(folder: Path) -> str:
     import torch
     import transformers
 
-    from cpsl.model.text_encoder import tiny_deberta_config
+    from cpsl.nn.text_encoder import tiny_deberta_config
 
     if not (folder / "config.json").is_file():
         torch.manual_seed(1234)
@@ -64,8 +64,8 @@ def probe(model, arrays: dict, n: int, scale: dict) -> dict:
     """Mean / max |change of prediction| when one word's feature of ``n`` test segments is made extreme."""
     import torch
 
-    from cpsl.model.inference import run_inference
-    from cpsl.model.network import word_positions
+    from cpsl.nn.inference import run_inference
+    from cpsl.nn.tokens import word_positions
 
     n = min(n, len(arrays["label"]))
     sub = {k: np.asarray(v[:n]) if k != "segment_id" else list(v[:n]) for k, v in arrays.items()}

@@ -78,7 +78,7 @@ def tiny_text_model(folder: Path) -> str:
     import torch
     import transformers
 
-    from cpsl.model.text_encoder import tiny_deberta_config
+    from cpsl.nn.text_encoder import tiny_deberta_config
 
     config = tiny_deberta_config(30522)
     torch.manual_seed(1234)

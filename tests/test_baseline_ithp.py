@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from train_helpers import REPO
 
-from cpsl.baselines.ithp import (
+from cpsl.baselines.ithp.model import (
     LOSS_TERMS,
     ITHPModel,
     ithp_losses,
@@ -33,8 +33,8 @@ from cpsl.baselines.ithp import (
 )
 from cpsl.config import load_params
 from cpsl.data.planted import planted_splits
-from cpsl.model.network import word_positions
-from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.tokens import word_positions
 
 VOCAB, DA, DV = 60, 5, 3  # d_a != d_v, so a shape says which modality a level predicts
 

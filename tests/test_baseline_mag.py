@@ -21,10 +21,10 @@ from train_helpers import (
     VOCAB,
 )
 
-from cpsl.baselines.mag import AdaptationGate, MAGModel, encoder_layers, losses, scaling_factor
+from cpsl.baselines.mag.model import AdaptationGate, MAGModel, encoder_layers, losses, scaling_factor
 from cpsl.config import load_params
 from cpsl.errors import ParamsError
-from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
 
 HP = {k: v for k, v in load_params(REPO / "params.yaml")["baselines"]["mag"]["mosi"].items() if k != "train"}
 

@@ -25,8 +25,7 @@ from train_helpers import (
 )
 
 from cpsl import rows
-from cpsl.baselines.mmim import MMIM, SequenceEncoder, losses, parameter_groups
-from cpsl.baselines.mmim_estimators import (
+from cpsl.baselines.mmim.estimators import (
     ConditionalGaussian,
     CPCPredictor,
     EntropyMemory,
@@ -34,10 +33,11 @@ from cpsl.baselines.mmim_estimators import (
     info_nce,
     mixture_entropy,
 )
-from cpsl.baselines.mmim_training import MMIMRecipe, Plateau, estimator_optimizer, estimator_step, main_optimizer
+from cpsl.baselines.mmim.model import MMIM, SequenceEncoder, losses, parameter_groups
+from cpsl.baselines.mmim.recipe import MMIMRecipe, Plateau, estimator_optimizer, estimator_step, main_optimizer
 from cpsl.config import load_params
 from cpsl.data.planted import planted_split
-from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.run_folder import read_history
 from cpsl.train import loop
 

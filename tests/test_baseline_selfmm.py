@@ -1,5 +1,5 @@
 """Self-MM (Yu et al., AAAI 2021) is what its paper defines, and its a/v path and per-segment state work
-(cpsl.baselines.selfmm, selfmm_labels, selfmm_training).
+(cpsl.baselines.selfmm: model, labels, recipe).
 
 1. The ULGM's rule on toy batches: class centres (Eq. 5-6), relative distance (Eq. 7-8), a segment whose unimodal
    representation sits nearer the positive centre gets a higher label by exactly Eq. 11's amount, clipping to
@@ -33,7 +33,9 @@ from train_helpers import (
     tiny_text_model,
 )
 
-from cpsl.baselines.selfmm import (
+from cpsl.baselines.selfmm import recipe as selfmm_recipe
+from cpsl.baselines.selfmm.labels import REPRESENTATIONS, UnimodalLabels, momentum
+from cpsl.baselines.selfmm.model import (
     LOSS_TERMS,
     LastStateLSTM,
     SelfMM,
@@ -41,13 +43,12 @@ from cpsl.baselines.selfmm import (
     parameter_groups,
     selfmm_losses,
 )
-from cpsl.baselines.selfmm_labels import REPRESENTATIONS, UnimodalLabels, momentum
-from cpsl.baselines.selfmm_training import SelfMMRecipe
+from cpsl.baselines.selfmm.recipe import SelfMMRecipe
 from cpsl.config import parse_yaml
 from cpsl.data.planted import planted_split
-from cpsl.model.network import word_positions
-from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
-from cpsl.train import loop, recipes
+from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.tokens import word_positions
+from cpsl.train import loop
 
 DA, DV, VOCAB, L = 5, 4, 1200, 10
 E1, E2 = torch.eye(4)[0], torch.eye(4)[1]
@@ -207,7 +208,7 @@ def test_state_dict_round_trip_continues_identically():
 
 # ------------------------------------------------------------------------------------------------ loss (Eq. 13)
 def _out(pred_m, uni, uni_labels=None):
-    from cpsl.baselines.selfmm import SelfMMOutput
+    from cpsl.baselines.selfmm.model import SelfMMOutput
 
     t = torch.tensor
     out = SelfMMOutput(prediction=t(pred_m), uni={s: t(v) for s, v in uni.items()}, features={})
@@ -392,7 +393,7 @@ def _ddp_worker(rank, world_size, port, params, cache, run_dir, text, out):
 
     from cpsl.train.distributed import shutdown
 
-    recipes.BASELINE_RECIPES["selfmm"] = _KeepLabels
+    selfmm_recipe.RECIPE = _KeepLabels
     ctx = _join_gloo(rank, world_size, port)
     try:
         result = loop.fit(loop.RunSpec(params, "SELFMM", 0, cache, run_dir, text), ctx)

@@ -34,10 +34,11 @@ from train_helpers import (
 
 from cpsl.ablations import switches_for
 from cpsl.model.network import build_model
+from cpsl.model.recipe import LossStep
 from cpsl.train.cuda_graphs import CaptureFailed, GraphedSteps, GraphNotExact, _compare, _outputs_list
 from cpsl.train.data import load_tensors
 from cpsl.train.recipe import linear_warmup_decay, make_optimizer
-from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
+from cpsl.train.step import EpochSums, StepBody, Stepper
 
 
 class FakeGraph:

@@ -17,8 +17,8 @@ TRUE = """\
 `cp.eta`, `train.lr_new_modules: 1e-3`, `baselines.<name>.{mosi,mosei}`, `demo.seed/videos`, `execution.download.*`,
 `demo.train.lr`, `cpsl report --table1 --grid`, `cpsl <stage> --set cp.eta=0.3`, `cpsl --version`,
 `cpsl train: error: a message, not a command --whatever`, `...; cpsl never writes through a link`,
-`src/cpsl/baselines/<name>_spec.py`, `tests/train_helpers.planted_caches`, `tests/test_docs_truth.py::test_the_…`,
-`data/processed/demo.h5`, `cpsl.model.zoo`, [params](docs/params.md), [web](https://example.org/docs/x.md).
+`src/cpsl/baselines/<name>/spec.py`, `tests/train_helpers.planted_caches`, `tests/test_docs_truth.py::test_the_…`,
+`data/processed/demo.h5`, `cpsl.nn.zoo`, [params](docs/params.md), [web](https://example.org/docs/x.md).
 
 ```bash
 dvc exp run -S cp.eta=0.3 -S 'ablations=[A6,T0]'

@@ -1,4 +1,4 @@
-"""Issue 22: the evaluation normalisation modes (cpsl.model.normalize) on heavy-tailed inputs."""
+"""Issue 22: the evaluation normalisation modes (cpsl.nn.normalize) on heavy-tailed inputs."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from cpsl.config import load_params, set_dotted, validate_params
 from cpsl.errors import ParamsError
-from cpsl.model.normalize import NORM_MODES, MinMaxNormalizer, batch_min_max
+from cpsl.nn.normalize import NORM_MODES, MinMaxNormalizer, batch_min_max
 
 D, L = 3, 10
 

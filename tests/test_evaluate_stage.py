@@ -14,9 +14,9 @@ from cpsl.cache import content_identity, write_cache
 from cpsl.config import validate_params
 from cpsl.evaluate.stage import EvaluateError, run_evaluate
 from cpsl.metrics import compute_metrics
-from cpsl.model.inference import run_inference
 from cpsl.model.network import build_model
-from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.nn.inference import run_inference
+from cpsl.nn.text_encoder import tiny_deberta_config
 from cpsl.run_folder import RunFolderError
 
 L, DA, DV, VOCAB = 8, 5, 7, 100
@@ -60,7 +60,7 @@ def setup(tmp_path_factory):
             "acoustic_dim": DA, "visual_dim": DV, "text_model": str(text_dir)}
     # the run identity train records (cpsl.run_identity): these params, this row and seed, this cache, this code
     meta["identity"] = run_identity.identity(params, "A6", 3, cache=content_identity(cache),
-                                             code=deps.code_hash("train"))
+                                             code=deps.code_hash("train", "A6"))
     meta["fingerprint"] = run_identity.fingerprint(meta["identity"])
     # the validation MAE the trainer would have recorded for this model
     valid_mae = float(np.mean(np.abs(run_inference(model, splits["valid"], 4, torch.device("cpu")).prediction

@@ -19,7 +19,7 @@ from train_helpers import REPO, make_cache, small_params, tiny_text_model, write
 import cpsl.data.prepare as prepare_mod
 from cpsl.align.subwords import load_tokenizer
 from cpsl.cli import main
-from cpsl.model.text_encoder import load_text_encoder
+from cpsl.nn.text_encoder import load_text_encoder
 from cpsl.text_model import resolve_model_path
 from cpsl.text_model_safety import TextModelError, check_text_model
 

@@ -79,3 +79,20 @@ def test_a_lazy_import_that_closes_a_circle_is_found(tmp_path):
     evaluate = pkg / "evaluate" / "stage.py"  # a stage reaching into another's modules, lazily
     evaluate.write_text(evaluate.read_text() + "\n\ndef _late():\n    from cpsl.report.stats import describe  # noqa\n")
     assert stage_crossings(deps.import_graph(pkg)) == ["cpsl.evaluate.stage -> cpsl.report.stats"]
+
+
+def test_no_row_model_is_imported_by_the_kit_and_baselines_import_no_cpsl_model():
+    """Issue 23: model/ (CP+SL) and train/ import no baseline module; a baseline imports no model/ module (the
+    blocks both use live in cpsl/nn/), so an edit of one row's model reruns only that row's jobs."""
+    graph = deps.import_graph()
+    baseline_folders = {m for m in graph if m.startswith("cpsl.baselines.") and m.count(".") >= 3
+                        or m in {"cpsl.baselines.mag", "cpsl.baselines.ithp", "cpsl.baselines.mmim",
+                                 "cpsl.baselines.selfmm"}}
+    assert {"cpsl.baselines.mmim.model", "cpsl.baselines.mag.recipe"} <= baseline_folders
+    wrong = [f"{a} -> {b}" for a, targets in graph.items() for b in targets
+             if (a.startswith(("cpsl.model.", "cpsl.train.", "cpsl.nn.", "cpsl.evaluate.")) and b in baseline_folders)
+             or (a in baseline_folders and (b == "cpsl.model" or b.startswith("cpsl.model.")))]
+    assert wrong == []
+    # nor does the shared layer or the generic kit import the CP+SL model
+    assert [f"{a} -> {b}" for a, t in graph.items() for b in t
+            if a.startswith(("cpsl.nn.", "cpsl.train.")) and b.startswith("cpsl.model")] == []

@@ -10,8 +10,9 @@ import torch.multiprocessing as mp
 
 from cpsl.model.ame import AdaptiveModalityEncoder
 from cpsl.model.fusion import FusionBlock, ResidualInjection
-from cpsl.model.heads import TaskHead, masked_mean, pool
-from cpsl.model.normalize import minmax_normalize
+from cpsl.model.heads import TaskHead
+from cpsl.nn.heads import masked_mean, pool
+from cpsl.nn.normalize import minmax_normalize
 
 
 def test_minmax_uses_valid_tokens_only_and_keeps_padding_zero():

@@ -9,14 +9,16 @@ import torch
 from cpsl.ablations import switches_for
 from cpsl.config import load_params, set_dotted, validate_params
 from cpsl.data.planted import planted_split
-from cpsl.model.inference import run_inference
 from cpsl.model.losses import total_loss
-from cpsl.model.network import build_model, word_positions
-from cpsl.model.normalize import batch_min_max
-from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.model.network import build_model
+from cpsl.model.recipe import LossStep
+from cpsl.nn.inference import run_inference
+from cpsl.nn.normalize import batch_min_max
+from cpsl.nn.text_encoder import tiny_deberta_config
+from cpsl.nn.tokens import word_positions
 from cpsl.train.distributed import DistContext
 from cpsl.train.recipe import make_optimizer
-from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
+from cpsl.train.step import EpochSums, StepBody, Stepper
 
 DA, DV, VOCAB, L = 5, 4, 1200, 10
 

@@ -6,10 +6,10 @@ import torch
 
 from cpsl.ablations import switches_for
 from cpsl.config import load_params
-from cpsl.model.inference import run_inference
 from cpsl.model.losses import total_loss
 from cpsl.model.network import ModelOutput, build_model
-from cpsl.model.text_encoder import load_text_encoder, tiny_deberta_config
+from cpsl.nn.inference import run_inference
+from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
 
 B, L, DA, DV, VOCAB = 3, 7, 5, 4, 50
 
@@ -168,7 +168,7 @@ def test_relative_position_cache_covers_both_transformers_signatures(monkeypatch
     device; the wrapper must pass either call through unchanged and reuse the result for equal lengths only."""
     from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
 
-    from cpsl.model import text_encoder
+    from cpsl.nn import text_encoder
 
     calls = []
 

@@ -25,8 +25,8 @@ from cpsl.data.real_features import (
 from cpsl.data.sources import ROLES, dataset_spec, standard_folds
 from cpsl.evaluate import input_range
 from cpsl.evaluate.stage import rebuild_model, run_evaluate
-from cpsl.model.inference import run_inference
-from cpsl.model.network import word_positions
+from cpsl.nn.inference import run_inference
+from cpsl.nn.tokens import word_positions
 from cpsl.run_folder import load_best, read_history
 from cpsl.train.stage import run_train
 

@@ -73,13 +73,14 @@ def test_complete_run_is_not_retrained(finished, capfd):
 def test_state_saved_by_other_code_is_not_resumed(finished, monkeypatch, capfd):
     params, cache, run, reference = finished
     _delete(run, (run_folder.SUMMARY_FILE,))  # so the run is not "already trained"
-    monkeypatch.setattr(deps, "code_hash", lambda stage: "edited code")
+    monkeypatch.setattr(deps, "code_hash", lambda stage, row_id=None: "edited code")
     assert run_train(params, seed=0, data_path=cache, out_dir=run) == 0
     assert "belongs to a run with other params, data or code" in capfd.readouterr().err
     _assert_complete_and_equal(run, reference)  # the edit changed no behaviour: same weights
 
 
 def test_code_hash_covers_exactly_the_files_train_runs(tmp_path):
-    files = deps.stage_files("train")
+    files = deps.row_files("train", "A6")  # the train kit + the CP+SL rows' own code (issue 23: per row)
     assert "src/cpsl/model/heads.py" in files and "src/cpsl/train/loop.py" in files
     assert "src/cpsl/report/stage.py" not in files and "src/cpsl/align/stage.py" not in files
+    assert not any(f.startswith("src/cpsl/baselines/mmim/") for f in files)  # no other row's code

@@ -32,11 +32,12 @@ from train_helpers import (
 )
 
 from cpsl import rows
-from cpsl.baselines.mag_training import MAGRecipe
+from cpsl.baselines.mag import recipe as mag_recipe
+from cpsl.baselines.mag.recipe import MAGRecipe
 from cpsl.config import load_params, stage_slice, validate_params
 from cpsl.errors import ParamsError
 from cpsl.run_folder import read_history
-from cpsl.train import loop, recipes
+from cpsl.train import loop
 from cpsl.train import step as step_module
 from cpsl.train.distributed import all_gather_tensor
 from cpsl.train.recipe import StepTelemetry
@@ -170,7 +171,7 @@ def _fit(params, cache, run_dir, text, ctx=CPU):
 
 @pytest.fixture
 def toy(monkeypatch, tmp_path):
-    monkeypatch.setitem(recipes.BASELINE_RECIPES, "mag", ToyRecipe)
+    monkeypatch.setattr(mag_recipe, "RECIPE", ToyRecipe)  # the row finds its recipe by name
     text = tiny_text_model(tmp_path / "text")
     cache = make_cache(tmp_path / "cache.h5", n_train=16, n_valid=8, learnable=True)
     return text, cache
@@ -235,7 +236,7 @@ def _ddp_worker(rank, world_size, port, params, cache, run_dir, text, out):
 
     from cpsl.train.distributed import shutdown
 
-    recipes.BASELINE_RECIPES["mag"] = _KeepSeen
+    mag_recipe.RECIPE = _KeepSeen
     ctx = _join_gloo(rank, world_size, port)
     try:
         result = loop.fit(loop.RunSpec(params, "MAG", 0, cache, run_dir, text), ctx)

@@ -7,7 +7,7 @@
    graph capture): after a first call (the capture's warm-up), every copy from the CPU onto the device is
    recorded; the only ones are the GE noise, drawn here by a CPU generator because the meta device has none (on a
    GPU the generator is on the device). This is what found transformers' DeBERTa copying a host scalar on every
-   forward (now memoised: cpsl.model.text_encoder) and our min-max normaliser creating its +inf with
+   forward (now memoised: cpsl.nn.text_encoder) and our min-max normaliser creating its +inf with
    ``torch.tensor(..., device=...)`` (now ``torch.full``).
 2. Same numbers: eager and sync-free steps from the same state give bit-identical losses, statistics, Eq. 5-6
    coefficients and telemetry at every step, the same epoch rows and bit-identical weights, for A0, A6 and C1,
@@ -52,12 +52,13 @@ from cpsl.ablations import switches_for
 from cpsl.config import validate_params
 from cpsl.errors import ParamsError
 from cpsl.model.network import build_model
+from cpsl.model.recipe import LossStep
 from cpsl.train import step as step_module
 from cpsl.train.data import load_tensors
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, fit, step_mode
 from cpsl.train.recipe import linear_warmup_decay, make_optimizer
-from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper, _StopVotes
+from cpsl.train.step import EpochSums, StepBody, Stepper, _StopVotes
 
 
 @pytest.fixture(scope="module")

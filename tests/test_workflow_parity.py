@@ -42,6 +42,18 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
     return jobs
 
 
+def _expand_row_code(dep: str, workdir: Path) -> set[str]:
+    """A DVC dep on a row's link folder (workflow/row_code/<row>, cpsl.deps.write_row_code) as the repository files
+    its links point at (DVC hashes those files); any other dep as itself."""
+    from cpsl import deps
+
+    folder = workdir / dep
+    if not dep.startswith(deps.ROW_CODE_DIR + "/"):
+        return {dep}
+    assert folder.is_dir(), f"{dep}: missing; run `cpsl deps --write-dvc`"
+    return {Path(p.resolve()).relative_to(workdir.resolve()).as_posix() for p in folder.rglob("*") if p.is_symlink()}
+
+
 def dvc_stages(workdir: Path) -> list[dict]:
     from dvc.repo import Repo
 
@@ -52,7 +64,9 @@ def dvc_stages(workdir: Path) -> list[dict]:
             stages.append({
                 "stage": stage.name.split("@")[0],
                 "cmd": stage.cmd,
-                "deps": {str(d.def_path) for d in stage.deps if not hasattr(d, "params")},
+                "deps": set().union(*(_expand_row_code(str(d.def_path), workdir)
+                                      for d in stage.deps if not hasattr(d, "params"))),
+                "row": stage.name.split("@")[1].split("-")[0] if "@" in stage.name else None,
                 "outs": {str(o.def_path) for o in stage.outs},
                 "params": params[0] if params else [],
             })
@@ -69,7 +83,10 @@ def pipelines(tmp_path_factory):
     work = tmp_path_factory.mktemp("parity")
     for name in ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore"):
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+        if src.is_dir():
+            shutil.copytree(src, work / name, symlinks=True)  # workflow/row_code: links stay links
+        else:
+            shutil.copy(src, work / name)
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     return snakemake_jobs(work), dvc_stages(work)
 
@@ -199,14 +216,30 @@ def test_gpu_resource_only_on_train_and_evaluate(pipelines, tmp_path):
     assert {j["resources"].get("gpu") for j in snakemake_jobs(work) if j["stage"] == "train"} == {"4"}
 
 
+def _job_row(job: dict) -> str | None:
+    """The row of a train/evaluate job: DVC's matrix item, or the run folder in Snakemake's outputs."""
+    if job.get("row"):
+        return job["row"]
+    runs = {m.group(1) for o in job["outs"] for m in [re.search(r"results/[^/]+/(\w+)-seed\d+/", o)] if m}
+    return runs.pop() if runs else None
+
+
 def test_both_engines_declare_the_code_each_stage_runs(pipelines):
-    """File-level code deps from the import graph (cpsl.deps), identical in both engines."""
+    """File-level code deps from the import graph (cpsl.deps), identical in both engines: per row for train and
+    evaluate (the stage's kit + the row's own code: DVC's workflow/row_code/<row> links, expanded)."""
     from cpsl import deps
 
     smk, dvc = pipelines
+    seen_rows = set()
     for job in [j for j in smk if j["stage"] not in SNAKEMAKE_ONLY] + dvc:
         code = {d for d in job["deps"] if d.startswith(deps.SRC_PREFIX)}
-        assert code == set(deps.stage_files(job["stage"], root=REPO)), job["stage"]
+        if job["stage"] in deps.ROW_STAGES:
+            row = _job_row(job)
+            seen_rows.add(row)
+            assert code == set(deps.row_files(job["stage"], row, root=REPO)), (job["stage"], row)
+        else:
+            assert code == set(deps.stage_files(job["stage"], root=REPO)), job["stage"]
+    assert None not in seen_rows and seen_rows
 
 
 def test_every_job_logs_to_its_own_file_and_train_jobs_are_benchmarked(pipelines):

@@ -12,7 +12,7 @@ import transformers
 
 from cpsl.cache import write_cache
 from cpsl.config import load_params, set_dotted, validate_params
-from cpsl.model.text_encoder import tiny_deberta_config
+from cpsl.nn.text_encoder import tiny_deberta_config
 from cpsl.train.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,9 +251,10 @@ def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_pa
 
     from cpsl.ablations import switches_for
     from cpsl.model.network import build_model
+    from cpsl.model.recipe import LossStep
     from cpsl.train.data import load_tensors
     from cpsl.train.distributed import shutdown
-    from cpsl.train.step import EpochSums, LossStep, StepBody, Stepper
+    from cpsl.train.step import EpochSums, StepBody, Stepper
 
     ctx = _join_gloo(rank, world_size, port)
     try:

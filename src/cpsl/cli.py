@@ -111,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "deps", "the package files each stage runs; --write-dvc puts them into dvc.yaml",
              "cpsl deps train   # one file per line: what a code change must touch to rerun train")
     p.add_argument("stages", nargs="*", help="stages to list (default: all)")
+    p.add_argument("--row", metavar="ROW", help="list a job of this row (train/evaluate: the kit + the row's own code)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write-dvc", metavar="DVC_YAML", nargs="?", const="dvc.yaml",
-                      help="rewrite the code deps of every stage in this dvc.yaml")
+                      help="rewrite the code deps of every stage in this dvc.yaml and its workflow/row_code links")
     mode.add_argument("--check-dvc", metavar="DVC_YAML", nargs="?", const="dvc.yaml",
-                      help="exit 1 when this dvc.yaml's code deps differ from the import graph")
+                      help="exit 1 when this dvc.yaml's code deps or workflow/row_code differ from the import graph")
     return parser
 
 
@@ -128,18 +129,26 @@ def _deps(args: argparse.Namespace) -> int:
             path = Path(target)
             text = path.read_text()
             # the repository of that dvc.yaml: its own src/cpsl, not necessarily the running package
-            rendered = deps.render_dvc(text, root=path.resolve().parent)
+            root = path.resolve().parent
+            rendered = deps.render_dvc(text, root=root)
             if name == "write_dvc":
                 if rendered != text:
                     path.write_text(rendered)
+                deps.write_row_code(root)
                 return 0
             if rendered != text:
                 print(f"cpsl deps: {path}: code deps differ from the import graph; run `cpsl deps --write-dvc`",
                       file=sys.stderr)
                 return 1
+            stale = deps.row_code_stale(root)
+            if stale:
+                print(f"cpsl deps: {root / deps.ROW_CODE_DIR}: {stale[0]} ({len(stale)} difference(s)) from the "
+                      "import graph; run `cpsl deps --write-dvc`", file=sys.stderr)
+                return 1
             return 0
     for stage in args.stages or deps.STAGES:
-        for path in deps.stage_files(stage):
+        files = deps.row_files(stage, args.row) if args.row else deps.stage_files(stage)
+        for path in files:
             print(f"{stage}\t{path}")
     return 0
 

@@ -77,7 +77,7 @@ SCHEMA: dict = {
         "beta": _num(0),
         "pooling": _choice("cls", "mean"),
         "var_eps": _num(0, lo_open=True),
-        "eval_norm": _choice("clamped", "running", "extremes", "batch"),  # cpsl.model.normalize.NORM_MODES
+        "eval_norm": _choice("clamped", "running", "extremes", "batch"),  # cpsl.nn.normalize.NORM_MODES
     },
     "loss": {
         "task": _choice("l1", "mse"),

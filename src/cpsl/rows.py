@@ -3,7 +3,7 @@ cpsl.ablations: A0-A6, B1-B5, C1-C5, and T0) and the Table 1 baselines (cpsl.bas
 
 A row ID names what `ablations` lists, what `cpsl train --ablation` trains, the run folder ``<ID>-seed<k>`` and the
 row of the tables. Every row goes through the same stages, cache, folds, seeds, selection and metrics; what differs
-is the model (cpsl.model.zoo), how it is trained (cpsl.train.recipes) and the params it reads (:func:`run_params`).
+is the model (cpsl.nn.zoo), how it is trained (cpsl.train.recipes) and the params it reads (:func:`run_params`).
 Standard library only: config and report read this module without loading torch.
 """
 from __future__ import annotations

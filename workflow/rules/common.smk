@@ -11,10 +11,14 @@ ABLATIONS = config["ablations"]
 SEEDS = config["train"]["seeds"]
 
 
-def code(stage):
-    """The package files the stage runs (cpsl.deps, from this repository's src/cpsl): one input per file,
-    so an edit reruns exactly the stages that import it (a folder's mtime does not change on such an edit)."""
-    return deps.stage_files(stage, root=workflow.basedir)
+def code(stage, row=None):
+    """The package files a job of the stage runs (cpsl.deps, from this repository's src/cpsl): one input per file,
+    so an edit reruns exactly the jobs that import it (a folder's mtime does not change on such an edit). With
+    ``row`` (train, evaluate): the stage's kit plus that row's own code, so an edit of one baseline's folder reruns
+    that baseline's jobs only."""
+    if row is None:
+        return deps.stage_files(stage, root=workflow.basedir)
+    return deps.row_files(stage, row, root=workflow.basedir)
 
 
 def params_slice(stage, row=None):

@@ -6,7 +6,7 @@
 rule train:
     input:
         str(paths.processed_path(DATASET)),
-        code("train"),
+        lambda wildcards: code("train", wildcards.ablation),
     output:
         f"{RUN}/best.pt",
         f"{RUN}/history.csv",
@@ -34,7 +34,7 @@ rule evaluate:
         f"{RUN}/best.pt",
         f"{RUN}/history.csv",
         str(paths.processed_path(DATASET)),
-        code("evaluate"),
+        lambda wildcards: code("evaluate", wildcards.ablation),
     output:
         report(f"{RUN}/metrics.json", caption="../report/run_metrics.rst", category="Runs",
                subcategory="{ablation}", labels={"row": "{ablation}", "seed": "{seed}", "file": "metrics.json"}),

@@ -1,7 +1,8 @@
 """The Table 1 baselines as rows of the pipeline: row ID, params section, table labels (torch-free).
 
-Each baseline declares itself in a torch-free module ``cpsl/baselines/<name>_spec.py`` holding ``SPEC =
-BaselineSpec(...)`` and is listed in :data:`BASELINES`; from there ``cpsl.rows`` makes it a row (``ablations``,
+Each baseline is one self-contained package ``cpsl/baselines/<name>/`` (model.py: ``MODEL`` and ``LOSSES``; recipe.py,
+if it needs one: ``RECIPE``; spec.py, torch-free: ``SPEC = BaselineSpec(...)``; README.md: where every value comes
+from) listed by name in :data:`PACKAGES`, one line per baseline; from there ``cpsl.rows`` makes it a row (``ablations``,
 ``cpsl train --ablation <ROW>``, run folders ``<ROW>-seed<k>``, the report's tables) and ``cpsl.config`` validates
 its params section ``baselines.<section>.{mosi,mosei}``:
 
@@ -15,13 +16,15 @@ its params section ``baselines.<section>.{mosi,mosei}``:
 
 On the demo a baseline takes its ``mosi`` hyper-parameters and the demo's schedule (``train`` with ``demo.train``),
 like every row; on MOSI/MOSEI its own schedule replaces ``train.*`` (cpsl.rows.run_params). The model itself
-(torch) is registered in cpsl.model.zoo, its training recipe, if it needs one, in cpsl.train.recipes.
+(torch) is registered in cpsl.nn.zoo, its training recipe, if it needs one, in cpsl.train.recipes.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import sys
 from typing import Mapping
 
-from cpsl.baselines import ithp_spec, mag_spec, mmim_spec, selfmm_spec
 from cpsl.baselines.spec import BaselineSpec
 from cpsl.param_types import Spec
 
@@ -30,13 +33,32 @@ DATASETS = ("mosi", "mosei")  # the sub-sections of every baseline section (the 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "lr_new_modules", "weight_decay", "warmup_ratio", "grad_clip")
 
 
-# One entry per baseline: the order of Table 1's rows from runs.
-BASELINES: tuple[BaselineSpec, ...] = (
-    mag_spec.SPEC,
-    ithp_spec.SPEC,
-    mmim_spec.SPEC,
-    selfmm_spec.SPEC,
+# One line per baseline, its package: the order of Table 1's rows from runs.
+PACKAGES: tuple[str, ...] = (
+    "cpsl.baselines.mag",
+    "cpsl.baselines.ithp",
+    "cpsl.baselines.mmim",
+    "cpsl.baselines.selfmm",
 )
+
+
+def load_spec(package: str) -> BaselineSpec:
+    """``<package>.spec.SPEC``, knowing its package."""
+    return dataclasses.replace(importlib.import_module(f"{package}.spec").SPEC, package=package)
+
+
+BASELINES: tuple[BaselineSpec, ...] = tuple(load_spec(p) for p in PACKAGES)
+
+
+def extend(package: str) -> None:
+    """Register one more baseline package (importable, e.g. from a folder on ``sys.path``) after the built-in ones.
+    Call it before anything imports cpsl.rows (cpsl.config, the stages): the rows and the params schema are made
+    from :data:`BASELINES` once, at import."""
+    global PACKAGES, BASELINES
+    if "cpsl.rows" in sys.modules:
+        raise RuntimeError("cpsl.baselines.registry.extend: cpsl.rows is already imported; extend the registry first")
+    PACKAGES = (*PACKAGES, package)
+    BASELINES = (*BASELINES, load_spec(package))
 
 
 def schema(train_schema: Mapping[str, Spec]) -> dict:

@@ -16,3 +16,6 @@ class BaselineSpec:
     # its bottleneck); cpsl.av_learnt then has nothing to judge and says so
     reads_av_at_inference: bool = True
     av_note: str = ""              # why, in one line (metrics.json ``learnt.note``)
+    # its package (set by cpsl.baselines.registry): <package>.model has MODEL and LOSSES, <package>.recipe (if any)
+    # RECIPE; cpsl.nn.zoo and cpsl.train.recipes import them by this name, cpsl.deps reads its folder as the row's code
+    package: str = ""

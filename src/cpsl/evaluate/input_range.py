@@ -1,7 +1,7 @@
 """How far evaluation inputs leave the range the model was trained on (issue 22).
 
 Training normalises each mini-batch with its own min/max, so every training input of the a/v encoders lies in
-[0, 1] (``cpsl.model.normalize.TRAIN_RANGE``). At evaluation the kept statistics are used instead; on heavy-tailed
+[0, 1] (``cpsl.nn.normalize.TRAIN_RANGE``). At evaluation the kept statistics are used instead; on heavy-tailed
 features (real COVAREP/FACET) they can map a value far outside it. ``out_of_range`` measures, per stream and
 split, the share of normalised word-position values outside [0, 1] BEFORE any clamp (with ``model.eval_norm:
 clamped`` that is the share the clamp cut) and the largest |value|; ``warning`` makes the one stderr line
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cpsl.model.normalize import TRAIN_RANGE
+from cpsl.nn.normalize import TRAIN_RANGE
 
 STREAMS = {"a": "acoustic", "v": "visual"}
 # evaluate prints a line when a split has more than WARN_SHARE of its inputs outside [0, 1] or one beyond
@@ -26,7 +26,7 @@ _TOL = 1e-6  # float round-off at the ends of the range
 
 @torch.no_grad()
 def _split_range(normalizer, arrays: dict, key: str, batch_size: int) -> dict:
-    from cpsl.model.network import word_positions
+    from cpsl.nn.tokens import word_positions
 
     outside, total, largest = 0, 0, 0.0
     n = len(arrays["attention_mask"])

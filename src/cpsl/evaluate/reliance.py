@@ -22,7 +22,7 @@ PERMUTATION_SEED = 20261127
 
 
 def word_positions_np(attention_mask: np.ndarray) -> np.ndarray:
-    """numpy twin of cpsl.model.network.word_positions: valid tokens minus [CLS] and the last valid ([SEP])."""
+    """numpy twin of cpsl.nn.tokens.word_positions: valid tokens minus [CLS] and the last valid ([SEP])."""
     mask = np.asarray(attention_mask).astype(bool)
     pos = np.arange(mask.shape[1])[None, :]
     last = mask.sum(1, keepdims=True) - 1

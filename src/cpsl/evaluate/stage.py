@@ -68,7 +68,7 @@ def _switches(meta: dict) -> Switches | None:
 
 
 def rebuild_model(ckpt: dict, path: Path) -> torch.nn.Module:
-    from cpsl.model import zoo  # lazy: transformers loads only when evaluating
+    from cpsl.nn import zoo  # lazy: transformers loads only when evaluating
 
     meta = ckpt["meta"]
     model = zoo.build(meta["params"], meta["ablation"], int(meta["acoustic_dim"]), int(meta["visual_dim"]),
@@ -99,12 +99,12 @@ def configured_identity(params: dict, run_dir: Path, meta: dict, data_path: Path
     named = run_folder.named_run(run_dir)
     ablation, seed = named if named and named[0] in rows.ROWS else (meta["ablation"], int(meta["seed"]))
     return run_identity.identity(params, ablation, seed, cache=content_identity(data_path),
-                                 code=deps.code_hash("train"))
+                                 code=deps.code_hash("train", ablation))
 
 
 def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     """Evaluate one run folder; return the metrics dict written to metrics.json."""
-    from cpsl.model.inference import inference_batch_size, run_inference
+    from cpsl.nn.inference import inference_batch_size, run_inference
 
     run_dir = Path(run_dir)
     ckpt = run_folder.load_best(run_dir)

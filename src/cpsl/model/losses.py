@@ -9,9 +9,9 @@
 Choices where the paper is vague (also in docs/method.md):
 - Positions. Every a/v token-level average is taken over WORD positions only (``out.feature_mask``: valid
   tokens minus [CLS]/[SEP], whose a/v features are all-zero by construction), per sample, then averaged over the batch:
-  ``_masked_token_mean``. With no padding this is exactly 1/(BL) sum. Averaging per sample first (rather than
-  over all valid tokens of the batch) makes each loss a mean of per-sample terms, so 2 DDP processes x batch 4
-  give the same gradient as 1 process x batch 8.
+  ``cpsl.nn.losses.masked_token_mean``. With no padding this is exactly 1/(BL) sum. Averaging per sample first
+  (rather than over all valid tokens of the batch) makes each loss a mean of per-sample terms, so 2 DDP processes
+  x batch 4 give the same gradient as 1 process x batch 8.
 - Eq. 3 statistics: mu^_m, sigma^^2_m are the mean and the population variance (1/d_m) of the normalised input
   X_m over its feature dimension, per token (B,L); mu~_m, sigma~^2_m are the means over the hidden dimension of
   the encoder outputs mu_m and sigma^2_m (B,L).
@@ -33,26 +33,19 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from cpsl.ablations import Switches
 from cpsl.names import LOSS_TERMS, MODALITIES
+from cpsl.nn.losses import masked_token_mean, regression_loss
 from cpsl.param_sections import LossSection, section
 
 # term -> (switch attribute, its lambda's field of the loss section); "task" is always on with weight 1
 _WEIGHTED = {"recon": ("recon", "recon"), "uni": ("uni", "uni"), "div": ("div", "div"), "stat": ("sl", "stat")}
 
 
-def _masked_token_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """err (B,L) -> mean over valid tokens of each sample, then over samples (rows without a valid token count 0)."""
-    w = mask.to(err.dtype)
-    per_sample = (err * w).sum(1) / w.sum(1).clamp_min(1.0)
-    return per_sample.mean()
-
-
 def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 3's MSE(X, Y) = 1/(BL) ||X - Y||^2 for (B,L) tensors, over valid tokens (see module docstring)."""
-    return _masked_token_mean((x - y) ** 2, mask)
+    return masked_token_mean((x - y) ** 2, mask)
 
 
 def statistical_loss(out) -> torch.Tensor:
@@ -68,18 +61,9 @@ def statistical_loss(out) -> torch.Tensor:
 
 def reconstruction_loss(out) -> torch.Tensor:
     """L_recon = 1/2 (||A - A^||^2 + ||V - V^||^2) as mean squared error per valid token and feature."""
-    per = [_masked_token_mean(((out.recon[m].float() - out.inputs[m].float()) ** 2).mean(-1), out.feature_mask)
+    per = [masked_token_mean(((out.recon[m].float() - out.inputs[m].float()) ** 2).mean(-1), out.feature_mask)
            for m in MODALITIES]
     return (per[0] + per[1]) / 2
-
-
-def regression_loss(pred: torch.Tensor, label: torch.Tensor, task: str) -> torch.Tensor:
-    pred, label = pred.float().reshape(-1), label.float().reshape(-1)
-    if task == "l1":
-        return F.l1_loss(pred, label)
-    if task == "mse":
-        return F.mse_loss(pred, label)
-    raise ValueError(f"loss.task: unknown task loss {task!r}; expected 'l1' or 'mse'")
 
 
 def unimodal_loss(out, label: torch.Tensor, task: str) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The training loop of one (row, seed) run: read it top to bottom in ``fit``.
 
 Every row (a CP+SL ablation row, T0 or a Table 1 baseline: cpsl.rows) runs this same loop; what is row-specific
-(the model: cpsl.model.zoo; its objective, optimizer, schedule, step statistics, gradient hooks, extra optimisation,
+(the model: cpsl.nn.zoo; its objective, optimizer, schedule, step statistics, gradient hooks, extra optimisation,
 per-epoch hook and per-run state: the row's recipe, cpsl.train.recipe) is asked of the row at fixed points. The
-description below is the CP+SL rows' (their recipe: cpsl.train.step.CPSLRecipe).
+description below is the CP+SL rows' (their recipe: cpsl.model.recipe.CPSLRecipe).
 
 Per step (cpsl.train.step): forward (bf16 autocast on CUDA when train.bf16), the Eq. 4 terms, backward (DDP
 averages the gradients), ONE all-reduce of the unimodal absolute errors / sample count / non-finite flags / stop
@@ -52,8 +52,8 @@ from cpsl.cache import content_identity, read_attrs, read_split
 from cpsl.errors import ParamsError
 from cpsl.io_utils import write_json_atomic
 from cpsl.metrics import pearson
-from cpsl.model import zoo
-from cpsl.model.inference import inference_batch_size, run_inference
+from cpsl.nn import zoo
+from cpsl.nn.inference import inference_batch_size, run_inference
 from cpsl.train import checkpoint as ckpt
 from cpsl.train.cuda_graphs import GraphedSteps
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
@@ -114,7 +114,8 @@ def run_identity_of(spec: RunSpec) -> dict:
     and the code it runs (a state saved by other code is never resumed). Computed once per spec."""
     if spec.identity is None:
         spec.identity = run_identity.identity(spec.params, spec.ablation, spec.seed,
-                                              cache=content_identity(spec.data_path), code=deps.code_hash("train"))
+                                              cache=content_identity(spec.data_path),
+                                              code=deps.code_hash("train", spec.ablation))
     return spec.identity
 
 

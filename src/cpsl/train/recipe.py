@@ -5,7 +5,7 @@ training-set indices), DDP, the three ``execution.step`` modes, the collapse gua
 steps, checkpoints and resume, validation on rank 0, selection on the validation MAE, history.csv and DVCLive. What
 differs between rows is asked of the row's recipe, at fixed points; every method has a default, so a baseline that
 trains one loss with one optimizer (MAG) overrides almost nothing. A row gets its recipe from cpsl.train.recipes
-(``recipe_for``): the CP+SL rows' (cpsl.train.step.CPSLRecipe: Eq. 4 and the gradient modulation of Eq. 5-6 +
+(``recipe_for``): the CP+SL rows' (cpsl.model.recipe.CPSLRecipe: Eq. 4 and the gradient modulation of Eq. 5-6 +
 GE) or its baseline's.
 
 When the loop calls what (``R`` is the recipe, ``net`` the DDP-wrapped ``R.loss_module()``):
@@ -33,7 +33,7 @@ When the loop calls what (``R`` is the recipe, ``net`` the DDP-wrapped ``R.loss_
 
 Batches are dicts of tensors: input_ids, attention_mask, acoustic, visual (raw cache features), label and, in
 training, ``index`` (each segment's row in the cache's train split; identical meaning on every rank). Validation
-and evaluation batches have no ``index``. Evaluation needs only ``prediction`` from the model (cpsl.model.zoo).
+and evaluation batches have no ``index``. Evaluation needs only ``prediction`` from the model (cpsl.nn.zoo).
 """
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ class Recipe:
     def __init__(self, model: nn.Module, params: dict, row_id: str | None, ctx: DistContext | None, losses_fn=None,
                  train: dict | None = None):
         """``params``: the run's (cpsl.rows.run_params); ``losses_fn(out, label, hp)``: the model's objective
-        (cpsl.model.zoo); ``train``: the whole training split as tensors on the device (TENSOR_KEYS; ``index`` in a
+        (cpsl.nn.zoo); ``train``: the whole training split as tensors on the device (TENSOR_KEYS; ``index`` in a
         batch points into it), for recipes with per-segment state. A subclass passes them all on."""
         self.model, self.params, self.row_id, self.ctx = model, params, row_id, ctx
         self.hp = rows.hyper(params, row_id) if row_id is not None and rows.is_baseline(row_id) else None

@@ -21,19 +21,14 @@ Given the same state, all three produce the same losses, coefficients, telemetry
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
-from cpsl.ablations import Switches, switches_for
-from cpsl.model import losses as eq4
-from cpsl.model.losses import total_loss
-from cpsl.model.modulation import TELE, in_window, modulate_gradients
-from cpsl.names import COUNTS, LOSS_TERMS, MODALITIES, TELEMETRY
-from cpsl.param_sections import CPSection, GMSection, LossSection, section
+from cpsl.names import LOSS_TERMS
 from cpsl.train.distributed import DistContext, all_reduce_sum
-from cpsl.train.recipe import Recipe, StepTelemetry
+from cpsl.train.recipe import StepTelemetry
 
 STEP_MODES = ("auto", "eager", "sync_free", "cuda_graph")
 # layout of the per-step all-reduced statistics: first the recipe's own (Recipe.stats_size; CP+SL: the unimodal
@@ -62,71 +57,11 @@ def noise_generator(seed: int, global_step: int, device: torch.device) -> torch.
     return seeded_generator(noise_seed(seed, global_step), device)
 
 
-ABS_A, ABS_V = 0, 1  # the recipe's step statistics: the unimodal heads' absolute-error sums over the batch
-
-
-class LossStep(torch.nn.Module):
-    """Model forward + Eq. 4 in one module, returning only the loss terms and the detached unimodal
-    predictions. DDP wraps this, so the tensors it sees are exactly those the loss depends on: parameters
-    that only feed switched-off (detached) terms are then correctly found unused."""
-
-    def __init__(self, model: torch.nn.Module, loss: LossSection | Mapping, switches: Switches):
-        super().__init__()
-        self.model, self.loss, self.switches = model, section(LossSection, loss), switches
-
-    def forward(self, batch: dict):
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["acoustic"], batch["visual"])
-        losses = total_loss(out, batch["label"], self.loss, self.switches)
-        return losses, {m: out.uni[m].detach() for m in MODALITIES}
-
-
-class CPSLRecipe(Recipe):
-    """The CP+SL rows' recipe (A0-C5, T0; cpsl.train.recipe has the extension point): the Eq. 4 objective and,
-    after the backward pass, Eq. 5-6 with GE on the AME encoders, driven by the unimodal heads' all-reduced
-    training errors (one step statistic each)."""
-
-    terms = LOSS_TERMS
-    mean_columns = tuple(f"gm/{t}" for t in TELEMETRY)
-    count_columns = COUNTS
-    stats_size = 2
-
-    def __init__(self, model, params: dict, row_id: str | None, ctx, switches: Switches | None = None):
-        """``switches``: the row's (default: those of ``row_id``, which may then be None). The sections the
-        equations read are built here, once per run, from the validated run params."""
-        super().__init__(model, params, row_id, ctx)
-        self.switches = switches if switches is not None else switches_for(row_id)
-        self.loss = section(LossSection, params["loss"])
-        self.gm, self.cp = section(GMSection, params["gm"]), section(CPSection, params["cp"])
-
-    def loss_module(self) -> torch.nn.Module:
-        return LossStep(self.model, self.loss, self.switches)
-
-    def losses(self, out, batch: dict, objective: str = "main") -> dict:
-        """Eq. 4 (validation; the training step computes it inside LossStep)."""
-        return eq4.total_loss(out, batch["label"], self.loss, self.switches)
-
-    def step_stats(self, aux: dict, batch: dict) -> torch.Tensor:
-        label = batch["label"]
-        return torch.stack([(aux["a"].float() - label).abs().sum(), (aux["v"].float() - label).abs().sum()])
-
-    def after_backward(self, stats, count, aux, batch, epoch, generator):
-        """Eq. 5-6 + GE on the AME encoders' gradients, from the all-reduced unimodal errors."""
-        return modulate_gradients(self.model.modality_encoders(), stats[ABS_A].double() / count,
-                                  stats[ABS_V].double() / count, epoch, self.gm, self.cp, self.switches, generator)
-
-    @staticmethod
-    def means(tele) -> torch.Tensor:
-        return tele.vector[: len(TELEMETRY)]
-
-    @staticmethod
-    def counts(tele) -> torch.Tensor:
-        """Per step: the Eq. 6 penalties applied (both modalities) and whether GE noise was added."""
-        v = tele.vector
-        return torch.stack([v[TELE["conflict_a"]] + v[TELE["conflict_v"]], v.new_full((), float(tele.ge))])
-
-    def graph_key(self, epoch: int) -> bool:
-        """Eq. 5-6 and GE add kernels only inside the modulation window: one graph per side of it."""
-        return in_window(epoch, self.gm.start_epoch, self.gm.end_epoch)
+def cpsl_recipe():
+    """The CP+SL recipe class (cpsl.model.recipe), the default of StepBody and EpochSums for the tests and benchmarks
+    that build them by hand; ``cpsl train`` always passes its row's recipe (cpsl.train.recipes). Looked up by name
+    so the generic step kit never imports the CP+SL model: an edit there reruns no baseline (cpsl.deps.row_files)."""
+    return importlib.import_module("cpsl.model.recipe").CPSLRecipe
 
 
 @dataclass
@@ -157,7 +92,7 @@ class StepBody:
 
     def __init__(self, net, model, params: dict, switches, ctx: DistContext, use_bf16: bool, recipe=None):
         self.net, self.model, self.params, self.switches, self.ctx = net, model, params, switches, ctx
-        self.recipe = recipe if recipe is not None else CPSLRecipe(model, params, None, ctx, switches=switches)
+        self.recipe = recipe if recipe is not None else cpsl_recipe()(model, params, None, ctx, switches=switches)
         self.terms = tuple(self.recipe.terms)
         self.count_at = self.recipe.stats_size  # where the loop's own statistics start in the all-reduced vector
         self.use_bf16 = use_bf16
@@ -208,7 +143,7 @@ class StepBody:
         return StepOutputs(loss_vector, stats, bad, ~torch.isfinite(per_tensor), tele)
 
 
-def collapse_what(bad: list[bool], bad_params: list[bool], grad_names: list[str], terms=CPSLRecipe.terms) -> str:
+def collapse_what(bad: list[bool], bad_params: list[bool], grad_names: list[str], terms=LOSS_TERMS) -> str:
     """The collapse report's 'what' from a step's non-finite flags (host values); ``terms``: the recipe's."""
     terms = [t for t, b in zip(terms, bad) if b]
     if terms:
@@ -227,7 +162,7 @@ class EpochSums:
     columns; without one, the CP+SL recipe's."""
 
     def __init__(self, device: torch.device, state: dict | None = None, recipe=None):
-        self.recipe = recipe if recipe is not None else CPSLRecipe
+        self.recipe = recipe if recipe is not None else cpsl_recipe()
         terms, means, counts = self.recipe.terms, self.recipe.mean_columns, self.recipe.count_columns
         state = state or {"loss": [0.0] * len(terms), "samples": 0, "tele": [0.0] * len(means),
                           "tele_n": [0] * len(means), "counts": [0] * len(counts)}

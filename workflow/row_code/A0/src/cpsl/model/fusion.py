@@ -1,0 +1,1 @@
+../../../../../../src/cpsl/model/fusion.py

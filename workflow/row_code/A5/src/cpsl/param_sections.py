@@ -1,0 +1,1 @@
+../../../../../src/cpsl/param_sections.py

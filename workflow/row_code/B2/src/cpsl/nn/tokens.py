@@ -1,0 +1,1 @@
+../../../../../../src/cpsl/nn/tokens.py

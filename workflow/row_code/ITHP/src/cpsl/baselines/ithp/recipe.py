@@ -1,0 +1,1 @@
+../../../../../../../src/cpsl/baselines/ithp/recipe.py

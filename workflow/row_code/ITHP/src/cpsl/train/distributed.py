@@ -1,0 +1,1 @@
+../../../../../../src/cpsl/train/distributed.py

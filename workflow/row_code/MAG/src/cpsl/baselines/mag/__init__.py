@@ -1,0 +1,1 @@
+../../../../../../../src/cpsl/baselines/mag/__init__.py

@@ -1,0 +1,1 @@
+../../../../../../../src/cpsl/baselines/mag/model.py
