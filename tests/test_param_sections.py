@@ -12,9 +12,9 @@ import torch
 
 from cpsl.ablations import Switches
 from cpsl.config import SCHEMA, ParamsError, load_params, validate_params
+from cpsl.model import recipe as recipe_module
 from cpsl.param_sections import SECTIONS, CPSection, GMSection, LossSection, ModelSection, section
 from cpsl.param_types import NO_DEFAULT, choice
-from cpsl.train import step as step_module
 from cpsl.train.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,9 +90,9 @@ def test_the_cpsl_recipe_hands_the_equations_their_sections(params, monkeypatch)
     def spy(encoders, mae_a, mae_v, epoch, gm, cp, switches, generator):
         seen.append((gm, cp))
 
-    monkeypatch.setattr(step_module, "modulate_gradients", spy)
+    monkeypatch.setattr(recipe_module, "modulate_gradients", spy)
     changed = validate_params({**params, "cp": {"eta": 0.125}})
-    recipe = step_module.CPSLRecipe(torch.nn.Linear(1, 1), changed, None, CPU, switches=Switches())
+    recipe = recipe_module.CPSLRecipe(torch.nn.Linear(1, 1), changed, None, CPU, switches=Switches())
     recipe.model.modality_encoders = lambda: {}
     recipe.after_backward(torch.ones(2), torch.tensor(2.0, dtype=torch.float64), None, None, 0, None)
     assert seen == [(section(GMSection, changed["gm"]), CPSection(eta=0.125))]
