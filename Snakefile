@@ -1,6 +1,6 @@
 # Thin Snakemake front end: every rule calls one `cpsl` subcommand; all logic lives in src/cpsl.
 # params.yaml is the single source of truth (cpsl reads and validates it itself); each rule declares
-# only its own slice of it (cpsl.config.STAGE_PARAMS) so a change reruns only the stages that use it.
+# only its own slice of it (cpsl.config.schema.STAGE_PARAMS) so a change reruns only the stages that use it.
 # tests/test_workflow_parity.py keeps this and dvc.yaml in step.
 #
 #   snakemake --cores 4                       the configured ablations (A6, T0) x train.seeds, then the report
@@ -9,9 +9,9 @@
 
 import sys
 
-from cpsl.engine_guard import ProjectBusy, hold_for_snakemake
-from cpsl.env_vars import check_environment
-from cpsl.workflow_config import workflow_config
+from cpsl.runtime.engine_guard import ProjectBusy, hold_for_snakemake
+from cpsl.config.env_vars import check_environment
+from cpsl.config.workflow_config import workflow_config
 
 # No `configfile:` directive: Snakemake's own YAML loader would read params.yaml before cpsl could check it. config
 # holds the --config values here; cpsl reads and validates the file (the stages' loader: nesting bounded, duplicate
@@ -20,7 +20,7 @@ config.update(workflow_config(config, "params.yaml"))
 check_environment()  # ... or an invalid CPSL_* variable
 if workflow.is_main_process:
     # one workflow run per project: a second one (a dry run too) fails here naming the first's PID
-    # (cpsl.engine_guard), in one line rather than Snakemake's traceback of the Snakefile
+    # (cpsl.runtime.engine_guard), in one line rather than Snakemake's traceback of the Snakefile
     try:
         hold_for_snakemake()
     except ProjectBusy as exc:

@@ -8,7 +8,7 @@ folder. Then runs, each in its own child process:
 
   (a) mmsdk: load the words/acoustic/visual .csd files and ``align('words', [avg])`` (word level only;
       its label alignment would only add to its time);
-  (b) ours: ``cpsl.align.stage.run_align`` = manifest hash check, word alignment, segments, MiniLM
+  (b) ours: ``cpsl.stages.align.run_align`` = manifest hash check, word alignment, segments, MiniLM
       tokenisation, HDF5 cache written.
 
 Each child reports its wall time from its own start (imports included) to the end of the work, and
@@ -63,8 +63,8 @@ def words_and_segments(rng: np.random.Generator, n_segments: int, seconds_per_se
 
 
 def generate(raw_dir: Path, n_videos: int = 93, seconds: float = 10800.0, segments: int = 2200, seed: int = 0) -> dict:
-    from cpsl.csd import write_csd
-    from cpsl.io_utils import sha256_file
+    from cpsl.formats.csd import write_csd
+    from cpsl.runtime.io_utils import sha256_file
 
     rng = np.random.default_rng(seed)
     per_video = rng.multinomial(segments - n_videos, np.ones(n_videos) / n_videos) + 1
@@ -147,8 +147,8 @@ def child_ours(raw: Path, dump: Path) -> dict:
     import contextlib
     import io
 
-    from cpsl.align.stage import run_align
-    from cpsl.config import load_params
+    from cpsl.config.schema import load_params
+    from cpsl.stages.align import run_align
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     params["dataset"] = "demo"  # the MiniLM tokenizer (demo.text_model)
@@ -158,7 +158,7 @@ def child_ours(raw: Path, dump: Path) -> dict:
               "segments": report["segments"], "tokenizer_backend": report["tokenizer_backend"]}
     # untimed: the word-level values our word_align gives, for the equality check
     from cpsl.align.word_align import frame_means, reference_kept
-    from cpsl.csd import open_csd
+    from cpsl.formats.csd import open_csd
 
     values: dict = {"acoustic": {}, "visual": {}}
     with open_csd(raw / FILES["words"]) as words:

@@ -6,7 +6,7 @@
 Every row runs the REAL training step of ``cpsl train``: its model from cpsl.nn.zoo, its recipe from
 cpsl.train.recipes (objective, optimizer, extra optimisation, hooks), ``cpsl.train.loop.make_stepper`` (forward,
 losses, backward, the step's all-reduce and guard, the recipe's gradient hook, clipping, the optimizer), with the
-row's run params (cpsl.rows.run_params) for ``--dataset`` (default mosi: each baseline's own hyper-parameters).
+row's run params (cpsl.config.rows.run_params) for ``--dataset`` (default mosi: each baseline's own hyper-parameters).
 Every row gets the same MOSI-shaped batch (8 x 50, d_a 74, d_v 47; ``--batch``), so the figures compare the cost of
 one step of each method, not their schedules (MAG's own batch is 48). Default backbone: the offline
 all-MiniLM-L6-v2 (BERT architecture); ``tiny`` is the tests' 2-layer DeBERTa (a smoke run); on a GPU
@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from cpsl import rows
-from cpsl.ablations import switches_for
-from cpsl.config import load_params, set_dotted, validate_params
+from cpsl.config import rows
+from cpsl.config.ablations import switches_for
+from cpsl.config.schema import load_params, set_dotted, validate_params
+from cpsl.config.text_model import resolve_model_path
 from cpsl.nn import zoo
 from cpsl.nn.text_encoder import tiny_deberta_config
-from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import make_stepper
 from cpsl.train.recipes import recipe_for

@@ -36,7 +36,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step_overhead import MOSI_SHAPE, REPO, Trainer, random_batch  # noqa: E402
 
-from cpsl.config import load_params  # noqa: E402
+from cpsl.config.schema import load_params  # noqa: E402
 from cpsl.nn.text_encoder import tiny_deberta_config  # noqa: E402
 
 MOSI_TRAIN_SEGMENTS = 1284

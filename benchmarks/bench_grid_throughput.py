@@ -48,7 +48,7 @@ def worker(args) -> None:
     from bench_gpu import deberta_v3_base_config
     from bench_step_overhead import MOSI_SHAPE, REPO, Trainer
 
-    from cpsl.config import apply_overrides, load_params
+    from cpsl.config.schema import apply_overrides, load_params
     from cpsl.nn.text_encoder import tiny_deberta_config
 
     torch.set_num_threads(args.threads)

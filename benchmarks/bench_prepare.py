@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsl.config import load_params
+from cpsl.config.schema import load_params
 from cpsl.data.demo import generate_demo
-from cpsl.data.prepare import run_prepare
+from cpsl.stages.prepare import run_prepare
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -130,8 +130,8 @@ class _LazyStream(Mapping):
 
 def write_mosei_mirror(folder: Path, fraction: float, seed: int = 0) -> dict:
     """The four MOSEI files under their SDK names in ``folder``; returns what was generated."""
-    from cpsl.csd import write_csd
     from cpsl.data.sources import ROLES, dataset_spec, standard_folds
+    from cpsl.formats.csd import write_csd
 
     folds = standard_folds("mosei")
     ids = sorted(v for split in folds.values() for v in split)

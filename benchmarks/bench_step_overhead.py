@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from cpsl.ablations import switches_for
-from cpsl.config import load_params
+from cpsl.config.ablations import switches_for
+from cpsl.config.schema import load_params
+from cpsl.config.text_model import resolve_model_path
 from cpsl.model.network import build_model
 from cpsl.model.recipe import LossStep
-from cpsl.text_model import resolve_model_path
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import make_stepper, plan_step
 from cpsl.train.recipe import make_optimizer

@@ -54,8 +54,8 @@ def _stub_dvclive_if_missing(force: bool = False) -> bool:
 
 def _one_run(params: dict, run: Path, cache: Path, device: str) -> tuple[dict, tuple]:
     """Train (and rerun: a no-op), evaluate; the report entry and (best weights, history)."""
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.train.stage import run_train
+    from cpsl.stages.evaluate import run_evaluate
+    from cpsl.stages.train import run_train
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -69,8 +69,8 @@ SETTINGS = {
 def planted_cache(path: Path, seed: int = 25) -> Path:
     """Visual: 8 of 24 dims carry 1.5 x label (noise 0.5): the dominant stream. Acoustic: 2 of 8 dims carry the
     label under noise 3 (weak). Text: filler words only."""
-    from cpsl.cache import write_cache
     from cpsl.data.planted import planted_split
+    from cpsl.formats.cache import write_cache
 
     if path.is_file():
         return path
@@ -102,7 +102,7 @@ def tiny_text_model(folder: Path) -> str:
 
 
 def study_params(text_model: str, epochs: int, overrides: dict) -> dict:
-    from cpsl.config import load_params, set_dotted, validate_params
+    from cpsl.config.schema import load_params, set_dotted, validate_params
 
     params = load_params(REPO / "params.yaml")
     for key, value in {**BASE, "text.model": text_model, "train.epochs": epochs, "gm.end_epoch": epochs - 1,
@@ -145,9 +145,9 @@ def run_one(params: dict, ablation: str, seed: int, cache: Path, run: Path, sgd_
 
     from study_table2 import loss_spikes
 
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.run_folder import COLLAPSE_FILE, read_history
-    from cpsl.train.stage import run_train
+    from cpsl.formats.run_folder import COLLAPSE_FILE, read_history
+    from cpsl.stages.evaluate import run_evaluate
+    from cpsl.stages.train import run_train
 
     start = time.time()
     with use_sgd(sgd_scale) if sgd_scale else contextlib.nullcontext():
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from cpsl.io_utils import write_json_atomic
+    from cpsl.runtime.io_utils import write_json_atomic
 
     torch.set_num_threads(1)
     work = Path(args.work)

@@ -29,11 +29,11 @@ def main() -> int:
 
     import torch
 
-    from cpsl.cache import read_split
-    from cpsl.evaluate.stage import rebuild_model
-    from cpsl.metrics import compute_metrics
+    from cpsl.formats.cache import read_split
+    from cpsl.formats.run_folder import load_best
+    from cpsl.metrics.scores import compute_metrics
     from cpsl.nn.inference import run_inference
-    from cpsl.run_folder import load_best
+    from cpsl.stages.evaluate import rebuild_model
 
     torch.set_num_threads(1)
     run = Path(args.run)

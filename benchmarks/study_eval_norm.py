@@ -85,11 +85,11 @@ def probe(model, arrays: dict, n: int, scale: dict) -> dict:
 
 
 def run_one(params: dict, mode: str, seed: int, cache: Path, run: Path, probes: int) -> dict:
-    from cpsl.cache import read_split
-    from cpsl.config import set_dotted
-    from cpsl.evaluate.stage import rebuild_model, run_evaluate
-    from cpsl.run_folder import load_best, read_history
-    from cpsl.train.stage import run_train
+    from cpsl.config.schema import set_dotted
+    from cpsl.formats.cache import read_split
+    from cpsl.formats.run_folder import load_best, read_history
+    from cpsl.stages.evaluate import rebuild_model, run_evaluate
+    from cpsl.stages.train import run_train
 
     params = json.loads(json.dumps(params))
     set_dotted(params, "model.eval_norm", mode)
@@ -124,7 +124,7 @@ def main() -> int:
     import torch
     from study_lr_new_modules import MIRROR_MAX_SEQ_LEN, build_cache
 
-    from cpsl.config import load_params, set_dotted, validate_params
+    from cpsl.config.schema import load_params, set_dotted, validate_params
 
     torch.set_num_threads(1)
     work = Path(args.work)

@@ -77,7 +77,7 @@ def write_mosi_mirror(folder: Path, seed: int = 18) -> Path:
 
 
 def dataset_params(dataset: str, mirror: Path | None, epochs: int | None, permutations: int | None = None) -> dict:
-    from cpsl.config import load_params, set_dotted, validate_params
+    from cpsl.config.schema import load_params, set_dotted, validate_params
 
     params = load_params(REPO / "params.yaml", overrides=[f"dataset={dataset}"])
     settings = {"text.model": TEXT_MODEL, "data.mirror": str(mirror) if mirror else None, "execution.device": "cpu"}
@@ -96,8 +96,8 @@ def dataset_params(dataset: str, mirror: Path | None, epochs: int | None, permut
 
 
 def build_cache(dataset: str, work: Path, params: dict) -> Path:
-    from cpsl.align.stage import run_align
-    from cpsl.data.prepare import run_prepare
+    from cpsl.stages.align import run_align
+    from cpsl.stages.prepare import run_prepare
 
     cache = work / f"{dataset}.h5"
     if not cache.is_file():
@@ -111,17 +111,17 @@ def build_cache(dataset: str, work: Path, params: dict) -> Path:
 
 def train_labels_mae(cache: Path) -> float:
     """MAE of predicting the training labels' mean, on the training labels (the 'learns nothing' level)."""
-    from cpsl.cache import read_split
+    from cpsl.formats.cache import read_split
 
     y = np.asarray(read_split(cache, "train")["label"], dtype=np.float64)
     return float(np.mean(np.abs(y - y.mean())))
 
 
 def run_one(params: dict, ablation: str, seed: int, setting: str, cache: Path, run: Path) -> dict:
-    from cpsl.config import set_dotted
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.run_folder import read_history, read_summary
-    from cpsl.train.stage import run_train
+    from cpsl.config.schema import set_dotted
+    from cpsl.formats.run_folder import read_history, read_summary
+    from cpsl.stages.evaluate import run_evaluate
+    from cpsl.stages.train import run_train
 
     params = json.loads(json.dumps(params))
     set_dotted(params, "train.lr_new_modules", SETTINGS[setting])
@@ -209,8 +209,8 @@ def _window_values(row: dict, key: str) -> list[float]:
 
 
 def verdict(row: dict) -> dict:
-    """cpsl.av_learnt's verdict recomputed from the logged evidence (the rule as it is now)."""
-    from cpsl import av_learnt
+    """cpsl.metrics.av_learnt's verdict recomputed from the logged evidence (the rule as it is now)."""
+    from cpsl.metrics import av_learnt
 
     if row["ablation"] == "T0":
         return av_learnt.assess(False, None, None, float("nan"))

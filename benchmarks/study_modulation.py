@@ -49,7 +49,7 @@ VARIANTS = {  # name -> (ablation, extra params, cache)
 
 
 def base_params(text_model: str, epochs: int) -> dict:
-    from cpsl.config import load_params, set_dotted, validate_params
+    from cpsl.config.schema import load_params, set_dotted, validate_params
 
     params = load_params(REPO / "params.yaml", overrides=["dataset=mosi"])
     settings = {"text.model": text_model, "model.intermediate_dim": 16, "model.fusion_dim": 16,
@@ -61,8 +61,8 @@ def base_params(text_model: str, epochs: int) -> dict:
 
 
 def write_caches(folder: Path) -> dict[str, Path]:
-    from cpsl.cache import write_cache
     from cpsl.data.planted import planted_splits, zero_streams
+    from cpsl.formats.cache import write_cache
 
     splits = planted_splits({"train": 192, "valid": 48, "test": 96}, SEQ, (D_A, D_V), VOCAB, signal=("visual",),
                             gain=1.0, noise=0.3, seed=5)
@@ -97,10 +97,10 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from cpsl.config import set_dotted
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.run_folder import read_history
-    from cpsl.train.stage import run_train
+    from cpsl.config.schema import set_dotted
+    from cpsl.formats.run_folder import read_history
+    from cpsl.stages.evaluate import run_evaluate
+    from cpsl.stages.train import run_train
 
     torch.set_num_threads(1)
     out_dir = Path(args.out)

@@ -44,9 +44,9 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from cpsl.config import load_params, set_dotted, validate_params
-    from cpsl.evaluate.stage import run_evaluate
-    from cpsl.train.stage import run_train
+    from cpsl.config.schema import load_params, set_dotted, validate_params
+    from cpsl.stages.evaluate import run_evaluate
+    from cpsl.stages.train import run_train
 
     torch.set_num_threads(1)
     results: dict = {"settings": {"epochs": args.epochs, "seeds": args.seeds, **SCHEDULE,

@@ -118,7 +118,7 @@ def project_env(project: Path) -> dict:
 
 def run_pipeline(project: Path, cores: int, grid: bool, log) -> dict:
     """snakemake over the project, then (if a job failed) cpsl report itself; the exit codes."""
-    from cpsl.rows import trained_rows
+    from cpsl.config.rows import trained_rows
 
     config = ["--config", "grid=true"] if grid else []
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -170,7 +170,7 @@ def _mean(values: list[float]) -> float | None:
 
 def run_record(folder: Path, window: tuple[int, int]) -> dict:
     """One run folder's stability and modulation record (history.csv, collapse.json)."""
-    from cpsl.run_folder import COLLAPSE_FILE, HISTORY_FILE, read_history
+    from cpsl.formats.run_folder import COLLAPSE_FILE, HISTORY_FILE, read_history
 
     hist = read_history(folder / HISTORY_FILE) if (folder / HISTORY_FILE).is_file() else []
     inside = [h for h in hist if window[0] <= int(h["epoch"]) <= window[1]]
@@ -338,7 +338,7 @@ def markdown(result: dict) -> str:
 
 
 def write_outputs(result: dict, out: Path, tag: str) -> None:
-    from cpsl.io_utils import atomic_path
+    from cpsl.runtime.io_utils import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     for path, text in ((out / f"{tag}.json", json.dumps(result, indent=1)), (out / f"{tag}.md", markdown(result))):

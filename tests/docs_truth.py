@@ -3,7 +3,7 @@
 A scanner, not a test (tests/test_docs_truth.py runs it on the docs and on planted false mentions):
 
 - param keys: dotted names inside backticks (and after ``-S``/``--set`` in fenced code) whose first part is a section
-  of cpsl.config.SCHEMA (``cp.eta``, ``train.lr_new_modules: 1e-3``, ``baselines.<name>.{mosi,mosei}``,
+  of cpsl.config.schema.SCHEMA (``cp.eta``, ``train.lr_new_modules: 1e-3``, ``baselines.<name>.{mosi,mosei}``,
   ``demo.seed/videos``) must be in the schema or in params.yaml; ``<placeholder>``, ``{a,b}``, ``*`` and ``a/b``
   alternatives are understood. A key that does not exist passes only on a line that quotes it in an error message
   ('cp.eta.x') or says "unknown key": the rows of docs/hostile_inputs.md that show what a bad key gets.
@@ -27,8 +27,8 @@ from itertools import product
 from pathlib import Path
 
 from cpsl.cli import build_parser
-from cpsl.config import DEMO_TRAIN_KEYS, SCHEMA, read_params_file
-from cpsl.param_types import Spec
+from cpsl.config.param_types import Spec
+from cpsl.config.schema import DEMO_TRAIN_KEYS, SCHEMA, read_params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_SUFFIXES = {"h5", "json", "csv", "md", "pt", "py", "yaml", "yml", "png", "csd", "lock", "txt", "smk", "cff",
@@ -233,7 +233,7 @@ def scan_text(text: str, name: str = "<text>", doc_dir: Path = ROOT, values: dic
             if f"'{key}'" in lines[no - 1] or "unknown key" in lines[no - 1]:
                 continue  # a row showing what a bad key gets (docs/hostile_inputs.md)
             if not param_exists(key, values):
-                add(no, "param", key, "not in the schema (src/cpsl/config.py) nor in params.yaml")
+                add(no, "param", key, "not in the schema (src/cpsl/config/schema.py) nor in params.yaml")
         for mention, why in cli_offences(code):
             add(no, "command", mention, why)
     for no, line in enumerate(lines, 1):

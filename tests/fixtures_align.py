@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsl.csd import write_csd
-from cpsl.io_utils import sha256_file
+from cpsl.formats.csd import write_csd
+from cpsl.runtime.io_utils import sha256_file
 
 ACOUSTIC_DIM, VISUAL_DIM = 5, 4
 FILES = {"words": "TEST_TimestampedWords.csd", "acoustic": "TEST_COVAREP.csd",
@@ -142,7 +142,7 @@ def refresh_manifest(raw_dir: str | Path) -> None:
 
 def small_align_params() -> dict:
     """params.yaml on the demo (its offline MiniLM tokenizer) with 16 subword positions: quick align runs."""
-    from cpsl.config import load_params
+    from cpsl.config.schema import load_params
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     params["dataset"] = "demo"

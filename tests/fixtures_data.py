@@ -8,7 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
-from cpsl.config import load_params, validate_params
+from cpsl.config.schema import load_params, validate_params
 from cpsl.data.demo import write_demo
 from cpsl.data.sources import DEMO_FILE_NAMES, ROLES, dataset_spec
 

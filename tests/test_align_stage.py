@@ -19,11 +19,11 @@ from fixtures_align import (
     write_raw,
 )
 
-from cpsl.align.stage import AlignError, report_path_for, run_align
 from cpsl.align.subwords import load_tokenizer
 from cpsl.align.word_align import frame_means, reference_kept, replace_nonfinite, segment_members
-from cpsl.cache import read_attrs, read_split
-from cpsl.csd import CSDError
+from cpsl.formats.cache import read_attrs, read_split
+from cpsl.formats.csd import CSDError
+from cpsl.stages.align import AlignError, report_path_for, run_align
 
 ROOT = Path(__file__).resolve().parents[1]
 

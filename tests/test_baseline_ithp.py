@@ -31,7 +31,7 @@ from cpsl.baselines.ithp.model import (
     reparameterise,
     scale_targets,
 )
-from cpsl.config import load_params
+from cpsl.config.schema import load_params
 from cpsl.data.planted import planted_splits
 from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.nn.tokens import word_positions

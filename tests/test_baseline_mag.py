@@ -22,7 +22,7 @@ from train_helpers import (
 )
 
 from cpsl.baselines.mag.model import AdaptationGate, MAGModel, encoder_layers, losses, scaling_factor
-from cpsl.config import load_params
+from cpsl.config.schema import load_params
 from cpsl.errors import ParamsError
 from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
 

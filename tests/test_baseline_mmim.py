@@ -24,7 +24,6 @@ from train_helpers import (
     tiny_text_model,
 )
 
-from cpsl import rows
 from cpsl.baselines.mmim.estimators import (
     ConditionalGaussian,
     CPCPredictor,
@@ -35,10 +34,11 @@ from cpsl.baselines.mmim.estimators import (
 )
 from cpsl.baselines.mmim.model import MMIM, SequenceEncoder, losses, parameter_groups
 from cpsl.baselines.mmim.recipe import MMIMRecipe, Plateau, estimator_optimizer, estimator_step, main_optimizer
-from cpsl.config import load_params
+from cpsl.config import rows
+from cpsl.config.schema import load_params
 from cpsl.data.planted import planted_split
+from cpsl.formats.run_folder import read_history
 from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
-from cpsl.run_folder import read_history
 from cpsl.train import loop
 
 DA, DV, VOCAB, L = D_A, D_V, 1200, 10

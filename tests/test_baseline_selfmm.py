@@ -44,7 +44,7 @@ from cpsl.baselines.selfmm.model import (
     selfmm_losses,
 )
 from cpsl.baselines.selfmm.recipe import SelfMMRecipe
-from cpsl.config import parse_yaml
+from cpsl.config.schema import parse_yaml
 from cpsl.data.planted import planted_split
 from cpsl.nn.text_encoder import load_text_encoder, tiny_deberta_config
 from cpsl.nn.tokens import word_positions

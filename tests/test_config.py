@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpsl.ablations import ABLATIONS, switches_for
-from cpsl.config import (
+from cpsl.config.ablations import ABLATIONS, switches_for
+from cpsl.config.schema import (
     EXECUTION,
     MOVED_KEYS,
     STAGE_PARAMS,
@@ -20,7 +20,7 @@ from cpsl.config import (
     stage_slice,
     validate_params,
 )
-from cpsl.text_model import resolve_model_path, text_model_for
+from cpsl.config.text_model import resolve_model_path, text_model_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,8 +167,8 @@ def test_ablation_table_pins_every_paper_row():
 
 
 def test_duplicate_paper_rows_are_trained_once():
-    from cpsl.ablations import ALIASES, labels_of
-    from cpsl.rows import canonical
+    from cpsl.config.ablations import ALIASES, labels_of
+    from cpsl.config.rows import canonical
 
     same = {(a, b) for a in PAPER_TABLE2 for b in PAPER_TABLE2 if a < b and PAPER_TABLE2[a] == PAPER_TABLE2[b]}
     assert same == {("A1", "B1"), ("A2", "C3"), ("A5", "C4")}

@@ -32,7 +32,7 @@ from train_helpers import (
     write_params,
 )
 
-from cpsl.ablations import switches_for
+from cpsl.config.ablations import switches_for
 from cpsl.model.network import build_model
 from cpsl.model.recipe import LossStep
 from cpsl.train.cuda_graphs import CaptureFailed, GraphedSteps, GraphNotExact, _compare, _outputs_list

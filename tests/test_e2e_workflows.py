@@ -13,7 +13,7 @@ an edit there is an edit of the code that runs.
 4. (issue 16) A truncated or symlinked best.pt: evaluate fails in one line saying to rerun train, cpsl train
    retrains it, DVC reruns train; outputs a failed job lost are rebuilt by both engines (never "Nothing to be
    done").
-5. The modules a real `cpsl <stage>` loads are all among the files the stage declares (cpsl.deps).
+5. The modules a real `cpsl <stage>` loads are all among the files the stage declares (cpsl.runtime.deps).
 6. (issue 17) Changing an execution setting reruns nothing under either engine; a result param reruns exactly the
    stages that read it; no engine prints a warning on a normal run. With `data.mirror`, prepare links the
    files, DVC keeps no copy of them, and neither engine (a rerun, `dvc repro --force`, `--forcerun`) changes a
@@ -40,9 +40,10 @@ import yaml
 from fixtures_data import write_fake_mirror
 from project_copy import copy_project
 
-from cpsl import deps, run_folder
-from cpsl.config import set_dotted
-from cpsl.io_utils import sha256_file
+from cpsl.config.schema import set_dotted
+from cpsl.formats import run_folder
+from cpsl.runtime import deps
+from cpsl.runtime.io_utils import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "results/demo/A6-seed0"
@@ -121,7 +122,7 @@ def assert_complete(root: Path) -> None:
     assert summary["params"]["cp"] == params["cp"]  # produced with the current params
 
 
-# a finding about the run, not noise: these 2-epoch runs may learn nothing from a/v (cpsl.av_learnt)
+# a finding about the run, not noise: these 2-epoch runs may learn nothing from a/v (cpsl.metrics.av_learnt)
 AV_NOT_LEARNT = re.compile(r"^cpsl (evaluate|report): warning: .*the acoustic/visual path did not learn")
 
 
@@ -237,7 +238,7 @@ def test_model_edit_reruns_train_evaluate_report_under_both_engines(project):
 
 
 def test_csd_reader_edit_makes_align_out_of_date_under_both_engines(project):
-    csd = project / "src/cpsl/csd.py"
+    csd = project / "src/cpsl/formats/csd.py"
     before = csd.read_text()
     append_comment(csd)
     # prepare writes and checks .csd files with the same module, so it depends on it too
@@ -337,7 +338,7 @@ def test_stages_load_only_declared_code(project):
         listing = project / f"loaded-{stage}.json"
         run(project, sys.executable, "-c", probe, str(listing), *args)
         loaded = {f"src/{Path(f).resolve().relative_to(src).as_posix()}" for f in json.loads(listing.read_text())}
-        # train and evaluate run A6: the kit + the CP+SL rows' own code (cpsl.deps.row_files); every stage also
+        # train and evaluate run A6: the kit + the CP+SL rows' own code (cpsl.runtime.deps.row_files); every stage also
         # loads the baselines' spec.py files for params validation, by name, which no stage declares (DESIGN.md)
         specs = {f for f in loaded if re.fullmatch(r"src/cpsl/baselines/\w+/(spec|__init__)\.py", f)}
         undeclared = loaded - set(deps.row_files(stage, "A6", root=project)) - specs

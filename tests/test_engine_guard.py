@@ -1,4 +1,4 @@
-"""Engines side by side (issue 16, item 7), without a real engine: cpsl.engine_guard's project lock between a
+"""Engines side by side (issue 16, item 7), without a real engine: cpsl.runtime.engine_guard's project lock between a
 "Snakemake" (a process holding it exclusively) and stages (holding it shared), and the watchdog that stops a
 trainer whose engine was SIGKILLed. The real engines are run in tests/test_e2e_workflows.py."""
 from __future__ import annotations
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from cpsl import engine_guard
-from cpsl.engine_guard import ProjectBusy, hold_for_snakemake, stage_guard
+from cpsl.runtime import engine_guard
+from cpsl.runtime.engine_guard import ProjectBusy, hold_for_snakemake, stage_guard
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # argv: mode ("snakemake" | "stage"), project root
 HOLDER = r"""
 import sys, time
-from cpsl import engine_guard
+from cpsl.runtime import engine_guard
 if sys.argv[1] == "snakemake":
     engine_guard.hold_for_snakemake(sys.argv[2])
     print("held", flush=True)
@@ -34,7 +34,7 @@ with engine_guard.stage_guard(sys.argv[2]):
 TRAINER = r"""
 import os, signal, sys, time
 from pathlib import Path
-from cpsl import engine_guard
+from cpsl.runtime import engine_guard
 folder = Path(sys.argv[1])
 def saved(signum, frame):
     (folder / "state").write_text("saved")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpsl.config import load_params, set_dotted, validate_params
+from cpsl.config.schema import load_params, set_dotted, validate_params
 from cpsl.errors import ParamsError
 from cpsl.nn.normalize import NORM_MODES, MinMaxNormalizer, batch_min_max
 

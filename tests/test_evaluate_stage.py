@@ -8,16 +8,17 @@ import pytest
 import torch
 import yaml
 
-from cpsl import deps, run_identity
-from cpsl.ablations import switches_for
-from cpsl.cache import content_identity, write_cache
-from cpsl.config import validate_params
-from cpsl.evaluate.stage import EvaluateError, run_evaluate
-from cpsl.metrics import compute_metrics
+from cpsl.config.ablations import switches_for
+from cpsl.config.schema import validate_params
+from cpsl.formats import run_identity
+from cpsl.formats.cache import content_identity, write_cache
+from cpsl.formats.run_folder import RunFolderError
+from cpsl.metrics.scores import compute_metrics
 from cpsl.model.network import build_model
 from cpsl.nn.inference import run_inference
 from cpsl.nn.text_encoder import tiny_deberta_config
-from cpsl.run_folder import RunFolderError
+from cpsl.runtime import deps
+from cpsl.stages.evaluate import EvaluateError, run_evaluate
 
 L, DA, DV, VOCAB = 8, 5, 7, 100
 SIZES = {"train": 4, "valid": 6, "test": 9}
@@ -58,7 +59,7 @@ def setup(tmp_path_factory):
     run.mkdir(parents=True)
     meta = {"params": params, "ablation": "A6", "seed": 3, "switches": switches_for("A6").as_dict(),
             "acoustic_dim": DA, "visual_dim": DV, "text_model": str(text_dir)}
-    # the run identity train records (cpsl.run_identity): these params, this row and seed, this cache, this code
+    # the run identity train records (cpsl.formats.run_identity): these params, this row and seed, this cache, this code
     meta["identity"] = run_identity.identity(params, "A6", 3, cache=content_identity(cache),
                                              code=deps.code_hash("train", "A6"))
     meta["fingerprint"] = run_identity.fingerprint(meta["identity"])
@@ -124,8 +125,8 @@ def test_learnt_verdict_in_metrics_json(setup):
 
 
 def test_learnt_reads_the_heads_from_history_csv(setup, tmp_path):
-    from cpsl.av_learnt import constant_predictor_mae
-    from cpsl.run_folder import HISTORY_COLUMNS, write_history
+    from cpsl.formats.run_folder import HISTORY_COLUMNS, write_history
+    from cpsl.metrics.av_learnt import constant_predictor_mae
 
     run = tmp_path / "A6-seed3"
     run.mkdir()

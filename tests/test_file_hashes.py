@@ -1,4 +1,5 @@
-"""Verification without re-reading unchanged files (issue 17 item 2): cpsl.file_hashes and its use by prepare/align.
+"""Verification without re-reading unchanged files (issue 17 item 2): cpsl.formats.file_hashes and its use by
+prepare/align.
 
 A file is read again exactly when its stat record (device, inode, size, mtime, ctime) changed. Reads are counted
 through hashlib.sha256, which every hash of the package goes through.
@@ -13,12 +14,12 @@ import h5py
 import pytest
 from fixtures_data import force_copy, make_params, write_fake_mirror
 
-import cpsl.file_hashes as file_hashes
-from cpsl.align.stage import AlignError, run_align
-from cpsl.data.prepare import run_prepare
+import cpsl.formats.file_hashes as file_hashes
 from cpsl.data.sources import ROLES, dataset_spec
-from cpsl.file_hashes import HashRecords, records_path
-from cpsl.io_utils import sha256_file
+from cpsl.formats.file_hashes import HashRecords, records_path
+from cpsl.runtime.io_utils import sha256_file
+from cpsl.stages.align import AlignError, run_align
+from cpsl.stages.prepare import run_prepare
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""GPU leases (cpsl.gpu_slots) on a CPU machine, with the device list faked by a count.
+"""GPU leases (cpsl.runtime.gpu_slots) on a CPU machine, with the device list faked by a count.
 
 Concurrent jobs never hold the same device slot, a killed holder frees its devices, slots let several jobs
 share a device (least-loaded first), and `cpsl train` leases before it launches torchrun."""
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cpsl import gpu_slots
-from cpsl.gpu_slots import GpuLeaseError, lease, try_lease
+from cpsl.runtime import gpu_slots
+from cpsl.runtime.gpu_slots import GpuLeaseError, lease, try_lease
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -71,7 +71,7 @@ def test_lease_waits_then_times_out(tmp_path):
 
 WORKER = r"""
 import json, sys, time
-from cpsl.gpu_slots import lease
+from cpsl.runtime.gpu_slots import lease
 folder, count, slots, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 with lease(1, count=count, slots=slots, folder=folder, poll_s=0.05) as held:
     start = time.time()
@@ -147,8 +147,9 @@ def test_job_devices_respects_scheduler_cpu_and_gpuless_machines(clean_env, monk
 
 
 def test_train_leases_its_gpus_before_launching_torchrun(clean_env, monkeypatch, tmp_path):
-    from cpsl.config import load_params
-    from cpsl.train import distributed, stage
+    from cpsl.config.schema import load_params
+    from cpsl.stages import train as stage
+    from cpsl.train import distributed
 
     monkeypatch.setenv("CPSL_GPU_COUNT", "3")
     seen = {}
@@ -232,7 +233,7 @@ def test_an_explicit_lock_folder_still_wins(lock_base, monkeypatch, tmp_path):
 
 PROBE = r"""
 import json, os, sys, time
-from cpsl.gpu_slots import job_devices
+from cpsl.runtime.gpu_slots import job_devices
 with job_devices(1, "auto", "probe") as held:
     start = time.time()
     time.sleep(float(sys.argv[1]))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fixtures_align import FILES, make_videos, small_align_params, write_raw
 
-from cpsl.align.stage import AlignError, run_align
 from cpsl.align.word_align import frame_means, segment_members
-from cpsl.cache import read_split
-from cpsl.csd import CSDError
+from cpsl.formats.cache import read_split
+from cpsl.formats.csd import CSDError
+from cpsl.stages.align import AlignError, run_align
 
 ROOT = Path(__file__).resolve().parents[1]
 

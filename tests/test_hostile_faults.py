@@ -24,8 +24,10 @@ from project_copy import copy_project
 from test_report_stage import _labels, make_run
 from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
-from cpsl import cli, errors, io_utils, run_folder
+from cpsl import cli, errors
 from cpsl.errors import PipelineError
+from cpsl.formats import run_folder
+from cpsl.runtime import io_utils
 from cpsl.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +106,7 @@ def test_a_checkpoint_save_stopped_by_the_file_size_limit_names_the_limit_not_fr
 def test_a_report_write_stopped_by_the_file_size_limit_names_the_file(tmp_path):
     import yaml
 
-    from cpsl.config import load_params
+    from cpsl.config.schema import load_params
 
     params = load_params(REPO / "params.yaml")
     params["ablations"], params["train"]["seeds"] = ["A6"], [0]
@@ -127,7 +129,7 @@ def _to_dev_full(monkeypatch, module) -> None:
 
 @pytest.mark.parametrize("writer", ["align cache", "checkpoint"])
 def test_a_full_disk_is_named_with_the_space_left(world, tmp_path, monkeypatch, writer):
-    from cpsl import cache as cache_module
+    from cpsl.formats import cache as cache_module
 
     _, cache, _ = world
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda _p: Usage(10**9, 10**9 - 2_500_000, 2_500_000))
@@ -213,7 +215,7 @@ def test_the_damaged_state_warning_keeps_torchs_reason_on_one_line(tmp_path, cap
 # ------------------------------------------------------------------- (4) snakemake -n while a workflow runs
 # a stand-in for a running Snakemake: a script named snakemake holding the project lock as the Snakefile does
 HOLDER = """import sys, time
-from cpsl.engine_guard import hold_for_snakemake
+from cpsl.runtime.engine_guard import hold_for_snakemake
 hold_for_snakemake(".")
 print("held", flush=True)
 time.sleep(600)

@@ -15,15 +15,15 @@ from fixtures_data import make_params, write_fake_mirror
 from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
 import cpsl.data.mirror as mirror_mod
-import cpsl.data.prepare as prepare_mod
-from cpsl import gpu_slots
-from cpsl.align.stage import AlignError, load_manifest
+import cpsl.stages.prepare as prepare_mod
 from cpsl.cli import main
-from cpsl.engine_guard import LOCK_FILE, hold_for_snakemake, stage_guard
 from cpsl.errors import PipelineError
-from cpsl.io_utils import sha256_file
-from cpsl.report.stage import ReportError, configured_runs, run_report
-from cpsl.runlock import LOCK_NAME, run_folder_lock
+from cpsl.runtime import gpu_slots
+from cpsl.runtime.engine_guard import LOCK_FILE, hold_for_snakemake, stage_guard
+from cpsl.runtime.io_utils import sha256_file
+from cpsl.runtime.runlock import LOCK_NAME, run_folder_lock
+from cpsl.stages.align import AlignError, load_manifest
+from cpsl.stages.report import ReportError, configured_runs, run_report
 
 ONE_EPOCH = {"train.epochs": 1, "train.batch_size": 8}
 OUTSIDE_TEXT = "a user's file outside the project\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cpsl.cli import main
-from cpsl.config import ParamsError, apply_overrides, load_params
+from cpsl.config.schema import ParamsError, apply_overrides, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,7 +215,7 @@ def test_a_duplicate_key_inside_an_override_value_is_refused(tmp_path, capsys):
 def test_a_merge_key_is_no_duplicate(tmp_path):
     """YAML merge keys (`<<`) repeat keys on purpose; the explicit one wins, as before."""
     text = _with_lines("anchors:\n  base: &b {x: 1, y: 2}\n  use: {<<: *b, x: 3}\n")
-    from cpsl.config import parse_yaml
+    from cpsl.config.schema import parse_yaml
 
     assert parse_yaml(text)["anchors"]["use"] == {"x": 3, "y": 2}
 
@@ -261,7 +261,7 @@ def test_snakemake_config_values_are_checked(tmp_path, config, fragment):
 
 
 def test_snakemake_switches_true_and_false():
-    from cpsl.workflow_config import switch_value, workflow_config
+    from cpsl.config.workflow_config import switch_value, workflow_config
 
     assert [switch_value("grid", v) for v in (True, False, "true", "TRUE", "False")] == [True, False, True, True,
                                                                                           False]
@@ -290,7 +290,7 @@ def _params_with_nproc(tmp_path, nproc: int, device: str) -> Path:
 def test_nproc_beyond_the_machine_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch, device, gpus,
                                                                         bound):
     """Was: `execution.nproc: 1000` on a 2-core machine launched torchrun with 1,000 trainers, unchecked."""
-    from cpsl.nproc_bound import cpu_cores
+    from cpsl.runtime.nproc_bound import cpu_cores
 
     monkeypatch.setenv("CPSL_GPU_COUNT", gpus)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -307,7 +307,7 @@ def test_nproc_beyond_the_machine_is_refused_before_any_process_starts(tmp_path,
 
 
 def test_a_scheduler_s_gpu_choice_is_the_bound(monkeypatch):
-    from cpsl.nproc_bound import check_nproc
+    from cpsl.runtime.nproc_bound import check_nproc
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     check_nproc(2, "cuda", "p")  # the two GPUs SLURM gave this job

@@ -5,8 +5,8 @@ from __future__ import annotations
 import h5py
 from fixtures_data import make_params, write_fake_mirror
 
-import cpsl.data.prepare as prepare_mod
-from cpsl.io_utils import sha256_file
+import cpsl.stages.prepare as prepare_mod
+from cpsl.runtime.io_utils import sha256_file
 
 
 def test_same_size_edit_of_a_mirror_file_is_noticed(tmp_path, capsys):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
-from cpsl import run_folder
-from cpsl.cache import read_attrs
 from cpsl.cli import main
+from cpsl.formats import run_folder
+from cpsl.formats.cache import read_attrs
 
 SETTINGS = {"train.epochs": 1, "train.batch_size": 8, "ablations": ["A6"], "train.seeds": [0]}
 

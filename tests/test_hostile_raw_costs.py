@@ -24,14 +24,14 @@ import pytest
 from fixtures_align import FILES, ROOTS, make_videos, refresh_manifest, small_align_params, write_raw
 from fixtures_data import write_fake_mirror
 
-from cpsl import csd_safety
-from cpsl.align.stage import run_align
 from cpsl.cli import main
-from cpsl.csd import ComputationalSequence
-from cpsl.csd_vlen import payload_bytes
 from cpsl.data.mirror import check_csd_file
 from cpsl.data.sources import dataset_spec
 from cpsl.errors import PipelineError
+from cpsl.formats import csd_safety
+from cpsl.formats.csd import ComputationalSequence
+from cpsl.formats.csd_vlen import payload_bytes
+from cpsl.stages.align import run_align
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -207,7 +207,7 @@ def test_peak_memory_of_opening_and_reading_the_huge_chunk_file_stays_small(tmp_
     reader's peak was 1.6 GB)."""
     raw, file, obj = _huge_chunk_raw(tmp_path)
     child = textwrap.dedent(f"""
-        from cpsl.csd import ComputationalSequence
+        from cpsl.formats.csd import ComputationalSequence
         from cpsl.errors import PipelineError
         with ComputationalSequence({str(file)!r}) as seq:
             try:
@@ -348,7 +348,7 @@ def test_twenty_thousand_nested_groups_are_refused_quickly_without_a_crash(tmp_p
         import sys, time
         sys.path.insert(0, {str(TESTS)!r})
         from fixtures_data import make_params
-        from cpsl.data.prepare import run_prepare
+        from cpsl.stages.prepare import run_prepare
         from cpsl.errors import PipelineError
         start = time.perf_counter()
         try:

@@ -18,14 +18,14 @@ import pytest
 from fixtures_align import FILES, ROOTS, make_videos, refresh_manifest, small_align_params, write_raw
 from fixtures_data import LocalServer, make_params, write_fake_mirror
 
-from cpsl import csd_safety
-from cpsl.align.stage import run_align
-from cpsl.cache import read_split
 from cpsl.cli import main
 from cpsl.data.mirror import check_csd_file
-from cpsl.data.prepare import run_prepare
 from cpsl.data.sources import dataset_spec
 from cpsl.errors import PipelineError
+from cpsl.formats import csd_safety
+from cpsl.formats.cache import read_split
+from cpsl.stages.align import run_align
+from cpsl.stages.prepare import run_prepare
 
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
 

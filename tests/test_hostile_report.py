@@ -10,10 +10,10 @@ import pytest
 import yaml
 from test_report_stage import _labels, make_run, run_record
 
-from cpsl.config import validate_params
-from cpsl.metrics import json_safe
-from cpsl.report.stage import run_report
-from cpsl.run_identity import MixedParamsError
+from cpsl.config.schema import validate_params
+from cpsl.formats.run_identity import MixedParamsError
+from cpsl.metrics.scores import json_safe
+from cpsl.stages.report import run_report
 
 
 @pytest.fixture()
@@ -207,9 +207,9 @@ def test_null_metrics_other_than_mae_stay_undefined(tmp_path, base_params):
 _KILLED_REPORT = """
 import os, signal, sys
 import yaml
-from cpsl.config import validate_params
+from cpsl.config.schema import validate_params
 from cpsl.report import figures, output_set
-from cpsl.report.stage import run_report
+from cpsl.stages.report import run_report
 
 params_file, results, out, point = sys.argv[1:]
 die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)

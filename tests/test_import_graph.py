@@ -1,16 +1,55 @@
-"""The package's import graph has no circle (cpsl.deps.import_graph: module-level AND function-level imports, so a
-lazy import that closes a circle counts too), and no stage imports another stage's modules (docs/DESIGN.md). Was:
-report/tables.py <-> report/table1.py, hidden by a lazy import; report importing evaluate/learnt.py."""
+"""The package's import graph (cpsl.runtime.deps.import_graph: module-level AND function-level imports, so a lazy
+import counts too) has no circle, points down the layers of docs/DESIGN.md, and no stage imports another stage's
+modules. Was: report/tables.py <-> report/table1.py, hidden by a lazy import; report importing evaluate/learnt.py;
+config.py, rows.py and model/zoo.py importing the baselines while the baselines imported model/ and train/ back."""
 from __future__ import annotations
 
 import shutil
 
 from train_helpers import REPO
 
-from cpsl import deps
+from cpsl.runtime import deps
 
-# the packages of the five stages (cpsl.deps.ENTRY): prepare lives in data/
-STAGE_PACKAGES = {entry.split(".")[1] for entry in deps.ENTRY.values()}
+# each stage's entry module (stages/<stage>.py) and the package of its own internals
+STAGE_INTERNALS = {"prepare": "data", "align": "align", "train": "train", "evaluate": "evaluate", "report": "report"}
+STAGE_PACKAGES = set(STAGE_INTERNALS.values())
+
+# docs/DESIGN.md's layers, bottom up: a module imports only modules of its own layer or below. train/ is the generic
+# kit the rows' code builds on (recipes subclass train.recipe.Recipe); the data/align/evaluate/report internals sit
+# above the rows' code (evaluate rebuilds a row's model through nn.zoo); stages/ call them; cli/docs_params on top.
+LAYERS = (
+    ("cpsl", "errors"),
+    ("config",),
+    ("runtime",),
+    ("formats",),
+    ("metrics",),
+    ("nn",),
+    ("train",),
+    ("model", "baselines"),
+    ("data", "align", "evaluate", "report"),
+    ("stages",),
+    ("cli", "docs_params"),
+)
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def is_row_declaration(module: str) -> bool:
+    """A baseline's torch-free declaration (the registry, BaselineSpec, each folder's spec.py and __init__.py): the
+    config layer, kept in the baseline's own folder so that a baseline is one folder (issue 23)."""
+    parts = module.split(".")
+    return parts[:2] == ["cpsl", "baselines"] and (
+        len(parts) == 2 or parts[2] in ("registry", "spec") or (len(parts) == 3) or parts[3:] == ["spec"])
+
+
+def layer(module: str) -> int:
+    if is_row_declaration(module):
+        return RANK["config"]
+    parts = module.split(".")
+    return RANK[parts[1] if len(parts) > 1 else "cpsl"]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} -> {t}" for m in sorted(graph) for t in sorted(graph[m]) if layer(t) > layer(m)]
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -50,16 +89,39 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_imports_in_one_direction():
     graph = deps.import_graph()
-    assert {"cpsl.cli", "cpsl.report.table1", "cpsl.av_learnt"} <= set(graph)  # the whole package was read
+    assert {"cpsl.cli", "cpsl.report.table1", "cpsl.metrics.av_learnt"} <= set(graph)  # the whole package was read
     assert "cpsl.report.table_parts" in graph["cpsl.report.table1"]
     assert circles(graph) == [], "import circles (break each by moving what both need into a module both import)"
 
 
+def stage_of(module: str) -> str | None:
+    """The stage whose code ``module`` is: its entry module (stages/<stage>.py) or its internals package."""
+    parts = module.split(".")
+    if len(parts) >= 3 and parts[1] == "stages":
+        return STAGE_INTERNALS[parts[2]]
+    return parts[1] if len(parts) >= 2 and parts[1] in STAGE_PACKAGES else None
+
+
 def stage_crossings(graph: dict[str, set[str]]) -> list[str]:
-    """'a -> b' for each module of one stage's package importing a module of another stage's package."""
-    stage_of = {m: m.split(".")[1] for m in graph if m.count(".") >= 1 and m.split(".")[1] in STAGE_PACKAGES}
+    """'a -> b' for each module of one stage (its stages/ file or its package) importing another stage's module."""
+    owner = {m: stage_of(m) for m in graph if stage_of(m) is not None}
     return [f"{m} -> {t}" for m in sorted(graph) for t in sorted(graph[m])
-            if m in stage_of and t in stage_of and stage_of[m] != stage_of[t]]
+            if m in owner and t in owner and owner[m] != owner[t]]
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    graph = deps.import_graph()
+    assert all(layer(m) >= 0 for m in graph)  # a new top-level folder must be placed in LAYERS (KeyError otherwise)
+    assert upward_imports(graph) == [], "an import runs up the layers (docs/DESIGN.md): move the shared part down"
+
+
+def test_an_upward_import_is_found(tmp_path):
+    """The layer check bites: the run-folder format importing the train kit, lazily."""
+    pkg = tmp_path / "cpsl"
+    shutil.copytree(REPO / "src" / "cpsl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    fmt = pkg / "formats" / "run_folder.py"
+    fmt.write_text(fmt.read_text() + "\n\ndef _late():\n    from cpsl.train import checkpoint  # noqa: F401\n")
+    assert "cpsl.formats.run_folder -> cpsl.train.checkpoint" in upward_imports(deps.import_graph(pkg))
 
 
 def test_no_stage_imports_another_stages_modules():
@@ -73,12 +135,13 @@ def test_a_lazy_import_that_closes_a_circle_is_found(tmp_path):
     parts = pkg / "report" / "table_parts.py"
     parts.write_text(parts.read_text() + "\n\ndef _late():\n    from cpsl.report import table1  # noqa: F401\n")
     assert circles(deps.import_graph(pkg)) == [["cpsl.report.table1", "cpsl.report.table_parts"]]
-    relative = pkg / "av_learnt.py"  # a relative import is resolved too
-    relative.write_text(relative.read_text() + "\n\ndef _late():\n    from .report import table1  # noqa: F401\n")
-    assert ["cpsl.av_learnt", "cpsl.report.table1", "cpsl.report.table_parts"] in circles(deps.import_graph(pkg))
-    evaluate = pkg / "evaluate" / "stage.py"  # a stage reaching into another's modules, lazily
+    relative = pkg / "metrics" / "av_learnt.py"  # a relative import is resolved too
+    relative.write_text(relative.read_text() + "\n\ndef _late():\n    from ..report import table1  # noqa: F401\n")
+    found = circles(deps.import_graph(pkg))
+    assert ["cpsl.metrics.av_learnt", "cpsl.report.table1", "cpsl.report.table_parts"] in found
+    evaluate = pkg / "stages" / "evaluate.py"  # a stage reaching into another's modules, lazily
     evaluate.write_text(evaluate.read_text() + "\n\ndef _late():\n    from cpsl.report.stats import describe  # noqa\n")
-    assert stage_crossings(deps.import_graph(pkg)) == ["cpsl.evaluate.stage -> cpsl.report.stats"]
+    assert stage_crossings(deps.import_graph(pkg)) == ["cpsl.stages.evaluate -> cpsl.report.stats"]
 
 
 def test_no_row_model_is_imported_by_the_kit_and_baselines_import_no_cpsl_model():

@@ -31,8 +31,8 @@ from train_helpers import (
     write_params,
 )
 
-from cpsl import run_folder
-from cpsl.config import load_params
+from cpsl.config.schema import load_params
+from cpsl.formats import run_folder
 from cpsl.train.checkpoint import load_state
 
 # argv: point ("replace" | "replaced" | "dataset"), n, then the cpsl arguments

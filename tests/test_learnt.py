@@ -1,9 +1,9 @@
-"""The a/v-not-learnt rule (cpsl.av_learnt) on hand-made evidence: each condition switched on and off.
+"""The a/v-not-learnt rule (cpsl.metrics.av_learnt) on hand-made evidence: each condition switched on and off.
 The end-to-end cases (a frozen run is marked, a planted-signal run is not) are in tests/test_planted_signal.py."""
 import numpy as np
 import pytest
 
-from cpsl import av_learnt
+from cpsl.metrics import av_learnt
 
 LABELS = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])  # median 0: the best constant's MAE is 1.2
 CONSTANT = 1.2
@@ -81,7 +81,7 @@ def test_row_summary_and_table_cells():
 def test_a_row_whose_prediction_reads_no_av_is_not_judged_and_says_why():
     """ITHP's prediction reads the text only (a/v are training targets of its bottleneck): not_applicable with
     the spec's reason, never marked; a row's hint names the param that sets its new modules' rate."""
-    from cpsl.evaluate.stage import _rate_setting, _reads_av
+    from cpsl.stages.evaluate import _rate_setting, _reads_av
 
     assert _reads_av({"ablation": "A6"}) == (True, None) and _reads_av({"ablation": "T0"})[0] is False
     assert _reads_av({"ablation": "MAG"}) == (True, None)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from cpsl.ablations import Switches, switches_for
+from cpsl.config.ablations import Switches, switches_for
 from cpsl.model.losses import (
     diversity_loss,
     reconstruction_loss,

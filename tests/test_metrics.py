@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from cpsl.metrics import (
+from cpsl.metrics.scores import (
     METRIC_KEYS,
     compute_metrics,
     json_safe,

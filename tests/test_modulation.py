@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cpsl.ablations import Switches
+from cpsl.config.ablations import Switches
 from cpsl.model.modulation import (
     conflict_penalty,
     eq5_coefficients,

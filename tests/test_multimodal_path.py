@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cpsl.ablations import switches_for
-from cpsl.config import load_params, set_dotted, validate_params
+from cpsl.config.ablations import switches_for
+from cpsl.config.schema import load_params, set_dotted, validate_params
 from cpsl.data.planted import planted_split
 from cpsl.model.losses import total_loss
 from cpsl.model.network import build_model

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cpsl.ablations import switches_for
-from cpsl.config import load_params
+from cpsl.config.ablations import switches_for
+from cpsl.config.schema import load_params
 from cpsl.model.losses import total_loss
 from cpsl.model.network import ModelOutput, build_model
 from cpsl.nn.inference import run_inference

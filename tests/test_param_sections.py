@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpsl.ablations import Switches
-from cpsl.config import SCHEMA, ParamsError, load_params, validate_params
+from cpsl.config.ablations import Switches
+from cpsl.config.param_sections import SECTIONS, CPSection, GMSection, LossSection, ModelSection, section
+from cpsl.config.param_types import NO_DEFAULT, choice
+from cpsl.config.schema import SCHEMA, ParamsError, load_params, validate_params
 from cpsl.model import recipe as recipe_module
-from cpsl.param_sections import SECTIONS, CPSection, GMSection, LossSection, ModelSection, section
-from cpsl.param_types import NO_DEFAULT, choice
 from cpsl.train.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[1]

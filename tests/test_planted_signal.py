@@ -3,7 +3,7 @@ find it. A0 (no modulation) is trained with the real `train` and `evaluate` stag
 same cache with a/v zeroed, over 3 seeds; A0 must beat the zeroed control by a clear margin on every seed, and
 the modality-reliance check must see it rely on the visual stream (and T0, text only, on nothing).
 Issue 18: the same A0 with its new modules (AME, fusion, heads) frozen is marked "a/v not learnt" by
-cpsl.av_learnt, the planted-signal runs are not, and the a/v-zeroed control is marked too."""
+cpsl.metrics.av_learnt, the planted-signal runs are not, and the a/v-zeroed control is marked too."""
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from train_helpers import planted_caches, small_params, tiny_text_model
 
-from cpsl.evaluate.stage import run_evaluate
+from cpsl.stages.evaluate import run_evaluate
+from cpsl.stages.train import run_train
 from cpsl.train.recipe import Recipe
-from cpsl.train.stage import run_train
 
 SEEDS = (0, 1, 2)
 MARGIN_CORR = 0.4  # test Pearson r: planted visual signal vs the same model with a/v zeroed

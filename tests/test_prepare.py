@@ -9,9 +9,9 @@ import pytest
 from fixtures_data import LocalServer, force_copy, free_port, make_params, write_fake_mirror
 
 import cpsl.data.mirror as mirror_mod
-import cpsl.data.prepare as prepare_mod
+import cpsl.stages.prepare as prepare_mod
 from cpsl.data.sources import ROLES, RawDataError, dataset_spec, standard_folds
-from cpsl.io_utils import sha256_file
+from cpsl.runtime.io_utils import sha256_file
 
 
 def _listing(folder):

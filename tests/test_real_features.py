@@ -11,10 +11,7 @@ import pytest
 import torch
 from train_helpers import small_params, tiny_text_model
 
-from cpsl.align.stage import run_align
-from cpsl.cache import read_split, write_cache
 from cpsl.data.demo import generate_layout
-from cpsl.data.prepare import run_prepare
 from cpsl.data.real_features import (
     ACOUSTIC_KINDS,
     NEG_INF_DIMS,
@@ -24,11 +21,14 @@ from cpsl.data.real_features import (
 )
 from cpsl.data.sources import ROLES, dataset_spec, standard_folds
 from cpsl.evaluate import input_range
-from cpsl.evaluate.stage import rebuild_model, run_evaluate
+from cpsl.formats.cache import read_split, write_cache
+from cpsl.formats.run_folder import load_best, read_history
 from cpsl.nn.inference import run_inference
 from cpsl.nn.tokens import word_positions
-from cpsl.run_folder import load_best, read_history
-from cpsl.train.stage import run_train
+from cpsl.stages.align import run_align
+from cpsl.stages.evaluate import rebuild_model, run_evaluate
+from cpsl.stages.prepare import run_prepare
+from cpsl.stages.train import run_train
 
 FACTOR = 5.0  # valid/test loss terms within this factor of their training value ...
 FLOOR = 0.2   # ... or of this floor, for terms whose training value is near 0
@@ -166,7 +166,7 @@ def test_evaluate_records_and_reports_inputs_outside_the_training_range(real_cac
     share per stream and split, and evaluate prints one line naming it."""
     splits = {s: read_split(real_cache["cache"], s) for s in ("train", "valid", "test")}
     splits["test"] = {**splits["test"], "acoustic": np.asarray(splits["test"]["acoustic"]) * 100}
-    from cpsl.cache import read_attrs
+    from cpsl.formats.cache import read_attrs
 
     # the shifted cache is the one the run trains on: evaluate refuses a cache edited after training (issue 21)
     shifted = real_cache["tmp"] / "shifted.h5"

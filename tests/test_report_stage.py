@@ -8,12 +8,12 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from cpsl import run_identity
-from cpsl.config import load_params, validate_params
-from cpsl.metrics import compute_metrics, json_safe
-from cpsl.names import LOSS_TERMS
+from cpsl.config.names import LOSS_TERMS
+from cpsl.config.schema import load_params, validate_params
+from cpsl.formats import run_identity
+from cpsl.metrics.scores import compute_metrics, json_safe
 from cpsl.report.paper_results import TABLE2
-from cpsl.report.stage import ReportError, run_report
+from cpsl.stages.report import ReportError, run_report
 
 SEEDS = (0, 2, 10)  # 10 sorts before 2 as text: the report must order seeds numerically
 HISTORY_COLS = (["epoch"] + [f"{s}/{t}" for s in ("train", "valid") for t in LOSS_TERMS]
@@ -34,7 +34,7 @@ def _labels(rng, n):
 
 def run_record(ablation, seed, params=None, dataset="demo"):
     """metrics.json's "run" as evaluate writes it for a run trained under ``params`` (default: the repository's
-    params.yaml with ``dataset``): the checkpoint's identity and fingerprint (cpsl.run_identity)."""
+    params.yaml with ``dataset``): the checkpoint's identity and fingerprint (cpsl.formats.run_identity)."""
     if params is None:
         params = load_params("params.yaml")
         params["dataset"] = dataset

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cpsl.metrics import compute_metrics
+from cpsl.metrics.scores import compute_metrics
 from cpsl.report.stats import BOOTSTRAP_METRICS, describe, paired_bootstrap, paired_t_test, weighted_metrics
 
 

@@ -12,8 +12,9 @@ import shutil
 import pytest
 from train_helpers import assert_same_tensors, load_model_states, make_cache, small_params, tiny_text_model
 
-from cpsl import deps, run_folder
-from cpsl.train.stage import run_train
+from cpsl.formats import run_folder
+from cpsl.runtime import deps
+from cpsl.stages.train import run_train
 
 SETTINGS = {"train.epochs": 2, "train.batch_size": 8, "ablations": ["A6"]}
 
@@ -82,5 +83,5 @@ def test_state_saved_by_other_code_is_not_resumed(finished, monkeypatch, capfd):
 def test_code_hash_covers_exactly_the_files_train_runs(tmp_path):
     files = deps.row_files("train", "A6")  # the train kit + the CP+SL rows' own code (issue 23: per row)
     assert "src/cpsl/model/heads.py" in files and "src/cpsl/train/loop.py" in files
-    assert "src/cpsl/report/stage.py" not in files and "src/cpsl/align/stage.py" not in files
+    assert "src/cpsl/stages/report.py" not in files and "src/cpsl/stages/align.py" not in files
     assert not any(f.startswith("src/cpsl/baselines/mmim/") for f in files)  # no other row's code

@@ -1,6 +1,7 @@
 """Issue 23: code deps per row under both engines. An edit in one baseline's folder reruns that baseline's jobs
 only, an edit of the CP+SL model (cpsl/model/) no baseline's, an edit of a baseline's README (its provenance notes)
-nothing; Snakemake declares each train/evaluate job's own files (cpsl.deps.row_files), DVC one folder of links per
+nothing; Snakemake declares each train/evaluate job's own files (cpsl.runtime.deps.row_files), DVC one folder of links
+per
 row (workflow/row_code/<row>). Both engines see a project copy as built (placeholders, no stage runs)."""
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """The contract every row keeps, one suite parametrised over the rows (issue 23: tests share, not copy).
 
-Rows: every registered Table 1 baseline (cpsl.rows.BASELINE_IDS: a new baseline is covered without editing this
+Rows: every registered Table 1 baseline (cpsl.config.rows.BASELINE_IDS: a new baseline is covered without editing this
 file) and three CP+SL rows. The CP+SL rows share one model and one recipe and differ only in their switches
-(cpsl.ablations), so three cover them: A6 has every switch on (AME sampling, GM, GE, CP, SL: the recipe's whole
+(cpsl.config.ablations), so three cover them: A6 has every switch on (AME sampling, GM, GE, CP, SL: the recipe's whole
 state), A0 every switch off but the a/v path, T0 the a/v path off too (text only, no auxiliary heads).
 
-Per row, through the public entry points only (cpsl.rows, the `cpsl` CLI, cpsl.train.stage.run_train,
-cpsl.evaluate.stage.run_evaluate, the run-folder readers of cpsl.run_folder):
+Per row, through the public entry points only (cpsl.config.rows, the `cpsl` CLI, cpsl.stages.train.run_train,
+cpsl.stages.evaluate.run_evaluate, the run-folder readers of cpsl.formats.run_folder):
 
 1. Params: an out-of-range value of any bounded key of the row's own section fails `cpsl train` at start-up (exit
    2, one line naming the key, nothing written).
@@ -45,13 +45,14 @@ from train_helpers import (
     write_params,
 )
 
-from cpsl import rows, run_folder
-from cpsl.ablations import switches_for
 from cpsl.cli import main
-from cpsl.config import SCHEMA
-from cpsl.evaluate.stage import run_evaluate
-from cpsl.param_types import Spec
-from cpsl.train.stage import run_train
+from cpsl.config import rows
+from cpsl.config.ablations import switches_for
+from cpsl.config.param_types import Spec
+from cpsl.config.schema import SCHEMA
+from cpsl.formats import run_folder
+from cpsl.stages.evaluate import run_evaluate
+from cpsl.stages.train import run_train
 
 CPSL_ROWS = ("A6", "A0", "T0")
 ROW_IDS = (*CPSL_ROWS, *rows.BASELINE_IDS)

@@ -1,4 +1,4 @@
-"""Rows that are models (cpsl.rows) and the training loop's one extension point (cpsl.train.recipe).
+"""Rows that are models (cpsl.config.rows) and the training loop's one extension point (cpsl.train.recipe).
 
 1. Rows: every baseline is a row ID the params, the CLI and the run folders accept; a row's run params hold only
    what it reads (a CP+SL row: exactly the params it had before baselines existed; a baseline: no CP+SL section,
@@ -31,12 +31,12 @@ from train_helpers import (
     tiny_text_model,
 )
 
-from cpsl import rows
 from cpsl.baselines.mag import recipe as mag_recipe
 from cpsl.baselines.mag.recipe import MAGRecipe
-from cpsl.config import load_params, stage_slice, validate_params
+from cpsl.config import rows
+from cpsl.config.schema import load_params, stage_slice, validate_params
 from cpsl.errors import ParamsError
-from cpsl.run_folder import read_history
+from cpsl.formats.run_folder import read_history
 from cpsl.train import loop
 from cpsl.train import step as step_module
 from cpsl.train.distributed import all_gather_tensor
@@ -91,7 +91,7 @@ def test_run_params_hold_what_the_row_reads():
      "'baselines.mag.mosei.train.batch_size' (47) is the global batch and must be divisible by 'execution.nproc' (2)"),
 ])
 def test_a_baseline_section_is_validated_naming_the_key(key, value, message):
-    from cpsl.config import apply_overrides, parse_yaml
+    from cpsl.config.schema import apply_overrides, parse_yaml
 
     params = parse_yaml((REPO / "params.yaml").read_text())  # the file's values, as the CLI applies overrides
     overrides = [f"{key}={value}"] + (["execution.nproc=2"] if "divisible" in message else [])

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from test_report_stage import _labels, make_run
 
-from cpsl import run_folder
-from cpsl.config import validate_params
-from cpsl.io_utils import FORMULA_START, plain_text, spreadsheet_text
-from cpsl.report.stage import run_report
+from cpsl.config.schema import validate_params
+from cpsl.formats import run_folder
+from cpsl.runtime.io_utils import FORMULA_START, plain_text, spreadsheet_text
+from cpsl.stages.report import run_report
 
 HOSTILE_IDS = ["=HYPERLINK(\"http:x\")[0]", "-2+3+cmd|' /C calc'!A0[1]", "+1[2]", "@SUM(A1)[3]", "\tx[4]",
                "'=1[5]", "-3g5yACwYnA[0]"]  # the last: a real MOSEI id starts with '-'

@@ -48,8 +48,8 @@ from train_helpers import (
     tiny_text_model,
 )
 
-from cpsl.ablations import switches_for
-from cpsl.config import validate_params
+from cpsl.config.ablations import switches_for
+from cpsl.config.schema import validate_params
 from cpsl.errors import ParamsError
 from cpsl.model.network import build_model
 from cpsl.model.recipe import LossStep

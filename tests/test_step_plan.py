@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_helpers import CPU, make_cache, small_params, tiny_text_model
 
-from cpsl.runlock import LOCK_NAME
+from cpsl.runtime.runlock import LOCK_NAME
 from cpsl.train import loop
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, StepPlan, fit, plan_step

@@ -12,7 +12,7 @@ def _study():
 
 
 def test_the_planted_visual_stream_dominates_the_acoustic_one(tmp_path):
-    from cpsl.cache import read_split
+    from cpsl.formats.cache import read_split
 
     study = _study()
     train = read_split(study.planted_cache(tmp_path / "c.h5"), "train")

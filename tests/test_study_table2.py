@@ -10,7 +10,7 @@ import math
 import pytest
 from project_copy import load_benchmark
 
-from cpsl.run_folder import HISTORY_COLUMNS
+from cpsl.formats.run_folder import HISTORY_COLUMNS
 
 
 def _study():
@@ -87,7 +87,7 @@ def test_the_study_on_a_tiny_demo_matches_its_run_folders_and_report(tmp_path):
 @pytest.mark.parametrize("dataset", ["demo", "mosi_mirror", "real_features"])
 def test_each_datasets_project_params_validate(tmp_path, dataset):
     """A renamed param fails here, not an hour into the study."""
-    from cpsl.config import validate_params
+    from cpsl.config.schema import validate_params
 
     study = _study()
     params = validate_params(study.project_params(dataset, tmp_path, [0, 1, 2], 3, None), "study params")

@@ -21,11 +21,11 @@ from scipy import stats as sps
 from test_report_stage import SEEDS, _labels, make_run
 from train_helpers import REPO
 
-from cpsl.config import load_params
+from cpsl.config.rows import TABLE1_IDS
+from cpsl.config.schema import load_params
+from cpsl.formats.run_identity import MixedParamsError
 from cpsl.report.paper_results import TABLE1
-from cpsl.report.stage import run_report
-from cpsl.rows import TABLE1_IDS
-from cpsl.run_identity import MixedParamsError
+from cpsl.stages.report import run_report
 
 
 def _summary(folder, params, text_model):
@@ -118,7 +118,7 @@ def test_the_report_reads_a_baseline_row_folder_name(tmp_path):
 
 
 def test_a_baseline_whose_av_path_learnt_nothing_is_marked_in_table1(tmp_path):
-    """MAG's seeds all marked by evaluate (cpsl.av_learnt): its Table 1 row carries the mark, the count of
+    """MAG's seeds all marked by evaluate (cpsl.metrics.av_learnt): its Table 1 row carries the mark, the count of
     marked seeds and the footnote; the unmarked rows do not."""
     params, metrics = _grid(tmp_path)
     for seed in SEEDS:

@@ -1,7 +1,7 @@
 """Issue 23: adding a fifth baseline is one folder + one registry line + its params section. A toy baseline in a
 temporary folder (a package on ``sys.path``, outside cpsl) is registered with cpsl.baselines.registry.extend and
 trained and evaluated through the stage entry points (run_train, run_evaluate) on a tiny cache: no module of the
-package names it. In a subprocess: the rows and the params schema are made once, when cpsl.rows is imported."""
+package names it. In a subprocess: the rows and the params schema are made once, when cpsl.config.rows is imported."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from train_helpers import REPO
 
 SPEC = '''"""The toy's row and params section (torch-free)."""
 from cpsl.baselines.spec import BaselineSpec
-from cpsl.param_types import number
+from cpsl.config.param_types import number
 
 SPEC = BaselineSpec(row="TOY", section="toy", label="Toy (a test)", paper_rows={},
                     hyper={"width": number(1, integer=True)})
@@ -66,15 +66,16 @@ from pathlib import Path
 
 sys.path[:0] = [sys.argv[1], sys.argv[2]]  # the toy's folder, tests/
 from cpsl.baselines import registry
-registry.extend("toy_baseline")  # the hook: before anything imports cpsl.rows
+registry.extend("toy_baseline")  # the hook: before anything imports cpsl.config.rows
 
 import train_helpers
 import yaml
 from train_helpers import make_cache, small_params, tiny_text_model
 
-from cpsl import deps, rows
-from cpsl.evaluate.stage import run_evaluate
-from cpsl.train.stage import run_train
+from cpsl.runtime import deps
+from cpsl.config import rows
+from cpsl.stages.evaluate import run_evaluate
+from cpsl.stages.train import run_train
 
 work = Path(sys.argv[3])
 # its params section, in the project's params.yaml (here a copy of the repository's, for small_params to read)
@@ -117,7 +118,7 @@ def test_a_baseline_from_a_temporary_folder_trains_and_evaluates_through_the_sta
 
 def test_extending_after_the_rows_exist_is_refused():
     """The rows and the params schema are made once: a late registration would be silently ignored."""
-    code = "import cpsl.rows\nfrom cpsl.baselines import registry\nregistry.extend('anything')\n"
+    code = "import cpsl.config.rows\nfrom cpsl.baselines import registry\nregistry.extend('anything')\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    assert proc.returncode != 0 and "cpsl.rows is already imported; extend the registry first" in proc.stderr
+    assert proc.returncode != 0 and "cpsl.config.rows is already imported; extend the registry first" in proc.stderr

@@ -11,11 +11,11 @@ import pytest
 import torch
 from train_helpers import REPO
 
-from cpsl import run_folder, run_identity
-from cpsl.config import load_params
+from cpsl.config.schema import load_params
 from cpsl.errors import PipelineError
+from cpsl.formats import run_folder, run_identity
+from cpsl.stages import train as stage
 from cpsl.train import checkpoint as ckpt
-from cpsl.train import stage
 from cpsl.train.data import BatchPlan
 from cpsl.train.distributed import DistContext, torchrun_command
 from cpsl.train.recipe import linear_warmup_decay

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from train_helpers import make_cache
 
-from cpsl.cache import CacheError, read_split, write_cache
+from cpsl.formats.cache import CacheError, read_split, write_cache
 from cpsl.train.data import BatchPlan, load_tensors
 
 
@@ -14,7 +14,7 @@ def test_non_finite_features_are_refused_naming_the_segment(tmp_path):
     splits = {s: read_split(path, s) for s in ("train", "valid", "test")}
     splits["train"]["visual"][2, 1, 0] = np.inf
     bad = tmp_path / "bad.h5"
-    from cpsl.cache import read_attrs
+    from cpsl.formats.cache import read_attrs
 
     write_cache(bad, splits, read_attrs(path))
     with pytest.raises(CacheError,

@@ -43,9 +43,9 @@ from train_helpers import (
     write_params,
 )
 
-from cpsl.ablations import switches_for
+from cpsl.config.ablations import switches_for
+from cpsl.formats.run_folder import read_history
 from cpsl.model.network import build_model
-from cpsl.run_folder import read_history
 from cpsl.train.distributed import DistContext
 from cpsl.train.loop import RunSpec, fit
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from train_helpers import make_cache, small_params, tiny_text_model
 
-from cpsl import run_folder
-from cpsl.cache import CacheError, read_attrs, read_split, write_cache
+from cpsl.formats import run_folder
+from cpsl.formats.cache import CacheError, read_attrs, read_split, write_cache
+from cpsl.stages.train import run_train
 from cpsl.train import loop
 from cpsl.train import step as step_module
-from cpsl.train.stage import run_train
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import math
 import torch
 from train_helpers import make_cache, small_params, tiny_text_model
 
-from cpsl.run_folder import HISTORY_COLUMNS, read_history
-from cpsl.train.stage import run_train
+from cpsl.formats.run_folder import HISTORY_COLUMNS, read_history
+from cpsl.stages.train import run_train
 
 
 def test_full_model_learns_a_synthetic_signal(tmp_path):

@@ -17,8 +17,8 @@ import time
 import torch
 from train_helpers import REPO, assert_same_tensors, make_cache, small_params, tiny_text_model, write_params
 
-from cpsl.run_folder import read_history
-from cpsl.train.stage import run_train
+from cpsl.formats.run_folder import read_history
+from cpsl.stages.train import run_train
 
 SETTINGS = {"train.epochs": 3, "train.batch_size": 4, "ablations": ["A6"]}  # 8 steps per epoch, AME+GE noise on
 

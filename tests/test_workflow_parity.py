@@ -1,5 +1,5 @@
 """Snakefile and dvc.yaml must describe the same pipeline: same stages, commands, inputs, outputs,
-and DVC's params per stage must be exactly cpsl.config.STAGE_PARAMS (which the Snakefile uses)."""
+and DVC's params per stage must be exactly cpsl.config.schema.STAGE_PARAMS (which the Snakefile uses)."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpsl.config import STAGE_PARAMS
+from cpsl.config.schema import STAGE_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +43,10 @@ def snakemake_jobs(workdir: Path) -> list[dict]:
 
 
 def _expand_row_code(dep: str, workdir: Path) -> set[str]:
-    """A DVC dep on a row's link folder (workflow/row_code/<row>, cpsl.deps.write_row_code) as the repository files
+    """A DVC dep on a row's link folder (workflow/row_code/<row>, cpsl.runtime.deps.write_row_code) as the repository
+    files
     its links point at (DVC hashes those files); any other dep as itself."""
-    from cpsl import deps
+    from cpsl.runtime import deps
 
     folder = workdir / dep
     if not dep.startswith(deps.ROW_CODE_DIR + "/"):
@@ -143,7 +144,7 @@ def _dry_run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_grid_target_runs_every_table2_row_once_as_separate_jobs(tmp_path):
-    from cpsl.ablations import ABLATIONS, ALIASES
+    from cpsl.config.ablations import ABLATIONS, ALIASES
 
     work = tmp_path / "grid"
     work.mkdir()
@@ -225,9 +226,9 @@ def _job_row(job: dict) -> str | None:
 
 
 def test_both_engines_declare_the_code_each_stage_runs(pipelines):
-    """File-level code deps from the import graph (cpsl.deps), identical in both engines: per row for train and
+    """File-level code deps from the import graph (cpsl.runtime.deps), identical in both engines: per row for train and
     evaluate (the stage's kit + the row's own code: DVC's workflow/row_code/<row> links, expanded)."""
-    from cpsl import deps
+    from cpsl.runtime import deps
 
     smk, dvc = pipelines
     seen_rows = set()

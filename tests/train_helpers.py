@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import transformers
 
-from cpsl.cache import write_cache
-from cpsl.config import load_params, set_dotted, validate_params
+from cpsl.config.schema import load_params, set_dotted, validate_params
+from cpsl.formats.cache import write_cache
 from cpsl.nn.text_encoder import tiny_deberta_config
 from cpsl.train.distributed import DistContext
 
@@ -112,7 +112,7 @@ def schedule_settings(row_id: str, **schedule) -> dict:
     """``small_params`` overrides that give row ``row_id`` the training ``schedule`` (train keys: epochs, lr, ...):
     a baseline trains with its own section's schedule on MOSI (baselines.<section>.mosi.train.*), a CP+SL row with
     train.*."""
-    from cpsl import rows
+    from cpsl.config import rows
 
     spec = rows.row(row_id).baseline
     prefix = "train" if spec is None else f"{rows.BASELINES_SECTION}.{spec.section}.mosi.train"
@@ -249,7 +249,7 @@ def ddp_clip_worker(rank: int, world_size: int, port: int, params: dict, data_pa
 
     from torch.nn.parallel import DistributedDataParallel
 
-    from cpsl.ablations import switches_for
+    from cpsl.config.ablations import switches_for
     from cpsl.model.network import build_model
     from cpsl.model.recipe import LossStep
     from cpsl.train.data import load_tensors
@@ -308,7 +308,7 @@ def kill_mid_epoch(args: list[str], run: Path) -> None:
     import sys
     import time
 
-    from cpsl import run_folder
+    from cpsl.formats import run_folder
 
     state = Path(run) / run_folder.STATE_FILE
     before = state.stat().st_mtime_ns if state.exists() else None

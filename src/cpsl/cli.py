@@ -1,7 +1,7 @@
 """The ``cpsl`` command: one subcommand per pipeline stage.
 
     cpsl prepare | align | train | evaluate | report   [--params params.yaml] [--set key=value ...]
-    cpsl deps [STAGE] [--write-dvc | --check-dvc]     the package files each stage runs (cpsl.deps)
+    cpsl deps [STAGE] [--write-dvc | --check-dvc]     the package files each stage runs (cpsl.runtime.deps)
 
 Every subcommand validates params.yaml before doing any work. Snakefile and dvc.yaml call only these.
 
@@ -22,11 +22,11 @@ import os
 import sys
 from pathlib import Path
 
-from cpsl.config import SEED_MAX, ParamsError, load_params
-from cpsl.engine_guard import stage_guard
-from cpsl.env_vars import EnvVarError, check_environment
+from cpsl.config.env_vars import EnvVarError, check_environment
+from cpsl.config.schema import SEED_MAX, ParamsError, load_params
 from cpsl.errors import WRITE_ELSEWHERE, PipelineError, describe_os_error
-from cpsl.io_utils import remove_stale_temporaries
+from cpsl.runtime.engine_guard import stage_guard
+from cpsl.runtime.io_utils import remove_stale_temporaries
 
 EXIT_USER_ERROR = 1
 EXIT_PARAMS = 2
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _deps(args: argparse.Namespace) -> int:
-    from cpsl import deps
+    from cpsl.runtime import deps
 
     for name in ("write_dvc", "check_dvc"):
         target = getattr(args, name)
@@ -231,7 +231,7 @@ def _to_project_root(args: argparse.Namespace) -> None:
 
 
 def _check_args(args: argparse.Namespace, params: dict) -> None:
-    from cpsl.rows import ROWS
+    from cpsl.config.rows import ROWS
 
     if getattr(args, "ablation", None) is not None and args.ablation not in ROWS:
         raise ParamsError(f"--ablation {args.ablation!r} is not a Table 2 ID, T0 or a Table 1 baseline; use one "
@@ -243,24 +243,24 @@ def _check_args(args: argparse.Namespace, params: dict) -> None:
 def _dispatch(args: argparse.Namespace, params: dict) -> int:
     # Stage modules are imported lazily: validation must not wait for torch/transformers.
     if args.stage == "prepare":
-        from cpsl.data.prepare import run_prepare
+        from cpsl.stages.prepare import run_prepare
         run_prepare(params, out_dir=args.out)
     elif args.stage == "align":
-        from cpsl.align.stage import run_align
+        from cpsl.stages.align import run_align
         run_align(params, raw_dir=args.raw, out_path=args.out)
     elif args.stage == "train":
-        from cpsl.train.stage import run_train
+        from cpsl.stages.train import run_train
         return run_train(params, seed=args.seed, ablation=args.ablation, data_path=args.data, out_dir=args.out,
                          params_file=args.params, overrides=args.overrides)
     elif args.stage == "evaluate":
-        from cpsl.evaluate.stage import evaluate_command
+        from cpsl.stages.evaluate import evaluate_command
         if not Path(args.run).is_dir():
             raise PipelineError(f"--run {args.run}: no such run folder (check the path; `cpsl train --ablation ID "
                                 f"--seed K` creates results/<dataset>/<ID>-seed<K>/)")
         evaluate_command(params, run_dir=args.run, data_path=args.data)
     elif args.stage == "report":
-        from cpsl import paths
-        from cpsl.report.stage import run_report
+        from cpsl.config import paths
+        from cpsl.stages.report import run_report
         remove_stale_temporaries(args.out or paths.reports_dir(params["dataset"]),
                                  [paths.summary_path(params["dataset"]).name, *paths.REPORT_FILES])
         run_report(params, results_dir=args.results, out_dir=args.out, grid=args.grid, strict=args.strict,

@@ -8,7 +8,7 @@ A write that fails for want of room (:func:`write_fault`) names its real cause: 
 (ENOSPC, with the space left) or a quota (EDQUOT). Libraries hide the errno: h5py raises a RuntimeError whose
 context, or whose HDF5 message (``errno = 27``), carries it; torch raises a RuntimeError in the context of the
 OSError of the file object it writes to. (The stages' own HDF5 files are built in memory and written by Python,
-cpsl.io_utils.hdf5_atomic, and their checkpoints through a Python file object, cpsl.run_folder.save_pt.)
+cpsl.runtime.io_utils.hdf5_atomic, and their checkpoints through a Python file object, cpsl.formats.run_folder.save_pt.)
 """
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-# Shared helpers for the rules: paths (from cpsl.paths), the per-stage params slices and code files. `config` is
-# params.yaml as cpsl itself reads it, plus the --config switches as booleans (cpsl.workflow_config, in the Snakefile).
+# Shared helpers for the rules: paths (from cpsl.config.paths), the per-stage params slices and code files. `config` is
+# params.yaml as cpsl itself reads it, plus the --config switches as booleans (cpsl.config.workflow_config, in the Snakefile).
 import json
 from pathlib import Path
 
-from cpsl import deps, paths, rows, run_folder
-from cpsl.config import stage_slice
+from cpsl.runtime import deps
+from cpsl.config import paths, rows
+from cpsl.formats import run_folder
+from cpsl.config.schema import stage_slice
 
 DATASET = config["dataset"]
 ABLATIONS = config["ablations"]
@@ -12,7 +14,7 @@ SEEDS = config["train"]["seeds"]
 
 
 def code(stage, row=None):
-    """The package files a job of the stage runs (cpsl.deps, from this repository's src/cpsl): one input per file,
+    """The package files a job of the stage runs (cpsl.runtime.deps, from this repository's src/cpsl): one input per file,
     so an edit reruns exactly the jobs that import it (a folder's mtime does not change on such an edit). With
     ``row`` (train, evaluate): the stage's kit plus that row's own code, so an edit of one baseline's folder reruns
     that baseline's jobs only."""
@@ -23,7 +25,7 @@ def code(stage, row=None):
 
 def params_slice(stage, row=None):
     """The stage's params as one JSON string: Snakemake reruns the rule when it changes. With ``row``, only the
-    params that row's runs read (cpsl.rows.run_params): an edit of a baseline's section reruns that baseline only."""
+    params that row's runs read (cpsl.config.rows.run_params): an edit of a baseline's section reruns that baseline only."""
     source = rows.run_params(config, row) if row is not None else config
     return json.dumps(stage_slice(source, stage, missing_ok=row is not None), sort_keys=True)
 
@@ -40,7 +42,7 @@ def run_dir(ablation, seed):
     return str(paths.run_dir(DATASET, ablation, seed))
 
 
-GRID, TABLE1 = config["grid"], config["table1"]  # the --config workflow switches (cpsl.workflow_config)
+GRID, TABLE1 = config["grid"], config["table1"]  # the --config workflow switches (cpsl.config.workflow_config)
 
 
 def grid_ablations():

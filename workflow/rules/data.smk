@@ -1,5 +1,5 @@
 # The output is the manifest, not the folder: prepare writes it last and atomically once the folder is complete
-# (cpsl.data.prepare), so a folder a failed or killed prepare left (even an empty data/raw/<dataset>/) has none and
+# (cpsl.stages.prepare), so a folder a failed or killed prepare left (even an empty data/raw/<dataset>/) has none and
 # Snakemake reruns prepare. update(): Snakemake must not delete it before rerunning prepare; prepare removes it
 # itself before changing anything and keeps verified files (dvc.yaml: persist: true).
 rule prepare:

@@ -1,7 +1,7 @@
 # One job per (row, seed): `--cores` or a cluster executor runs them in parallel. Rows are Table 2's, T0 and the
-# Table 1 baselines (cpsl.rows); a train job's params are its row's (an edit of one baseline reruns that one only).
+# Table 1 baselines (cpsl.config.rows); a train job's params are its row's (an edit of one baseline reruns that one only).
 # `gpu` = GPUs (or GPU slots, see CPSL_GPU_SLOTS) a job uses: `--resources gpu=4` caps the concurrent GPU jobs
-# on a local box (cpsl.gpu_slots picks which device each gets); the SLURM executor turns it into --gpus.
+# on a local box (cpsl.runtime.gpu_slots picks which device each gets); the SLURM executor turns it into --gpus.
 
 rule train:
     input:

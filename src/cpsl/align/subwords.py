@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from cpsl.config.text_model import resolve_model_path
 from cpsl.errors import PipelineError
-from cpsl.text_model import resolve_model_path
-from cpsl.text_model_safety import check_text_model
+from cpsl.formats.text_model_safety import check_text_model
 
 
 class TokenizerError(PipelineError, ValueError):

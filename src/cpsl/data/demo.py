@@ -1,6 +1,6 @@
 """The embedded demo dataset: a small, deterministic, offline stand-in for CMU-MOSI in the exact CMU format.
 
-Four computational sequences are written with :func:`cpsl.csd.write_csd` (same HDF5 layout and
+Four computational sequences are written with :func:`cpsl.formats.csd.write_csd` (same HDF5 layout and
 metadata fields as the CMU files), so every later stage runs on the demo exactly as on MOSI:
 
 * words   ``(T, 1)`` bytes, contiguous tokens with ``sp`` silences between segments and some inside
@@ -39,8 +39,8 @@ from typing import Mapping
 
 import numpy as np
 
-from cpsl.csd import write_csd
 from cpsl.data.sources import DEMO_FILE_NAMES
+from cpsl.formats.csd import write_csd
 
 ACOUSTIC_DIM = 74
 VISUAL_DIM = 35

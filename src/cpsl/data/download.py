@@ -21,7 +21,7 @@ import requests
 from tqdm import tqdm
 
 from cpsl.data.sources import RawDataError
-from cpsl.io_utils import atomic_path
+from cpsl.runtime.io_utils import atomic_path
 
 _CHUNK = 1 << 20
 

@@ -23,10 +23,10 @@ import os
 import shutil
 from pathlib import Path
 
-from cpsl.csd import CSDError, open_csd
-from cpsl.csd_safety import NotSelfContainedError, check_file
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError
-from cpsl.io_utils import atomic_path
+from cpsl.formats.csd import CSDError, open_csd
+from cpsl.formats.csd_safety import NotSelfContainedError, check_file
+from cpsl.runtime.io_utils import atomic_path
 
 
 def check_csd_file(path: str | Path, shown_as: str | None = None) -> None:
@@ -43,7 +43,8 @@ def check_csd_file(path: str | Path, shown_as: str | None = None) -> None:
     if path.stat().st_size == 0:
         raise RawDataError(f"{label}: file is empty")
     try:
-        check_file(path, shown_as=label)  # self-contained and bounded (cpsl.csd_safety), before any data is read
+        # self-contained and bounded (cpsl.formats.csd_safety), before any data is read
+        check_file(path, shown_as=label)
         with open_csd(path) as seq:
             ids = seq.video_ids()
             if not ids:

@@ -1,6 +1,6 @@
 """Synthetic subword-level caches with a label planted in chosen streams, for tests and studies.
 
-``planted_splits`` returns the three splits in the cache layout (cpsl.cache.write_cache) with rows shaped as
+``planted_splits`` returns the three splits in the cache layout (cpsl.formats.cache.write_cache) with rows shaped as
 the aligner writes them: [CLS] word... [SEP] padding, all-zero a/v features at [CLS], [SEP] and padding.
 ``signal`` names the streams that carry the label:
 

@@ -5,7 +5,7 @@ m-features of ANOTHER segment (a seeded permutation of the segments; R draws, ``
 A model that uses m loses accuracy; a model that ignores m (the failure that "multimodal" MSA models hide
 behind text-only performance) does not move at all. The deltas are permuted minus intact, averaged over the
 R draws, per metric: a positive delta MAE / negative delta Corr means the model relies on m. Each draw's delta
-is kept too (``draws``), so a reader can tell a reliance from the permutation noise (cpsl.av_learnt).
+is kept too (``draws``), so a reader can tell a reliance from the permutation noise (cpsl.metrics.av_learnt).
 
 Segments differ in length, so the donor's word-position features are resampled onto the recipient's word
 positions by nearest index (the donor's temporal order is kept); [CLS]/[SEP]/padding stay zero.

@@ -34,10 +34,10 @@ from typing import Mapping
 
 import torch
 
-from cpsl.ablations import Switches
-from cpsl.names import LOSS_TERMS, MODALITIES
+from cpsl.config.ablations import Switches
+from cpsl.config.names import LOSS_TERMS, MODALITIES
+from cpsl.config.param_sections import LossSection, section
 from cpsl.nn.losses import masked_token_mean, regression_loss
-from cpsl.param_sections import LossSection, section
 
 # term -> (switch attribute, its lambda's field of the loss section); "task" is always on with weight 1
 _WEIGHTED = {"recon": ("recon", "recon"), "uni": ("uni", "uni"), "div": ("div", "div"), "stat": ("sl", "stat")}
@@ -104,7 +104,7 @@ def _term(name: str, out, label, task: str) -> torch.Tensor:
 
 
 def total_loss(out, label: torch.Tensor, loss: LossSection | Mapping, switches: Switches) -> dict[str, torch.Tensor]:
-    """Eq. 4 with the run's ``loss`` section (cpsl.param_sections; a mapping is read as one). Returns
+    """Eq. 4 with the run's ``loss`` section (cpsl.config.param_sections; a mapping is read as one). Returns
     {"total","task","recon","uni","div","stat"}; disabled terms are detached and left out of total."""
     loss = section(LossSection, loss)
     task = loss.task

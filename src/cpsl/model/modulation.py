@@ -39,11 +39,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from cpsl.param_sections import CPSection, GMSection, section
+from cpsl.config.param_sections import CPSection, GMSection, section
 
 FORMULAS = ("paper", "shifted")
 GE_NOISE = ("unmodulated", "modulated")
-# the per-step telemetry vector (float64, on the device); the first seven are TELEMETRY in cpsl.names
+# the per-step telemetry vector (float64, on the device); the first seven are TELEMETRY in cpsl.config.names
 TELE_FIELDS = ("c_a", "c_v", "g_a", "g_v", "mae_a", "mae_v", "imbalance", "conflict_a", "conflict_v")
 TELE = {name: i for i, name in enumerate(TELE_FIELDS)}
 
@@ -151,7 +151,7 @@ def modulate_gradients(
 ) -> Telemetry:
     """Scale the a/v encoder gradients in place (Eq. 5, Eq. 6, GE) and return the step's Telemetry.
     ``mae_a``/``mae_v``: the unimodal heads' batch MAEs (0-dim tensors on the device, or floats); ``gm``, ``cp``:
-    the run's sections (cpsl.param_sections; a mapping is read as one, its missing keys taking the schema's
+    the run's sections (cpsl.config.param_sections; a mapping is read as one, its missing keys taking the schema's
     defaults)."""
     gm, cp = section(GMSection, gm), section(CPSection, cp)
     for key in ("a", "v"):

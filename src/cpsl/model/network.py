@@ -28,15 +28,15 @@ import torch.distributed as dist
 import transformers
 from torch import nn
 
-from cpsl.ablations import Switches
+from cpsl.config.ablations import Switches
+from cpsl.config.names import MODALITIES
+from cpsl.config.param_sections import ModelSection, section
 from cpsl.model.ame import AdaptiveModalityEncoder
 from cpsl.model.fusion import FusionBlock, ResidualInjection
 from cpsl.model.heads import ReconstructionDecoder, TaskHead, UnimodalHead
-from cpsl.names import MODALITIES
 from cpsl.nn.normalize import MinMaxNormalizer
 from cpsl.nn.text_encoder import load_text_encoder
 from cpsl.nn.tokens import trimmed_length, word_positions
-from cpsl.param_sections import ModelSection, section
 
 
 @dataclass
@@ -129,7 +129,8 @@ def build_model(
     text_model: str | transformers.PretrainedConfig,
     pretrained: bool = True,
 ) -> CPSLModel:
-    """Build the model from ``params["model"]`` (read once, as cpsl.param_sections.ModelSection); ``switches.ame``
+    """Build the model from ``params["model"]`` (read once, as cpsl.config.param_sections.ModelSection);
+    ``switches.ame``
     decides whether Z is sampled in training, ``switches.av`` whether P_av is injected at all (off: the text-only
     reference row T0)."""
     if "model" not in params:

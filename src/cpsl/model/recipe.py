@@ -6,12 +6,12 @@ from typing import Mapping
 
 import torch
 
-from cpsl.ablations import Switches, switches_for
+from cpsl.config.ablations import Switches, switches_for
+from cpsl.config.names import COUNTS, LOSS_TERMS, MODALITIES, TELEMETRY
+from cpsl.config.param_sections import CPSection, GMSection, LossSection, section
 from cpsl.model import losses as eq4
 from cpsl.model.losses import total_loss
 from cpsl.model.modulation import TELE, in_window, modulate_gradients
-from cpsl.names import COUNTS, LOSS_TERMS, MODALITIES, TELEMETRY
-from cpsl.param_sections import CPSection, GMSection, LossSection, section
 from cpsl.train.recipe import Recipe
 
 ABS_A, ABS_V = 0, 1  # the recipe's step statistics: the unimodal heads' absolute-error sums over the batch

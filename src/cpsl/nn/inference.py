@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpsl.names import TENSOR_KEYS as REQUIRED
+from cpsl.config.names import TENSOR_KEYS as REQUIRED
 
 
 @dataclass

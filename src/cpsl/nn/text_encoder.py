@@ -18,8 +18,8 @@ import torch
 import transformers
 from torch import nn
 
-from cpsl.text_model import resolve_model_path
-from cpsl.text_model_safety import check_text_model, weights_error
+from cpsl.config.text_model import resolve_model_path
+from cpsl.formats.text_model_safety import check_text_model, weights_error
 
 
 def tiny_deberta_config(vocab_size: int = 30522) -> transformers.DebertaV2Config:

@@ -3,11 +3,12 @@
 Every model takes ``forward(input_ids, attention_mask, acoustic, visual)`` (the cache's tensors: acoustic/visual
 raw, word-aligned to the subwords) and returns an object with at least ``prediction`` (B,): evaluation, the
 modality-reliance check and the report need nothing else. The CP+SL rows are cpsl.model.network (switches from
-cpsl.ablations); a baseline's package (cpsl.baselines.registry) holds in its ``model`` module the model class
+cpsl.config.ablations); a baseline's package (cpsl.baselines.registry) holds in its ``model`` module the model class
 ``MODEL``, built as ``MODEL(text_encoder, acoustic_dim, visual_dim, hp)`` (hp: its params for the dataset,
-cpsl.rows.hyper), and its objective ``LOSSES(out, label, hp) -> {"total", "task", ...}`` (what its training recipe
+cpsl.config.rows.hyper), and its objective ``LOSSES(out, label, hp) -> {"total", "task", ...}`` (what its training
+recipe
 minimises by default). Both are imported by name when a row is built: this module imports no row's model, so the
-generic train/evaluate kit never depends on one (cpsl.deps.row_files).
+generic train/evaluate kit never depends on one (cpsl.runtime.deps.row_files).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import importlib
 import transformers
 from torch import nn
 
-from cpsl import rows
-from cpsl.ablations import Switches, switches_for
+from cpsl.config import rows
+from cpsl.config.ablations import Switches, switches_for
 from cpsl.nn.text_encoder import load_text_encoder
 
 CPSL_NETWORK = "cpsl.model.network"  # the CP+SL rows' model (build_model)
@@ -30,7 +31,7 @@ def _baseline_model_module(row_id: str):
 def build(params: dict, row_id: str, acoustic_dim: int, visual_dim: int,
           text_model: str | transformers.PretrainedConfig, pretrained: bool = True,
           switches: Switches | None = None) -> nn.Module:
-    """The model of ``row_id`` from ``params`` (a run's params: cpsl.rows.run_params). ``switches``: a CP+SL
+    """The model of ``row_id`` from ``params`` (a run's params: cpsl.config.rows.run_params). ``switches``: a CP+SL
     row's switch set as recorded in its checkpoint (default: the row's own)."""
     if rows.row(row_id).baseline is None:
         build_model = importlib.import_module(CPSL_NETWORK).build_model

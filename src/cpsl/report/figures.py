@@ -23,11 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from cpsl.io_utils import atomic_path, write_text_atomic
-from cpsl.names import LOSS_TERMS
+from cpsl.config.names import LOSS_TERMS
 from cpsl.report.paper_results import FIGURE3_RANGES
+from cpsl.runtime.io_utils import atomic_path, write_text_atomic
 
-# panel titles of Figure 2, in the paper's order (cpsl.names.LOSS_TERMS)
+# panel titles of Figure 2, in the paper's order (cpsl.config.names.LOSS_TERMS)
 PANELS = {"total": "(a) Total loss", "task": "(b) Main regression loss", "recon": "(c) Reconstruction loss",
           "uni": "(d) Unimodal loss", "div": "(e) Feature diversity (entropy H_2 = -L_div)",
           "stat": "(f) Statistical loss"}
@@ -36,7 +36,7 @@ IMBALANCE = "gm/imbalance"
 
 
 def columns(rows: list[dict]) -> dict[str, np.ndarray]:
-    """History rows (cpsl.run_folder.read_history) -> column name -> float array."""
+    """History rows (cpsl.formats.run_folder.read_history) -> column name -> float array."""
     names = list(dict.fromkeys(k for row in rows for k in row))
     return {name: np.asarray([row.get(name, math.nan) for row in rows], dtype=np.float64) for name in names}
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cpsl.errors import PipelineError
-from cpsl.io_utils import write_text_atomic
+from cpsl.runtime.io_utils import write_text_atomic
 
 NAME = re.compile(r"^(?P<row>.+)-seed(?P<seed>\d+)\.tsv$")
 

@@ -1,6 +1,6 @@
 """metrics.json as the report reads it: every key it uses, with its type and range, checked before any is used.
 
-cpsl evaluate writes these files (cpsl.evaluate.stage), but the report reads whatever a run folder holds: a file
+cpsl evaluate writes these files (cpsl.stages.evaluate), but the report reads whatever a run folder holds: a file
 edited by hand, written by an older version or damaged must fail in one line naming the file and the dotted key
 (``<run>/metrics.json: 'test.mae' must be a finite number, got "abc"``), never as a traceback deep in the
 statistics, and never turn into an "n/a" cell. JSON ``NaN``/``Infinity`` (Python's json reads them) are refused;
@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from cpsl.config.rows import ROWS
 from cpsl.errors import PipelineError
-from cpsl.metrics import COUNT_KEYS, METRIC_KEYS
-from cpsl.rows import ROWS
+from cpsl.metrics.scores import COUNT_KEYS, METRIC_KEYS
 
 # The range each metric can take (accuracies and F1 in percent); the report's t intervals are clipped to it.
 METRIC_BOUNDS = {"acc2_nonzero": (0.0, 100.0), "f1_nonzero": (0.0, 100.0), "acc2_haszero": (0.0, 100.0),

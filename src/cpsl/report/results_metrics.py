@@ -6,7 +6,7 @@ rather than by hundreds of params. One entry per trained row (the paper's duplic
 twins' runs and appear once, under the twin's ID); per row, means over seeds on the test split:
 
 - ``mae``, ``corr``: all test segments; ``acc2``: Acc-2 in the tables' primary (non-zero) convention, percent;
-- ``av_not_learnt``: seeds whose acoustic/visual path did not learn (cpsl.av_learnt; Table 2's mark),
+- ``av_not_learnt``: seeds whose acoustic/visual path did not learn (cpsl.metrics.av_learnt; Table 2's mark),
   absent for rows without an a/v path (T0) and when no seed has a verdict;
 - ``seeds``: how many seeds the means are over.
 """

@@ -16,7 +16,7 @@
 
 Every metric used here is a function of weighted sums over segments, so a resample is just a vector
 of counts ``w`` (how often each segment was drawn) and all resamples are a matrix product. The
-weighted formulas below reproduce :mod:`cpsl.metrics` exactly when ``w`` is all ones (tested).
+weighted formulas below reproduce :mod:`cpsl.metrics.scores` exactly when ``w`` is all ones (tested).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from cpsl.metrics import f1_from_counts
+from cpsl.metrics.scores import f1_from_counts
 from cpsl.report.metrics_schema import METRIC_BOUNDS  # noqa: F401 - the report's t intervals are clipped to it
 
 BOOTSTRAP_METRICS: tuple[str, ...] = ("acc2_nonzero", "f1_nonzero", "acc2_haszero", "f1_haszero", "mae", "corr")

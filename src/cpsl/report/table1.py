@@ -1,4 +1,5 @@
-"""Table 1 from our own runs: the Table 1 baselines (cpsl.rows: MAG, ...), the text-only reference T0 and the full
+"""Table 1 from our own runs: the Table 1 baselines (cpsl.config.rows: MAG, ...), the text-only reference T0 and the
+full
 model A6, trained on the same cache, folds, seeds and selection, each beside the paper's number.
 
 Per row and metric (test split): mean ± std (ddof=1) and the t 95% interval over seeds (cpsl.report.stats.describe),
@@ -17,8 +18,8 @@ import csv
 import io
 from pathlib import Path
 
-from cpsl import av_learnt
-from cpsl.io_utils import write_text_atomic
+from cpsl.config.rows import BASELINE_IDS, ROWS, backbone, is_baseline
+from cpsl.metrics import av_learnt
 from cpsl.report.paper_results import FULL_MODEL_ID, TABLE1
 from cpsl.report.table_parts import (
     CONVENTION_NOTE,
@@ -30,7 +31,7 @@ from cpsl.report.table_parts import (
     reliance_stat,
     stat,
 )
-from cpsl.rows import BASELINE_IDS, ROWS, backbone, is_baseline
+from cpsl.runtime.io_utils import write_text_atomic
 
 # the rows of Table 1, in the paper's order: the baselines, then ours (T0 is our text-only reference)
 TABLE1_ORDER = (*BASELINE_IDS, "T0", FULL_MODEL_ID)

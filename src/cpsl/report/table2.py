@@ -13,9 +13,8 @@ import csv
 import io
 from pathlib import Path
 
-from cpsl import av_learnt
-from cpsl.ablations import ABLATIONS
-from cpsl.io_utils import spreadsheet_text, write_text_atomic
+from cpsl.config.ablations import ABLATIONS
+from cpsl.metrics import av_learnt
 from cpsl.report.paper_results import TABLE2, TABLE2_CORR_SCALE, TABLE2_DATASET
 from cpsl.report.table_parts import (
     CONVENTION_NOTE,
@@ -27,6 +26,7 @@ from cpsl.report.table_parts import (
     reliance_stat,
     stat,
 )
+from cpsl.runtime.io_utils import spreadsheet_text, write_text_atomic
 
 # (column label, our metric key, paper field, scale for our value in Table 2, decimals)
 TABLE2_COLUMNS = (

@@ -1,7 +1,7 @@
 """What Tables 1 and 2 share: the summary lookups, number formatting, the notes under both tables, the paired
 comparisons block and the a/v-not-learnt footnote. Both table modules import this one; it imports neither.
 
-Input is the summary dict that :mod:`cpsl.report.stage` writes to summary.json (test split).
+Input is the summary dict that :mod:`cpsl.stages.report` writes to summary.json (test split).
 Choices (the paper is silent on them):
 * Acc-2 / F1 in the primary columns use the NON-ZERO convention (zero-labelled segments left out);
   the has-zero values are shown in extra columns, so a reader can compare with either convention.
@@ -9,14 +9,14 @@ Choices (the paper is silent on them):
 * Modality reliance (ours): the change of test MAE when the acoustic (dMAE perm-A) or visual (dMAE perm-V)
   stream is permuted across test segments (cpsl.evaluate.reliance). About 0 = the row ignores that stream.
 * "a/v not learnt" (ours): how many of a row's seeds have an acoustic/visual path that learnt nothing
-  (cpsl.av_learnt: the one rule, called per row by both tables; a marked row gets a footnote).
+  (cpsl.metrics.av_learnt: the one rule, called per row by both tables; a marked row gets a footnote).
 """
 from __future__ import annotations
 
 import math
 
-from cpsl import av_learnt
-from cpsl.ablations import ABLATIONS
+from cpsl.config.ablations import ABLATIONS
+from cpsl.metrics import av_learnt
 from cpsl.report.paper_results import FULL_MODEL_ID
 
 CONVENTION_NOTE = (

@@ -9,10 +9,10 @@ Every .pt file loads with ``torch.load(weights_only=True)``: only tensors, numbe
 (RNG states are stored as tensors and int lists, never as numpy or Python objects). All writes are atomic.
 
 A run is identified by a fingerprint of (params train reads, ablation, seed, the cache's content and the code train
-runs: cpsl.run_identity): a state with another fingerprint belongs to a different run and is never resumed.
+runs: cpsl.formats.run_identity): a state with another fingerprint belongs to a different run and is never resumed.
 A state is resumed only when the outputs it vouches for are still there: best.pt of its best epoch (an
 engine deletes a stage's outputs before rerunning it; resuming would then skip writing them).
-The other files of the run folder (names, readers, writers) belong to cpsl.run_folder.
+The other files of the run folder (names, readers, writers) belong to cpsl.formats.run_folder.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpsl import run_folder
 from cpsl.errors import PipelineError
-from cpsl.run_folder import load_pt, save_pt
+from cpsl.formats import run_folder
+from cpsl.formats.run_folder import load_pt, save_pt
 from cpsl.train.distributed import DistContext, barrier, gather_objects
 
 

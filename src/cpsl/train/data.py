@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from cpsl.cache import CacheError, read_split
-from cpsl.names import TENSOR_KEYS
+from cpsl.config.names import TENSOR_KEYS
+from cpsl.formats.cache import CacheError, read_split
 
 
 def load_tensors(path: str | Path, split: str) -> dict[str, torch.Tensor]:

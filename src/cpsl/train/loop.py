@@ -1,6 +1,6 @@
 """The training loop of one (row, seed) run: read it top to bottom in ``fit``.
 
-Every row (a CP+SL ablation row, T0 or a Table 1 baseline: cpsl.rows) runs this same loop; what is row-specific
+Every row (a CP+SL ablation row, T0 or a Table 1 baseline: cpsl.config.rows) runs this same loop; what is row-specific
 (the model: cpsl.nn.zoo; its objective, optimizer, schedule, step statistics, gradient hooks, extra optimisation,
 per-epoch hook and per-run state: the row's recipe, cpsl.train.recipe) is asked of the row at fixed points. The
 description below is the CP+SL rows' (their recipe: cpsl.model.recipe.CPSLRecipe).
@@ -46,14 +46,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from cpsl import deps, rows, run_folder, run_identity
-from cpsl.ablations import switches_for
-from cpsl.cache import content_identity, read_attrs, read_split
+from cpsl.config import rows
+from cpsl.config.ablations import switches_for
 from cpsl.errors import ParamsError
-from cpsl.io_utils import write_json_atomic
-from cpsl.metrics import pearson
+from cpsl.formats import run_folder, run_identity
+from cpsl.formats.cache import content_identity, read_attrs, read_split
+from cpsl.metrics.scores import pearson
 from cpsl.nn import zoo
 from cpsl.nn.inference import inference_batch_size, run_inference
+from cpsl.runtime import deps
+from cpsl.runtime.io_utils import write_json_atomic
 from cpsl.train import checkpoint as ckpt
 from cpsl.train.cuda_graphs import GraphedSteps
 from cpsl.train.data import BatchPlan, gather_batch, load_tensors
@@ -68,13 +70,13 @@ EXIT_COLLAPSE = 3
 
 @dataclass
 class RunSpec:
-    params: dict     # replaced by the row's run params (cpsl.rows.run_params: only what the row reads)
+    params: dict     # replaced by the row's run params (cpsl.config.rows.run_params: only what the row reads)
     ablation: str    # the row ID (a CP+SL row or a baseline); aliases resolved (B1 -> A1, ...)
     seed: int
     data_path: Path
     run_dir: Path
     text_model: str  # as configured (HF id, folder, package:<module>); resolved when the model is built
-    identity: dict | None = None  # cpsl.run_identity's record of this run (run_identity_of fills it in)
+    identity: dict | None = None  # cpsl.formats.run_identity's record of this run (run_identity_of fills it in)
 
     def __post_init__(self):
         self.ablation = rows.canonical(self.ablation)
@@ -109,7 +111,8 @@ class StopFlag:
 
 
 def run_identity_of(spec: RunSpec) -> dict:
-    """The run's identity (cpsl.run_identity): only the params training reads (listing another row in `ablations`
+    """The run's identity (cpsl.formats.run_identity): only the params training reads (listing another row in
+    `ablations`
     must not retrain this one), the cache's content (an edit that keeps its size and attributes is another run)
     and the code it runs (a state saved by other code is never resumed). Computed once per spec."""
     if spec.identity is None:

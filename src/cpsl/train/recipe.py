@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cpsl import rows
+from cpsl.config import rows
 from cpsl.train.distributed import DistContext
 
 
@@ -155,7 +155,7 @@ class Recipe:
 
     def __init__(self, model: nn.Module, params: dict, row_id: str | None, ctx: DistContext | None, losses_fn=None,
                  train: dict | None = None):
-        """``params``: the run's (cpsl.rows.run_params); ``losses_fn(out, label, hp)``: the model's objective
+        """``params``: the run's (cpsl.config.rows.run_params); ``losses_fn(out, label, hp)``: the model's objective
         (cpsl.nn.zoo); ``train``: the whole training split as tensors on the device (TENSOR_KEYS; ``index`` in a
         batch points into it), for recipes with per-segment state. A subclass passes them all on."""
         self.model, self.params, self.row_id, self.ctx = model, params, row_id, ctx

@@ -1,13 +1,13 @@
 """Row -> training recipe (cpsl.train.recipe): the CP+SL rows share one (cpsl.model.recipe.CPSLRecipe), each
 baseline has its own, ``RECIPE`` in its package's ``recipe`` module (cpsl.baselines.registry); a baseline without
 one trains with the default ``Recipe``: its model's losses, AdamW, linear warmup/decay. Imported by name at call
-time, so the generic train kit depends on no row's code (cpsl.deps.row_files)."""
+time, so the generic train kit depends on no row's code (cpsl.runtime.deps.row_files)."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
 
-from cpsl import rows
+from cpsl.config import rows
 from cpsl.nn import zoo
 from cpsl.train.distributed import DistContext
 from cpsl.train.recipe import Recipe

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cpsl.names import LOSS_TERMS
+from cpsl.config.names import LOSS_TERMS
 from cpsl.train.distributed import DistContext, all_reduce_sum
 from cpsl.train.recipe import StepTelemetry
 
@@ -60,7 +60,8 @@ def noise_generator(seed: int, global_step: int, device: torch.device) -> torch.
 def cpsl_recipe():
     """The CP+SL recipe class (cpsl.model.recipe), the default of StepBody and EpochSums for the tests and benchmarks
     that build them by hand; ``cpsl train`` always passes its row's recipe (cpsl.train.recipes). Looked up by name
-    so the generic step kit never imports the CP+SL model: an edit there reruns no baseline (cpsl.deps.row_files)."""
+    so the generic step kit never imports the CP+SL model: an edit there reruns no baseline
+    (cpsl.runtime.deps.row_files)."""
     return importlib.import_module("cpsl.model.recipe").CPSLRecipe
 
 

@@ -5,7 +5,7 @@ same for both datasets (its README trains both with `python train.py --dataset m
 from __future__ import annotations
 
 from cpsl.baselines.spec import BaselineSpec
-from cpsl.param_types import choice, number
+from cpsl.config.param_types import choice, number
 
 SECTION = "ithp"
 # where each value of params.yaml's baselines.ithp section comes from: README.md in this folder

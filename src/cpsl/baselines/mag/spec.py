@@ -3,7 +3,7 @@ Pretrained Transformers", ACL 2020. The model is cpsl.baselines.mag; docs/baseli
 from __future__ import annotations
 
 from cpsl.baselines.spec import BaselineSpec
-from cpsl.param_types import choice, number
+from cpsl.config.param_types import choice, number
 
 SECTION = "mag"
 # where each value of params.yaml's baselines.mag section comes from: README.md in this folder

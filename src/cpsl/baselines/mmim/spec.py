@@ -5,7 +5,7 @@ docs/baselines.md has the equations, every source and every deviation."""
 from __future__ import annotations
 
 from cpsl.baselines.spec import BaselineSpec
-from cpsl.param_types import BOOL, Spec, choice, number
+from cpsl.config.param_types import BOOL, Spec, choice, number
 
 SECTION = "mmim"
 PAIRS = ("tv", "ta", "va")            # BA pairs x -> y: text->visual, text->acoustic, visual->acoustic

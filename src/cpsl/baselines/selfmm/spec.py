@@ -5,7 +5,7 @@ docs/baselines.md has the equations."""
 from __future__ import annotations
 
 from cpsl.baselines.spec import BaselineSpec
-from cpsl.param_types import choice, number
+from cpsl.config.param_types import choice, number
 
 SECTION = "selfmm"
 # where each value of params.yaml's baselines.selfmm section comes from: README.md in this folder

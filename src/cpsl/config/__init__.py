@@ -1,0 +1,1 @@
+"""Torch-free configuration: the params schema, rows, names, paths, env vars."""

@@ -1,0 +1,1 @@
+"""File formats and what their readers accept: .csd, the HDF5 cache, run folders."""

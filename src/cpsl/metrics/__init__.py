@@ -1,0 +1,1 @@
+"""Scores and verdicts shared by evaluate and report."""

@@ -1,0 +1,1 @@
+"""How stages run: engine guard, locks, GPU slots, code deps, atomic file writes."""

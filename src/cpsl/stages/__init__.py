@@ -1,0 +1,1 @@
+"""One module per pipeline stage: the only modules the engines (via cpsl.cli) call."""

@@ -1,1 +1,0 @@
-../../../../../src/cpsl/param_sections.py

@@ -1,0 +1,1 @@
+../../../../../../src/cpsl/config/param_sections.py
