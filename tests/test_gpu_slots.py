@@ -247,7 +247,6 @@ with job_devices(1, "auto", "probe") as held:
         time.sleep(0.05)
     end = time.time()
 json.dump({"device": held.devices[0], "start": start, "end": end}, open("lease.json", "w"))
-(meet / f"done-{os.getpid()}").touch()
 """
 
 
@@ -281,20 +280,30 @@ def test_two_queued_dvc_experiments_lease_different_gpus(tmp_path):
     sh("git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init")
     sh("dvc", "exp", "run", "--queue", "-S", "tag=1")
     sh("dvc", "exp", "run", "--queue", "-S", "tag=2")
-    sh("dvc", "queue", "start", "--jobs", "2")
+    # the workers it starts inherit its stdout and stderr and keep them open until they exit (10 s after the queue
+    # is empty): into a file, not a pipe subprocess.run would wait on
+    with open(tmp_path / "queue-start.log", "w") as log:
+        subprocess.run(["dvc", "queue", "start", "--jobs", "2"], cwd=project, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, timeout=240, check=True)
     deadline = time.monotonic() + 180
-    # wait for both probes with a dvc call every 5 s, not every second (each costs about a second of CPU; a probe
-    # that failed writes no marker), then for dvc to collect them
+
+    def collected() -> int:  # experiments dvc has stored (a git ref each): a cheap look, unlike a dvc call
+        refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=project,
+                              capture_output=True, text=True, check=True).stdout
+        return len(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", refs, re.M))
+
+    # a `dvc queue status` every 15 s only (each costs seconds of CPU): a failed probe stores no experiment
     polls = 0
-    while len(list(meet.glob("done-*"))) < 2 and time.monotonic() < deadline:
+    while collected() < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
         polls += 1
-        if polls % 25 == 0 and not re.search(r"\b(Queued|Running)\b", sh("dvc", "queue", "status")):
+        if polls % 75 == 0 and not re.search(r"\b(Queued|Running)\b", sh("dvc", "queue", "status")):
             break
     while re.search(r"\b(Queued|Running)\b", status := sh("dvc", "queue", "status")):
         assert time.monotonic() < deadline, status
         time.sleep(0.5)
     assert len(re.findall(r"\bSuccess\b", status)) == 2, status
+    sh("dvc", "queue", "stop")  # the idle workers leave now, not 10 s after the test
     leases = [exp["data"]["metrics"]["lease.json"]["data"]
               for rev in json.loads(sh("dvc", "exp", "show", "--json")) for branch in rev.get("experiments") or []
               for exp in branch["revs"]]
