@@ -1,6 +1,11 @@
 """Fixtures every test file shares (pytest finds this file itself; test files do not import it)."""
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
 import pytest
 
 
@@ -17,3 +22,30 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class FinishedRun(NamedTuple):
+    root: Path    # the project folder: read only, copy it (project_copy.copy_finished_project) to run anything in it
+    output: str   # what `snakemake --cores 2` printed
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_snakemake_run(tmp_path_factory) -> FinishedRun:
+    """The tiny demo (6 videos, 1 epoch, seed 0, row A6) run once by Snakemake for the whole test session: the
+    Snakemake front tests read its logs and benchmarks, the DVC sharing tests adopt its outputs (`dvc commit`)
+    instead of training the same run again. Under xdist each worker has its own session, so the first worker
+    that asks builds it in the folder all workers share, under a file lock; the others wait and reuse it."""
+    from filelock import FileLock  # (a dependency of torch and of huggingface_hub)
+    from project_copy import run_tiny_demo_with_snakemake
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder above each worker's own
+    root, printed = base / "tiny-demo-snakemake", base / "tiny-demo-snakemake.out"
+    with FileLock(f"{root}.lock"):
+        if not printed.is_file():  # written last: a run that failed part-way is built again
+            shutil.rmtree(root, ignore_errors=True)
+            partial = printed.with_suffix(".partial")
+            partial.write_text(run_tiny_demo_with_snakemake(root))
+            partial.replace(printed)
+    return FinishedRun(root, printed.read_text())

@@ -1,9 +1,12 @@
 """Copy parts of this repository into a throw-away project folder (engine, SLURM and parity tests), give it a tiny
-demo params.yaml, and load a benchmarks/ script as a module (the study tests)."""
+demo params.yaml, run that tiny demo once with Snakemake (conftest's session fixture), copy a finished project, and
+load a benchmarks/ script as a module (the study tests)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -34,6 +37,33 @@ def write_tiny_demo_params(dest: Path, ablations, videos: int = 6, max_segments:
     params["demo"]["train"]["epochs"] = 1  # the demo's own schedule replaces train.epochs
     params["ablations"] = list(ablations)
     (Path(dest) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return Path(dest)
+
+
+# the pipeline under both engines: a finished Snakemake run can be adopted by DVC (`dvc commit`)
+PIPELINE_FILES = ("Snakefile", "dvc.yaml", "workflow", "profiles", "src", ".dvc", ".dvcignore", ".gitignore")
+
+
+def engine_env(**extra: str) -> dict:
+    """The environment the engines run the stages in: this repository's code, offline, one torch thread."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_tiny_demo_with_snakemake(dest: Path) -> str:
+    """A project at ``dest`` with the tiny demo (row A6) run by `snakemake --cores 2`; returns what Snakemake
+    printed (stdout and stderr)."""
+    write_tiny_demo_params(copy_project(dest, PIPELINE_FILES), ["A6"])
+    proc = subprocess.run(["snakemake", "--cores", "2"], cwd=dest, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=engine_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def copy_finished_project(src: Path, dest: Path) -> Path:
+    """A copy of a finished project (links kept as links, times kept: Snakemake's and DVC's view of it is the
+    same), so a test may run the engines in it without changing the shared original."""
+    shutil.copytree(src, dest, symlinks=True)
     return Path(dest)
 
 

@@ -233,10 +233,19 @@ def test_an_explicit_lock_folder_still_wins(lock_base, monkeypatch, tmp_path):
 
 PROBE = r"""
 import json, os, sys, time
+from pathlib import Path
+from cpsl.runtime import gpu_slots
 from cpsl.runtime.gpu_slots import job_devices
+# the default, machine-wide lock folder, under the test's own folder: other checkouts' tests leave these GPUs alone
+gpu_slots.LOCK_BASE = Path(os.environ["PROBE_LOCK_BASE"])
+meet = Path(sys.argv[1])
 with job_devices(1, "auto", "probe") as held:
     start = time.time()
-    time.sleep(float(sys.argv[1]))
+    (meet / f"holds-{os.getpid()}").touch()
+    # hold the device until both experiments hold one (not a fixed sleep: queue workers start seconds apart)
+    deadline = time.monotonic() + 120
+    while len(list(meet.glob("holds-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     end = time.time()
 json.dump({"device": held.devices[0], "start": start, "end": end}, open("lease.json", "w"))
 """
@@ -245,17 +254,21 @@ json.dump({"device": held.devices[0], "start": start, "end": end}, open("lease.j
 def test_two_queued_dvc_experiments_lease_different_gpus(tmp_path):
     """`dvc queue start --jobs 2` runs each experiment in its own temporary copy of the repository: with the old
     default (.cpsl/gpu-locks, relative) both leased GPU 0 from their own folder. The probe stage leases as `cpsl
-    train`/`evaluate` do (gpu_slots.job_devices), holds the device a few seconds and records it as a metric."""
+    train`/`evaluate` do (gpu_slots.job_devices), holds the device until the other experiment holds one too and
+    records it as a metric."""
     project = tmp_path / "project"
     project.mkdir()
+    meet = tmp_path / "meet"  # where each probe says that it holds a device (an absolute path: outside the copies)
+    meet.mkdir()
     (project / "probe.py").write_text(PROBE)
     (project / "params.yaml").write_text("tag: 0\n")
     (project / "dvc.yaml").write_text(
-        "stages:\n  probe:\n    cmd: python3 probe.py 6\n    deps: [probe.py]\n    params: [tag]\n"
+        f"stages:\n  probe:\n    cmd: python3 probe.py {meet}\n    deps: [probe.py]\n    params: [tag]\n"
         "    metrics:\n      - lease.json:\n          cache: false\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPSL_") and k not in ("CUDA_VISIBLE_DEVICES",
                                                                                         "WORLD_SIZE")}
-    env.update(PYTHONPATH=SRC, CPSL_GPU_COUNT="2", DVC_NO_ANALYTICS="1")  # two faked GPUs, the default lock folder
+    env.update(PYTHONPATH=SRC, CPSL_GPU_COUNT="2", DVC_NO_ANALYTICS="1",  # two faked GPUs, the default lock folder
+               PROBE_LOCK_BASE=str(tmp_path))
 
     def sh(*cmd: str) -> str:
         proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=240)
@@ -268,12 +281,30 @@ def test_two_queued_dvc_experiments_lease_different_gpus(tmp_path):
     sh("git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init")
     sh("dvc", "exp", "run", "--queue", "-S", "tag=1")
     sh("dvc", "exp", "run", "--queue", "-S", "tag=2")
-    sh("dvc", "queue", "start", "--jobs", "2")
+    # the workers it starts inherit its stdout and stderr and keep them open until they exit (10 s after the queue
+    # is empty): into a file, not a pipe subprocess.run would wait on
+    with open(tmp_path / "queue-start.log", "w") as log:
+        subprocess.run(["dvc", "queue", "start", "--jobs", "2"], cwd=project, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, timeout=240, check=True)
     deadline = time.monotonic() + 180
-    while re.search(r"\b(Queued|Running)\b", sh("dvc", "queue", "status")):
-        assert time.monotonic() < deadline, sh("dvc", "queue", "status")
-        time.sleep(1)
-    assert len(re.findall(r"\bSuccess\b", sh("dvc", "queue", "status"))) == 2, sh("dvc", "queue", "status")
+
+    def collected() -> int:  # experiments dvc has stored (a git ref each): a cheap look, unlike a dvc call
+        refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=project,
+                              capture_output=True, text=True, check=True).stdout
+        return len(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", refs, re.M))
+
+    # a `dvc queue status` every 15 s only (each costs seconds of CPU): a failed probe stores no experiment
+    polls = 0
+    while collected() < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        polls += 1
+        if polls % 75 == 0 and not re.search(r"\b(Queued|Running)\b", sh("dvc", "queue", "status")):
+            break
+    while re.search(r"\b(Queued|Running)\b", status := sh("dvc", "queue", "status")):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert len(re.findall(r"\bSuccess\b", status)) == 2, status
+    sh("dvc", "queue", "stop")  # the idle workers leave now, not 10 s after the test
     leases = [exp["data"]["metrics"]["lease.json"]["data"]
               for rev in json.loads(sh("dvc", "exp", "show", "--json")) for branch in rev.get("experiments") or []
               for exp in branch["revs"]]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from project_copy import copy_project, write_tiny_demo_params
+from project_copy import copy_finished_project, copy_project, engine_env, write_tiny_demo_params
 
 from cpsl.report import job_benchmarks
 
@@ -64,8 +64,7 @@ def _project(dest: Path) -> Path:
 
 def _snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", *args], cwd=root, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                               "OMP_NUM_THREADS": "1"}, timeout=600)
+                          env=engine_env(), timeout=600)
 
 
 def _jobs(out: str) -> set[str]:
@@ -87,21 +86,20 @@ def test_a_raw_folder_without_a_manifest_is_rebuilt_by_prepare(tmp_path, left):
 
 
 @pytest.mark.slow
-def test_a_run_logs_each_job_benchmarks_train_and_builds_the_html_report(tmp_path):
-    project = _project(tmp_path / "p")
-    proc = _snakemake(project, "--cores", "2")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_a_run_logs_each_job_benchmarks_train_and_builds_the_html_report(tiny_demo_snakemake_run, tmp_path):
+    shared = tiny_demo_snakemake_run.root  # the session's `snakemake --cores 2` of the tiny demo (conftest)
     # each job's output went to its own log, not the terminal
-    logs = project / "logs" / "demo"
+    logs = shared / "logs" / "demo"
     assert "prepare: demo (demo)" in (logs / "prepare.log").read_text()
     assert "cpsl train: " in (logs / "train" / "A6-seed0.log").read_text()
     for name in ("align.log", "evaluate/A6-seed0.log", "report.log", "benchmarks.log"):
         assert (logs / name).is_file(), name
-    assert "prepare: demo" not in proc.stdout + proc.stderr
-    table = (project / "reports" / "demo" / "benchmarks.md").read_text()
+    assert "prepare: demo" not in tiny_demo_snakemake_run.output
+    table = (shared / "reports" / "demo" / "benchmarks.md").read_text()
     assert re.search(r"^\| train \| A6 \| 0 \| \d+\.\d \| (\d+|n/a) \|$", table, re.M), table
     assert "| evaluate |" not in table  # (no benchmark on evaluate: workflow/rules/train.smk says why)
 
+    project = copy_finished_project(shared, tmp_path / "p")  # (the report is written into the project)
     report = project / "report.html"
     proc = _snakemake(project, "--report", str(report))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
