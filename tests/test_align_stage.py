@@ -23,6 +23,7 @@ from cpsl.align.subwords import load_tokenizer
 from cpsl.align.word_align import frame_means, reference_kept, replace_nonfinite, segment_members
 from cpsl.formats.cache import read_attrs, read_split
 from cpsl.formats.csd import CSDError
+from cpsl.formats.raw_folder import RawFolderError
 from cpsl.stages.align import AlignError, report_path_for, run_align
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_changed_file_is_refused_and_previous_cache_kept(params, raw, tmp_path):
     before = out.read_bytes()
     with h5py.File(raw / FILES["labels"], "a") as h5:
         h5[f"{ROOTS['labels']}/data/vid00/features"][0, 0] = 2.5
-    with pytest.raises(AlignError, match=rf"{FILES['labels']}: file changed since `cpsl prepare`"):
+    with pytest.raises(RawFolderError, match=rf"{FILES['labels']}: file changed since `cpsl prepare`"):
         run_align(params, raw_dir=raw, out_path=out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["demo.h5", "demo.report.json"]
@@ -122,7 +123,7 @@ def test_changed_file_is_refused_and_previous_cache_kept(params, raw, tmp_path):
 
 def test_missing_file(params, raw, tmp_path):
     (raw / FILES["visual"]).unlink()
-    _fails(params, raw, tmp_path / "o" / "demo.h5", AlignError, rf"{FILES['visual']}: file listed .* is missing")
+    _fails(params, raw, tmp_path / "o" / "demo.h5", RawFolderError, rf"{FILES['visual']}: file listed .* is missing")
 
 
 def test_truncated_csd(params, raw, tmp_path):
@@ -150,7 +151,7 @@ def test_feature_width_mismatch_names_file_and_video(params, tmp_path):
 
 def test_bad_folds_and_manifest(params, raw, tmp_path):
     (raw / "folds.json").write_text(json.dumps({"train": ["vid00"], "valid": ["vid00"], "test": []}))
-    _fails(params, raw, tmp_path / "o" / "demo.h5", AlignError, r"folds.json: video 'vid00' is in both")
+    _fails(params, raw, tmp_path / "o" / "demo.h5", RawFolderError, r"folds.json: video 'vid00' is in both")
     (raw / "manifest.json").write_text("{not json")
-    _fails(params, raw, tmp_path / "o" / "demo.h5", AlignError, r"manifest.json: manifest is not valid JSON")
+    _fails(params, raw, tmp_path / "o" / "demo.h5", RawFolderError, r"manifest.json: manifest is not valid JSON")
 

