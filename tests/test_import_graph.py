@@ -159,3 +159,35 @@ def test_no_row_model_is_imported_by_the_kit_and_baselines_import_no_cpsl_model(
     # nor does the shared layer or the generic kit import the CP+SL model
     assert [f"{a} -> {b}" for a, t in graph.items() for b in t
             if a.startswith(("cpsl.nn.", "cpsl.train.")) and b.startswith("cpsl.model")] == []
+
+
+# The package's only function-level imports of its own modules, each for a reason: the CLI imports one stage per
+# subcommand (cpsl.runtime.deps follows a stage's imports from its entry module, not the CLI's other branches);
+# `cpsl train` imports torch only past the multi-process relaunch; evaluate loads transformers only when it runs.
+ALLOWED_LAZY = {"cpsl.cli": None, "cpsl.stages.train": {"cpsl.train.loop"}, "cpsl.stages.evaluate": {"cpsl.nn"}}
+
+
+def lazy_imports(pkg) -> dict[str, set[str]]:
+    """module -> the cpsl modules it imports inside a function or class (not at module level)."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in sorted(pkg.rglob("*.py")):
+        parts = path.relative_to(pkg).with_suffix("").parts
+        module = ".".join(("cpsl", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in top and (node.module or "").startswith("cpsl"):
+                found.setdefault(module, set()).add(node.module)
+            elif isinstance(node, ast.Import) and id(node) not in top:
+                found.setdefault(module, set()).update(a.name for a in node.names if a.name.startswith("cpsl"))
+    return {m: s for m, s in found.items() if s}
+
+
+def test_the_only_lazy_imports_are_the_documented_ones():
+    found = lazy_imports(deps.package_dir())
+    unexpected = {m: s for m, s in found.items()
+                  if m not in ALLOWED_LAZY or (ALLOWED_LAZY[m] is not None and not s <= ALLOWED_LAZY[m])}
+    assert unexpected == {}, "import at module level, or document the reason in ALLOWED_LAZY"
+    assert found["cpsl.stages.train"] == {"cpsl.train.loop"}  # the check reads function bodies

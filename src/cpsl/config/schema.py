@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from cpsl.baselines import registry as baselines_registry
+from cpsl.config.ablations import ALIASES
 from cpsl.config.param_types import BOOL as _BOOL
 from cpsl.config.param_types import STRING as _STR
 from cpsl.config.param_types import Spec
@@ -191,7 +192,6 @@ _ABSENT = object()
 
 
 def _cross_checks(p: dict, source: str) -> None:
-    from cpsl.config.ablations import ALIASES
 
     aliased = [a for a in p["ablations"] if a in ALIASES]
     if aliased:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cpsl.nn.normalize import TRAIN_RANGE
+from cpsl.nn.tokens import word_positions
 
 STREAMS = {"a": "acoustic", "v": "visual"}
 # evaluate prints a line when a split has more than WARN_SHARE of its inputs outside [0, 1] or one beyond
@@ -26,7 +27,6 @@ _TOL = 1e-6  # float round-off at the ends of the range
 
 @torch.no_grad()
 def _split_range(normalizer, arrays: dict, key: str, batch_size: int) -> dict:
-    from cpsl.nn.tokens import word_positions
 
     outside, total, largest = 0, 0, 0.0
     n = len(arrays["attention_mask"])

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from cpsl.config.names import COUNTS, LOSS_TERMS, TELEMETRY
+from cpsl.config.rows import ROWS
 from cpsl.errors import PipelineError
 from cpsl.runtime.io_utils import atomic_path, plain_text, spreadsheet_text, write_json_atomic
 
@@ -117,7 +118,6 @@ def retrain_hint(run_dir: Path) -> str:
 
 def load_best(run_dir: Path) -> dict:
     """best.pt, checked: loads with weights_only=True and has the keys evaluate needs."""
-    from cpsl.config.rows import ROWS
 
     path = Path(run_dir) / BEST_FILE
     if not path.is_file():

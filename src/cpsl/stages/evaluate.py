@@ -54,6 +54,7 @@ from cpsl.formats import run_folder, run_identity
 from cpsl.formats.cache import check_token_ids, content_identity, read_attrs, read_labels, read_split
 from cpsl.metrics import av_learnt
 from cpsl.metrics.scores import compute_metrics, json_safe
+from cpsl.nn.inference import inference_batch_size, run_inference
 from cpsl.runtime import deps, gpu_slots
 from cpsl.runtime.io_utils import refuse_symlink, remove_stale_temporaries
 from cpsl.runtime.runlock import run_folder_lock
@@ -108,7 +109,6 @@ def configured_identity(params: dict, run_dir: Path, meta: dict, data_path: Path
 
 def run_evaluate(params: dict, run_dir, data_path=None) -> dict:
     """Evaluate one run folder; return the metrics dict written to metrics.json."""
-    from cpsl.nn.inference import inference_batch_size, run_inference
 
     run_dir = Path(run_dir)
     ckpt = run_folder.load_best(run_dir)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cpsl.config import paths as cpsl_paths
+from cpsl.data.demo import write_demo
 from cpsl.data.download import download_file
 from cpsl.data.mirror import COPY, check_csd_file, fetch_from_mirror
 from cpsl.data.sources import ROLES, DatasetSpec, RawDataError, dataset_spec, standard_folds
@@ -107,7 +108,6 @@ def _write_folds_and_manifest(out_dir: Path, dataset: str, source: str, files: d
 
 
 def _prepare_demo(params: Mapping, out_dir: Path, spec: DatasetSpec, records: HashRecords) -> tuple[dict, bool]:
-    from cpsl.data.demo import write_demo
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=out_dir) as scratch:
