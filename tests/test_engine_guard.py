@@ -93,7 +93,7 @@ def test_a_second_snakemake_is_refused_while_a_stage_runs_and_stages_share(tmp_p
     try:
         with stage_guard(tmp_path):  # stages of other runs (DVC, by hand) share the project
             pass
-        proc = subprocess.run([sys.executable, "-c", "import sys; from cpsl import engine_guard as g; "
+        proc = subprocess.run([sys.executable, "-c", "import sys; from cpsl.runtime import engine_guard as g; "
                                "g.hold_for_snakemake(sys.argv[1])", str(tmp_path)], capture_output=True, text=True,
                               env=_env())
         assert proc.returncode != 0 and f"busy: PID {stage.pid} (" in proc.stderr

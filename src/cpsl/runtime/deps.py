@@ -83,7 +83,7 @@ def _imported(pkg: Path, module: str, path: Path, module_level_only: bool) -> se
                 name = node.module or ""
             if name == PACKAGE or name.startswith(PACKAGE + "."):
                 out.add(name)
-                out.update(f"{name}.{a.name}" for a in node.names)  # `from cpsl import paths` imports a module
+                out.update(f"{name}.{a.name}" for a in node.names)  # `from cpsl.config import paths` imports a module
     return out
 
 
