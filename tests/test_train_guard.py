@@ -11,9 +11,9 @@ from train_helpers import make_cache, small_params, tiny_text_model
 
 from cpsl.formats import run_folder
 from cpsl.formats.cache import CacheError, read_attrs, read_split, write_cache
+from cpsl.model import recipe as recipe_module
 from cpsl.stages.train import run_train
 from cpsl.train import loop
-from cpsl.train import step as step_module
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ MODES = pytest.mark.parametrize("mode", ["eager", "sync_free"])
 @MODES
 def test_nan_loss_in_epoch_1_keeps_the_epoch_0_checkpoints(setup, tmp_path, monkeypatch, mode):
     _, text, cache = setup
-    real = step_module.total_loss
+    real = recipe_module.total_loss
     calls = {"n": 0}
 
     def poisoned_loss(out, label, loss_params, switches):
@@ -63,7 +63,7 @@ def test_nan_loss_in_epoch_1_keeps_the_epoch_0_checkpoints(setup, tmp_path, monk
             losses["stat"] = losses["stat"] * float("nan")
         return losses
 
-    monkeypatch.setattr(step_module, "total_loss", poisoned_loss)
+    monkeypatch.setattr(recipe_module, "total_loss", poisoned_loss)
     run = tmp_path / "run"
     params = small_params(text, **{"train.epochs": 3, "execution.step": mode})
     assert run_train(params, seed=0, data_path=cache, out_dir=run) == 3
@@ -83,14 +83,14 @@ def test_nan_loss_in_epoch_1_keeps_the_epoch_0_checkpoints(setup, tmp_path, monk
 @MODES
 def test_non_finite_gradient_names_the_parameter(setup, tmp_path, monkeypatch, mode):
     _, text, cache = setup
-    real = step_module.modulate_gradients
+    real = recipe_module.modulate_gradients
 
     def poisoned_modulation(encoders, *args, **kwargs):
         tele = real(encoders, *args, **kwargs)
         next(encoders["v"].parameters()).grad[0].fill_(float("inf"))
         return tele
 
-    monkeypatch.setattr(step_module, "modulate_gradients", poisoned_modulation)
+    monkeypatch.setattr(recipe_module, "modulate_gradients", poisoned_modulation)
     run = tmp_path / "run"
     params = small_params(text, **{"execution.step": mode})
     assert run_train(params, seed=0, data_path=cache, out_dir=run) == loop.EXIT_COLLAPSE
