@@ -64,7 +64,8 @@ def _coefficient(s_self: torch.Tensor, s_other: torch.Tensor, alpha: float, eps:
     return torch.where(s_self > s_other, damped, torch.ones_like(damped))
 
 
-def eq5_coefficients(mae_a, mae_v, alpha: float, eps: float, formula: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
+def eq5_coefficients(mae_a, mae_v, alpha: float, eps: float,
+                     formula: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
     """(c_a, c_v) of Eq. 5; ``formula`` "paper" (as written) or "shifted" (ratio - 1 inside the ReLU)."""
     if formula not in FORMULAS:
         raise ValueError(f"gm.coefficient: unknown formula {formula!r}; expected one of {', '.join(FORMULAS)}")
