@@ -161,10 +161,10 @@ def test_no_row_model_is_imported_by_the_kit_and_baselines_import_no_cpsl_model(
             if a.startswith(("cpsl.nn.", "cpsl.train.")) and b.startswith("cpsl.model")] == []
 
 
-# The package's only function-level imports of its own modules, each for a reason: the CLI imports one stage per
-# subcommand (cpsl.runtime.deps follows a stage's imports from its entry module, not the CLI's other branches);
-# `cpsl train` imports torch only past the multi-process relaunch; evaluate loads transformers only when it runs.
-ALLOWED_LAZY = {"cpsl.cli": None, "cpsl.stages.train": {"cpsl.train.loop"}, "cpsl.stages.evaluate": {"cpsl.nn"}}
+# The package's only function-level imports of its own modules: the CLI imports one stage per subcommand
+# (cpsl.runtime.deps follows a stage's imports from its entry module, not the CLI's other branches, and `cpsl --help`
+# loads no torch).
+ALLOWED_LAZY = {"cpsl.cli": None}
 
 
 def lazy_imports(pkg) -> dict[str, set[str]]:
@@ -190,4 +190,4 @@ def test_the_only_lazy_imports_are_the_documented_ones():
     unexpected = {m: s for m, s in found.items()
                   if m not in ALLOWED_LAZY or (ALLOWED_LAZY[m] is not None and not s <= ALLOWED_LAZY[m])}
     assert unexpected == {}, "import at module level, or document the reason in ALLOWED_LAZY"
-    assert found["cpsl.stages.train"] == {"cpsl.train.loop"}  # the check reads function bodies
+    assert "cpsl.stages.train" in found["cpsl.cli"]  # the check reads function bodies

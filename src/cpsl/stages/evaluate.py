@@ -54,6 +54,7 @@ from cpsl.formats import run_folder, run_identity
 from cpsl.formats.cache import check_token_ids, content_identity, read_attrs, read_labels, read_split
 from cpsl.metrics import av_learnt
 from cpsl.metrics.scores import compute_metrics, json_safe
+from cpsl.nn import zoo
 from cpsl.nn.inference import inference_batch_size, run_inference
 from cpsl.runtime import deps, gpu_slots
 from cpsl.runtime.io_utils import refuse_symlink, remove_stale_temporaries
@@ -73,7 +74,6 @@ def _switches(meta: dict) -> Switches | None:
 
 
 def rebuild_model(ckpt: dict, path: Path) -> torch.nn.Module:
-    from cpsl.nn import zoo  # lazy: transformers loads only when evaluating
 
     meta = ckpt["meta"]
     model = zoo.build(meta["params"], meta["ablation"], int(meta["acoustic_dim"]), int(meta["visual_dim"]),

@@ -46,6 +46,7 @@ from cpsl.runtime.io_utils import check_free_space, remove_stale_temporaries
 from cpsl.runtime.nproc_bound import check_nproc
 from cpsl.runtime.runlock import run_folder_lock
 from cpsl.train import distributed
+from cpsl.train.loop import RunSpec, fit, run_fingerprint
 
 
 def _cli_args(seed: int, ablation: str, data_path: Path, out_dir: Path, params_file: str, overrides) -> list[str]:
@@ -79,7 +80,6 @@ def _run_train(params, seed, ablation, data_path, out_dir, params_file, override
         return distributed.relaunch(nproc, _cli_args(seed, ablation, data_path, out_dir, params_file, overrides),
                                     pass_fds=held.fds if held else ())
 
-    from cpsl.train.loop import RunSpec, fit, run_fingerprint  # torch/transformers only past this point
 
     text_model = text_model_for(params)
     resolved = resolve_model_path(text_model)  # fails early, naming the model, when it cannot be found
