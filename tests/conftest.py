@@ -24,6 +24,22 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Hand the longest files to the workers first. test_e2e_workflows.py is one chain of ten end-to-end tests on
+    one project (about a third of the suite's CPU time); started last, as xdist's own order (most tests first) had
+    it, it ran on one worker for minutes after the other had finished. Files with more tests marked `slow` come
+    first, then files with more tests; inside a file the order is kept (its tests may build on each other)."""
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def cost(tests):
+        return (sum(1 for t in tests if t.get_closest_marker("slow")), len(tests))
+
+    ordered = sorted(by_file.values(), key=cost, reverse=True)  # stable: ties keep the collection order
+    items[:] = [item for tests in ordered for item in tests]
+
+
 class FinishedRun(NamedTuple):
     root: Path    # the project folder: read only, copy it (project_copy.copy_finished_project) to run anything in it
     output: str   # what `snakemake --cores 2` printed

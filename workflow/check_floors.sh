@@ -4,7 +4,8 @@
 # (the `transformers>=X` of pyproject.toml, with whatever tokenizers / huggingface-hub pip picks for it), then a
 # focused subset of the tests runs in it: the text encoder (load, relative-position cache), the tokenizers incl.
 # DeBERTa-v2's built from a sentencepiece model, training steps in every execution.step mode, fit, evaluate.
-# A skipped test fails the check (a skip would hide a floor that does not work). About 1-2 minutes.
+# A skipped test fails the check (a skip would hide a floor that does not work). About 1-2 minutes; .ci/run runs it
+# beside the test suite.
 # torch is NOT lowered here: only the installed torch (2.13.0, CPU) can be installed on this machine; its floor in
 # pyproject.toml is read off the APIs the code calls (see the comment there).
 set -euo pipefail
@@ -26,7 +27,8 @@ assert Version(transformers.__version__) == Version('$floor'), transformers.__ve
 print(f'check_floors: transformers {transformers.__version__} (the floor), torch {torch.__version__}')"
 export PYTHONPATH="$PWD/src" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 status=0
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -rs \
+# its own --basetemp: .ci/run runs this beside the main test suite, whose tmp folders it must not touch
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -rs --basetemp "$venv/pytest-tmp" \
     tests/test_network.py tests/test_subwords.py tests/test_evaluate_stage.py \
     "tests/test_step_modes.py::test_eager_and_sync_free_steps_give_identical_numbers" \
     "tests/test_step_modes.py::test_fit_gives_the_same_run_in_both_modes" \
