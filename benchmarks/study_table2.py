@@ -251,6 +251,16 @@ def paired(rows: dict, a: str, b: str, key: str = "mae") -> dict | None:
     return out
 
 
+# (row before, row after): the one component the step adds (Table 2's group A; A5 -> A6 is claim 2's CP)
+COMPONENT_STEPS = (("A0", "A1"), ("A1", "A2"), ("A2", "A3"), ("A3", "A4"), ("A4", "A6"))
+COMPONENT_NAMES = {"A1": "AME", "A2": "GM", "A3": "GE", "A4": "CP", "A6": "SL"}
+
+
+def _step(rows: dict, before: str, after: str) -> dict | None:
+    out = paired(rows, after, before)
+    return None if out is None else {**out, "adds": COMPONENT_NAMES[after]}
+
+
 def claims(rows: dict) -> dict:
     """The numbers each of the issue's six claims is judged on (row differences paired over seeds)."""
     group_a = [r for r in ("A0", "A1", "A2", "A3", "A4", "A5", "A6") if r in rows]
@@ -269,6 +279,8 @@ def claims(rows: dict) -> dict:
                              "steps_improving_mae": sum(rows[b]["mae"]["mean"] < rows[a]["mae"]["mean"]
                                                         for a, b in zip(group_a, group_a[1:]))},
                             paired(rows, "A6", "A0"), paired(rows, "C5", "A6")],
+        # item 4 of the issue: what each component adds along group A, each step paired over the same seeds
+        "5b_component_costs": [_step(rows, a, b) for a, b in COMPONENT_STEPS],
         "6_stability": stab,
     }
 
@@ -326,7 +338,8 @@ def markdown(result: dict) -> str:
                 if item is None:
                     cells.append("not run")
                 elif "rows" in item:
-                    cells.append(f"{item['rows']} {item['metric']} {item['mean_diff']:+.3f} "
+                    adds = f" ({item['adds']})" if "adds" in item else ""
+                    cells.append(f"{item['rows']}{adds} {item['metric']} {item['mean_diff']:+.3f} "
                                  f"(p {_num(item['t_test_p'], 3)})")
                     if "paper_diff" in item:
                         paper.append(f"{item['rows']} {item['metric']} {item['paper_diff']:+.3f}")

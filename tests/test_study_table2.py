@@ -117,3 +117,12 @@ def test_claims_pair_rows_over_their_shared_seeds():
     assert c2[0]["per_seed"] == pytest.approx({"0": -0.5, "1": -0.6})  # seed 2 has no A6 run
     assert c2[2]["best_row_per_metric"]["mae"] == "A6" and c2[2]["best_row_per_metric"]["corr"] == "A4"
     assert study.claims(rows)["3_GE_without_AME"] == [None, None]  # C1, B5 not run: said, not guessed
+    # each group-A step paired on its own seeds and named by the component it adds (A4 -> A6: SL)
+    steps = study.claims(rows)["5b_component_costs"]
+    assert steps[:3] == [None, None, None]  # A0..A3 not run
+    assert steps[3] is None  # A3 -> A4: A3 not run
+    assert steps[4]["rows"] == "A6 - A4" and steps[4]["adds"] == "SL"
+    assert steps[4]["per_seed"] == pytest.approx({"0": -0.1, "1": -0.1})
+    assert "A6 - A4 (SL) mae -0.100" in study.markdown(
+        {"datasets": [{"dataset": "d", "epochs": 1, "seeds": [0, 1], "text_model": "m", "rows": {},
+                       "claims": study.claims(rows)}]})
