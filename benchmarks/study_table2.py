@@ -50,9 +50,12 @@ PROJECT_FILES = ("Snakefile", "workflow", "src")
 
 
 def project_params(dataset: str, work: Path, seeds: list[int], epochs: int | None, rows: list[str] | None,
-                   demo_videos: int | None = None) -> dict:
+                   demo_videos: int | None = None, overrides: list[str] = ()) -> dict:
     """params.yaml of the project copy for ``dataset`` (the repository's values otherwise); ``demo_videos``: a
-    smaller demo (3-4 segments per video; the test's smoke run)."""
+    smaller demo (3-4 segments per video; the test's smoke run); ``overrides``: ``key=value`` as `cpsl -S` takes
+    them (e.g. ``gm.coefficient=shifted``), validated with the rest before any run."""
+    from cpsl.config.schema import set_dotted, validate_params
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     if demo_videos is not None:
         params["demo"].update(videos=demo_videos, min_segments=3, max_segments=4)
@@ -73,6 +76,12 @@ def project_params(dataset: str, work: Path, seeds: list[int], epochs: int | Non
         if epochs is not None:
             params["train"]["epochs"] = epochs
     params["execution"]["device"] = "cpu"
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        set_dotted(params, key, yaml.safe_load(value))
+    validate_params(params, "the study's params")  # a typo in --set fails here, naming the key
     return params
 
 
@@ -366,6 +375,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: params.yaml's (the demo: demo.train's)")
     ap.add_argument("--rows", nargs="+", default=None, help="only these rows (+ A6 for the paired tests), no grid")
     ap.add_argument("--demo-videos", type=int, default=None, help="a smaller demo (smoke runs)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="params for every run, e.g. gm.coefficient=shifted (use a work folder of its own)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", default="/tmp/study_table2")
     ap.add_argument("--out", default="docs/figures")
@@ -383,7 +394,7 @@ def main(argv=None) -> int:
             with (work / f"{dataset}.log").open("a") as log:
                 print(f"{dataset}: report exit {_report(project, rows is None, log)}", file=sys.stderr, flush=True)
         elif not args.collect_only:
-            params = project_params(dataset, work, args.seeds, args.epochs, rows, args.demo_videos)
+            params = project_params(dataset, work, args.seeds, args.epochs, rows, args.demo_videos, args.set)
             if dataset != "demo":
                 mirror_folder(dataset, work)
             make_project(project, params)

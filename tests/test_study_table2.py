@@ -98,6 +98,19 @@ def test_each_datasets_project_params_validate(tmp_path, dataset):
         assert params["text"]["model"] == study.TEXT_MODEL
 
 
+def test_set_overrides_every_runs_params_and_a_typo_fails_naming_the_key(tmp_path):
+    from cpsl.errors import ParamsError
+
+    study = _study()
+    params = study.project_params("mosi_mirror", tmp_path, [0], 2, ["A2"], overrides=["gm.coefficient=shifted",
+                                                                                      "cp.eta=0.3"])
+    assert params["gm"]["coefficient"] == "shifted" and params["cp"]["eta"] == 0.3
+    with pytest.raises(ParamsError, match="gm.coeficient"):
+        study.project_params("mosi_mirror", tmp_path, [0], 2, ["A2"], overrides=["gm.coeficient=shifted"])
+    with pytest.raises(ParamsError, match="gm.coefficient"):
+        study.project_params("mosi_mirror", tmp_path, [0], 2, ["A2"], overrides=["gm.coefficient=sideways"])
+
+
 def test_claims_pair_rows_over_their_shared_seeds():
     study = _study()
 
