@@ -230,6 +230,7 @@ def collect(project: Path, dataset: str) -> dict:
     return {"dataset": dataset, "cache_dataset": data, "seeds": params["train"]["seeds"],
             "epochs": epochs,
             "text_model": params["demo"]["text_model"] if data == "demo" else params["text"]["model"],
+            "gm": params["gm"], "cp": params["cp"], "loss": params["loss"],  # what --set may have changed
             "spike_rule": f"train/total > {SPIKE_FACTOR:g} x the previous epoch's", "collapse_guard_folders": stopped,
             "rows": rows, "claims": claims(rows)}
 
@@ -324,7 +325,9 @@ def _num(v, digits: int = 2) -> str:
 def markdown(result: dict) -> str:
     lines = []
     for ds in result["datasets"]:
-        lines += [f"### {ds['dataset']} ({ds['epochs']} epochs, seeds {ds['seeds']}, text {ds['text_model']})", "",
+        coefficient = (ds.get("gm") or {}).get("coefficient", "paper")
+        lines += [f"### {ds['dataset']} ({ds['epochs']} epochs, seeds {ds['seeds']}, text {ds['text_model']}, "
+                  f"Eq. 5 coefficient {coefficient})", "",
                   "| row | label | MAE | Corr | Acc-2 | A6 − row ΔMAE (t p; boot p) | a/v learnt | c_a | c_v "
                   "| conflicts/epoch | loss spikes | guard stops |", "|" + "---|" * 12]
         for row_id, r in ds["rows"].items():
