@@ -54,7 +54,7 @@ def project_params(dataset: str, work: Path, seeds: list[int], epochs: int | Non
     """params.yaml of the project copy for ``dataset`` (the repository's values otherwise); ``demo_videos``: a
     smaller demo (3-4 segments per video; the test's smoke run); ``overrides``: ``key=value`` as `cpsl -S` takes
     them (e.g. ``gm.coefficient=shifted``), validated with the rest before any run."""
-    from cpsl.config.schema import set_dotted, validate_params
+    from cpsl.config.schema import parse_override, set_dotted, validate_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     if demo_videos is not None:
@@ -77,10 +77,7 @@ def project_params(dataset: str, work: Path, seeds: list[int], epochs: int | Non
             params["train"]["epochs"] = epochs
     params["execution"]["device"] = "cpu"
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected key=value")
-        set_dotted(params, key, yaml.safe_load(value))
+        set_dotted(params, *parse_override(item))
     validate_params(params, "the study's params")  # a typo in --set fails here, naming the key
     return params
 
@@ -261,14 +258,13 @@ def paired(rows: dict, a: str, b: str, key: str = "mae") -> dict | None:
     return out
 
 
-# (row before, row after): the one component the step adds (Table 2's group A; A5 -> A6 is claim 2's CP)
-COMPONENT_STEPS = (("A0", "A1"), ("A1", "A2"), ("A2", "A3"), ("A3", "A4"), ("A4", "A6"))
-COMPONENT_NAMES = {"A1": "AME", "A2": "GM", "A3": "GE", "A4": "CP", "A6": "SL"}
+# (row before, row after, the one component the step adds): Table 2's group A (A5 -> A6 is claim 2's CP)
+COMPONENT_STEPS = (("A0", "A1", "AME"), ("A1", "A2", "GM"), ("A2", "A3", "GE"), ("A3", "A4", "CP"), ("A4", "A6", "SL"))
 
 
-def _step(rows: dict, before: str, after: str) -> dict | None:
+def _step(rows: dict, before: str, after: str, adds: str) -> dict | None:
     out = paired(rows, after, before)
-    return None if out is None else {**out, "adds": COMPONENT_NAMES[after]}
+    return None if out is None else {**out, "adds": adds}
 
 
 def claims(rows: dict) -> dict:
@@ -290,7 +286,7 @@ def claims(rows: dict) -> dict:
                                                         for a, b in zip(group_a, group_a[1:]))},
                             paired(rows, "A6", "A0"), paired(rows, "C5", "A6")],
         # item 4 of the issue: what each component adds along group A, each step paired over the same seeds
-        "5b_component_costs": [_step(rows, a, b) for a, b in COMPONENT_STEPS],
+        "5b_component_costs": [_step(rows, *step) for step in COMPONENT_STEPS],
         "6_stability": stab,
     }
 

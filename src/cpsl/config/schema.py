@@ -353,17 +353,22 @@ def apply_overrides(params: Mapping, overrides: list[str], source: str = "params
     demo.train applied, a switch away from the demo would keep the demo's schedule."""
     out = copy.deepcopy(dict(params))
     for item in overrides:
-        if "=" not in item:
-            raise ParamsError(f"override {item!r} must look like key=value")
-        key, text = item.split("=", 1)
-        try:
-            value = parse_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ParamsError(f"override {item!r}: value is not valid YAML: {_one_line(exc)}") from exc
-        except YamlShapeError as exc:
-            raise ParamsError(f"override {item[:60]!r}: value: {exc}") from exc
-        set_dotted(out, key.strip(), value)
+        set_dotted(out, *parse_override(item))
     return validate_params(out, f"{source} (with overrides {overrides})")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value parsed as YAML), as `cpsl -S` and `dvc exp run -S` take it."""
+    if "=" not in item:
+        raise ParamsError(f"override {item!r} must look like key=value")
+    key, text = item.split("=", 1)
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override {item!r}: value is not valid YAML: {_one_line(exc)}") from exc
+    except YamlShapeError as exc:
+        raise ParamsError(f"override {item[:60]!r}: value: {exc}") from exc
+    return key.strip(), value
 
 
 # Params each stage depends on (dotted prefixes). The Snakefile and dvc.yaml declare exactly these,

@@ -74,7 +74,6 @@ def _switches(meta: dict) -> Switches | None:
 
 
 def rebuild_model(ckpt: dict, path: Path) -> torch.nn.Module:
-
     meta = ckpt["meta"]
     model = zoo.build(meta["params"], meta["ablation"], int(meta["acoustic_dim"]), int(meta["visual_dim"]),
                       meta["text_model"], pretrained=False, switches=_switches(meta))

@@ -80,7 +80,6 @@ def _run_train(params, seed, ablation, data_path, out_dir, params_file, override
         return distributed.relaunch(nproc, _cli_args(seed, ablation, data_path, out_dir, params_file, overrides),
                                     pass_fds=held.fds if held else ())
 
-
     text_model = text_model_for(params)
     resolved = resolve_model_path(text_model)  # fails early, naming the model, when it cannot be found
     spec = RunSpec(params=params, ablation=ablation, seed=seed, data_path=data_path, run_dir=out_dir,
